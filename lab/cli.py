@@ -1,0 +1,126 @@
+"""`lab …` command line: thin argument parsing over the library; every handler is one call into lab/."""
+import argparse
+import json
+import sys
+
+TABLE_CHOICES = [f"table{i}" for i in range(1, 7)]
+
+
+def _train(args):
+    from . import config, train
+    cfg = config.load(args.protocol, args.set)
+    record = train.run(cfg, args.norm, args.out, table=args.table, progress=not args.quiet)
+    failure = record["failure"]
+    verdict = (f"failed at step {failure['step']}: {failure['reason']}" if failure
+               else f"top-1 {record['top1']:.2f}% (EMA {record['top1_ema']:.2f}%)")
+    print(f"{record['spec']} [{record['protocol']}] {verdict} -> {record['path']}")
+    return 0
+
+
+def _sweep(args):
+    from . import sweep
+    seeds = tuple(int(s) for s in args.seeds.split(","))
+    sweep.sweep(args.table, args.protocol, args.results, jobs=args.jobs, launcher=args.launcher, seeds=seeds,
+                overrides=args.set, dry_run=args.dry_run)
+    return 0
+
+
+def _render(args):
+    from . import results, tables
+    print(tables.render(args.table, results.load_records(args.results), args.format, protocol=args.protocol))
+    return 0
+
+
+def _figures(args):
+    from . import figures
+    for path in figures.write_figures(args.out):
+        print(path)
+    return 0
+
+
+def _audit(args):
+    from . import principles
+    specs = args.specs or principles.SECTION3_EXAMPLES
+    print(json.dumps([principles.audit(s) for s in specs], indent=2) if args.json else principles.audit_table(specs))
+    return 0
+
+
+def _reproduce(args):
+    from . import reproduce
+    report = reproduce.reproduce(args.protocol, args.out, jobs=args.jobs, overrides=args.set)
+    print(f"report: {report}")
+    return 0
+
+
+def _bench(args):
+    from . import bench
+    return bench.main(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lab", description=__doc__.split(":")[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def overrides(p):
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="config override (lr, epochs, batch_size, seed, device, or a dotted path)")
+
+    p = sub.add_parser("train", help="train one cell and write its result record")
+    p.add_argument("--protocol", required=True, help="paper, proxy or smoke (configs/protocols/)")
+    p.add_argument("--norm", required=True, help='layernorm, rmsnorm or a point-wise spec such as "erf|hshift=0.5"')
+    p.add_argument("--out", default="results", help="results folder (default: results)")
+    p.add_argument("--table", default=None, help="table the cell belongs to (recorded only)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    overrides(p)
+    p.set_defaults(handler=_train)
+
+    p = sub.add_parser("sweep", help="train every missing cell of a table")
+    p.add_argument("table", choices=TABLE_CHOICES)
+    p.add_argument("--protocol", required=True)
+    p.add_argument("--jobs", type=int, default=1, help="runs at once (packed on one device)")
+    p.add_argument("--launcher", choices=["local", "slurm"], default="local")
+    p.add_argument("--results", default="results")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds, e.g. 0,1,2")
+    p.add_argument("--dry-run", action="store_true", help="write the SLURM submission without submitting")
+    overrides(p)
+    p.set_defaults(handler=_sweep)
+
+    p = sub.add_parser("render", help="render a table from result records beside the paper's values")
+    p.add_argument("table", choices=TABLE_CHOICES)
+    p.add_argument("--results", default="results")
+    p.add_argument("--format", choices=["md", "tex", "csv", "html"], default="md")
+    p.add_argument("--protocol", default=None, help="only records of this protocol")
+    p.set_defaults(handler=_render)
+
+    p = sub.add_parser("figures", help="write Figures 2–4 (PNG and PDF)")
+    p.add_argument("--out", default="figures")
+    p.set_defaults(handler=_figures)
+
+    p = sub.add_parser("audit", help="measure the four principles of point-wise specs")
+    p.add_argument("specs", nargs="*", metavar="SPEC", help="default: examples from each of Tables 1–6")
+    p.add_argument("--json", action="store_true", help="print the measured quantities as JSON")
+    p.set_defaults(handler=_audit)
+
+    p = sub.add_parser("reproduce", help="execute every notebook through papermill and write a report")
+    p.add_argument("--protocol", required=True)
+    p.add_argument("--out", default="reproduction")
+    p.add_argument("--jobs", type=int, default=2)
+    overrides(p)
+    p.set_defaults(handler=_reproduce)
+
+    p = sub.add_parser("bench", help="LayerNorm vs point-wise norms: images/s, peak memory, MFU")
+    p.set_defaults(handler=_bench)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except ValueError as err:
+        print(f"lab {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,103 @@
+"""Measure the paper's four design principles for any point-wise spec, with the numbers behind each verdict.
+
+Definitions (float64, on the function f itself, before α, γ, β):
+- zero-centered: |f(0)| <= ZERO_TOL. Horizontal shifts move the zero crossing off 0 and vertical shifts lift the
+  output, and both show up as f(0) != 0; `zero_crossing` is reported too (the root nearest 0, if any).
+- bounded: the output stops growing with the input: GROWTH = max|f| on [-1e6, 1e6] / max|f| on [-1e3, 1e3]
+  is at most BOUND_GROWTH. log-type growth gives 2, power and linear growth give 1e2..1e3, a saturating f gives ~1.
+- center-sensitive: f responds to inputs around 0, i.e. it is not constant on any interval [-δ, δ]:
+  `flat_halfwidth` (the largest δ on a grid of step GRID_STEP with |f(x) - f(0)| <= FLAT_TOL on [-δ, δ]) must be 0
+  and the slope at 0 non-zero. Any flat zone breaks the principle; its width says how badly (Table 5).
+- monotonic: f never reverses direction on [-MONO_RANGE, MONO_RANGE] (grid step GRID_STEP): all steps
+  f(x+h) - f(x) are >= -MONO_TOL, or all are <= MONO_TOL. `direction` says which, or "non-monotonic".
+"""
+import numpy as np
+import torch
+
+from .perturb import pointwise
+
+ZERO_TOL = 1e-6
+BOUND_GROWTH = 1.25
+GRID_STEP = 1e-3
+MONO_RANGE = 20.0
+MONO_TOL = 1e-9
+FLAT_TOL = 1e-12
+PROPERTIES = ("zero_centered", "bounded", "center_sensitive", "monotonic")
+
+
+def _eval(fn, x: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return fn.value(torch.from_numpy(x)).numpy()
+
+
+def _zero_crossing(x: np.ndarray, y: np.ndarray) -> float | None:
+    """The grid root of f nearest 0 (linear interpolation), or None if f never changes sign or hits 0."""
+    exact = x[y == 0]
+    flips = np.nonzero(np.sign(y[:-1]) * np.sign(y[1:]) < 0)[0]
+    roots = list(exact) + [x[i] - y[i] * (x[i + 1] - x[i]) / (y[i + 1] - y[i]) for i in flips]
+    return float(min(roots, key=abs)) if roots else None
+
+
+def audit(spec: str) -> dict:
+    """The four verdicts for `spec` and the measured quantities behind them (see the module docstring)."""
+    fn = pointwise(spec)
+    half = round(MONO_RANGE / GRID_STEP)
+    x = np.linspace(-MONO_RANGE, MONO_RANGE, 2 * half + 1)          # x[half] == 0 exactly
+    y = _eval(fn, x)
+    f0 = float(y[half]) + 0.0
+    sup_small = float(np.abs(_eval(fn, np.linspace(-1e3, 1e3, 200_001))).max())
+    sup_large = float(np.abs(_eval(fn, np.linspace(-1e6, 1e6, 200_001))).max())
+    growth = sup_large / sup_small if sup_small > 0 else float("inf")
+
+    moving = np.abs(y - f0) > FLAT_TOL
+    first_move = int(np.abs(np.arange(-half, half + 1))[moving].min()) if moving.any() else half + 1
+    flat = (first_move - 1) * GRID_STEP
+    slope0 = float((_eval(fn, np.array([GRID_STEP]))[0] - _eval(fn, np.array([-GRID_STEP]))[0]) / (2 * GRID_STEP))
+
+    steps = np.diff(y)
+    increasing, decreasing = bool((steps >= -MONO_TOL).all()), bool((steps <= MONO_TOL).all())
+    direction = ("constant" if increasing and decreasing else "increasing" if increasing
+                 else "decreasing" if decreasing else "non-monotonic")
+    reversal = float(min(-steps.min(), steps.max())) if direction == "non-monotonic" else 0.0
+
+    return {
+        "spec": fn.spec,
+        "zero_centered": abs(f0) <= ZERO_TOL,
+        "bounded": growth <= BOUND_GROWTH,
+        "center_sensitive": flat == 0.0 and abs(slope0) > FLAT_TOL,
+        "monotonic": direction in ("increasing", "decreasing"),
+        "f0": f0,
+        "zero_crossing": _zero_crossing(x, y),
+        "sup_abs_1e3": sup_small,
+        "sup_abs_1e6": sup_large,
+        "growth": growth,
+        "slope_at_0": slope0,
+        "flat_halfwidth": flat,
+        "direction": direction,
+        "largest_reversal_step": reversal,
+    }
+
+
+SECTION3_EXAMPLES = (
+    "erf", "erf|hshift=0.5", "erf|vshift=0.5", "erf|hshift=2", "erf|vshift=2",
+    "arcsinh", "arcsinh|clip=1", "logsign", "logquad", "power23", "linear", "linear|clip=1",
+    "erf|blend=0.1", "erf|blend=0.5", "erf|flat=0.5", "erf|flat=1", "erf|neg", "sin", "dampx", "dampexp",
+)
+"""One or two variants from each of Tables 1–6, the default list of `lab audit`."""
+
+
+def audit_table(specs=SECTION3_EXAMPLES) -> str:
+    """A plain-text table of the verdicts (✓/✗) with the main number behind each."""
+    columns = ("zero-centered", "bounded", "center-sensitive", "monotonic")
+    rows = []
+    for spec in specs:
+        a = audit(spec)
+        rows.append((a["spec"], *(("✓ " if a[p] else "✗ ") + text for p, text in zip(PROPERTIES, (
+            f"f(0)={a['f0']:+.3g}", f"growth={a['growth']:.3g}", f"flat=±{a['flat_halfwidth']:.3g}",
+            a["direction"])))))
+    widths = [max(len(r[i]) for r in rows + [("spec", *columns)]) for i in range(5)]
+    fmt = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths))
+    return "\n".join([fmt(("spec", *columns)), fmt(["-" * w for w in widths]), *map(fmt, rows), "",
+                      f"zero-centered: |f(0)| <= {ZERO_TOL:g}; bounded: growth = max|f| on ±1e6 / on ±1e3 <= "
+                      f"{BOUND_GROWTH}; center-sensitive: no flat zone around 0; monotonic: never reverses on "
+                      f"±{MONO_RANGE:g}"])

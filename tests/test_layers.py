@@ -1,0 +1,101 @@
+"""PointwiseNorm: initialisation, output, gradients against plain autograd, memory frugality, timm's norm_layer."""
+import pytest
+import torch
+from torch import nn
+
+import lab
+from lab.layers import PointwiseNorm
+
+SPECS = ["erf", "tanh|hshift=0.5", "arctan|vshift=-1", "arcsinh|clip=1", "isru|blend=0.1", "erf|flat=0.5",
+         "erf|neg", "sin", "dampx", "dampexp", "power23", "logquad", "linear"]
+
+
+def reference_forward(layer: PointwiseNorm, x):
+    """The layer written as plain autograd ops (the reference the fused function must match)."""
+    u = layer.alpha * x + (layer.shift if layer.shift is not None else 0.0)
+    return layer.weight * layer.fn.value(u) + layer.bias
+
+
+def test_initialisation():
+    layer = PointwiseNorm(6, "erf", alpha0=0.7, shift=0.25)
+    assert layer.alpha.item() == pytest.approx(0.7) and layer.alpha.dim() == 0
+    assert layer.shift.item() == 0.25 and layer.shift.dim() == 0
+    assert torch.equal(layer.weight, torch.ones(6)) and torch.equal(layer.bias, torch.zeros(6))
+    assert PointwiseNorm(6, "tanh").shift is None      # Section 3: no s
+    assert "spec='tanh'" in repr(PointwiseNorm(6, "tanh"))
+
+
+def test_output_is_gamma_f_alpha_x_plus_s_plus_beta():
+    layer = PointwiseNorm(3, "tanh", alpha0=0.5, shift=0.2).double()
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([1.0, 2.0, -1.0]))
+        layer.bias.copy_(torch.tensor([0.0, 0.5, 1.0]))
+    x = torch.tensor([[1.0, -2.0, 0.0]], dtype=torch.float64)
+    expected = torch.tensor([[1.0, 2.0, -1.0]]) * torch.tanh(0.5 * torch.tensor([[1.0, -2.0, 0.0]]) + 0.2) \
+        + torch.tensor([0.0, 0.5, 1.0])
+    torch.testing.assert_close(layer(x), expected.double())
+
+
+@pytest.mark.parametrize("spec", SPECS)
+@pytest.mark.parametrize("shift", [None, 0.1])
+def test_fused_gradients_match_plain_autograd(spec, shift):
+    torch.manual_seed(0)
+    layer = PointwiseNorm(5, spec, alpha0=0.8, shift=shift).double()
+    with torch.no_grad():
+        layer.weight.uniform_(0.5, 1.5)
+        layer.bias.uniform_(-0.5, 0.5)
+    x = (torch.randn(2, 7, 5, dtype=torch.float64) * 2 + 0.013).requires_grad_()
+    g = torch.randn(2, 7, 5, dtype=torch.float64)
+    params = [x] + list(layer.parameters())
+    fused = torch.autograd.grad((layer(x) * g).sum(), params)
+    plain = torch.autograd.grad((reference_forward(layer, x) * g).sum(), params)
+    torch.testing.assert_close(layer(x), reference_forward(layer, x))
+    for a, b in zip(fused, plain):
+        torch.testing.assert_close(a, b)
+
+
+def test_gradcheck():
+    layer = PointwiseNorm(4, "erf|hshift=0.3|clip=0.9", shift=0.1).double()
+    x = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    fn = lambda x, a, s, w, b: torch.ops.aten.add(  # noqa: E731
+        torch.zeros(()), lab.layers._PointwiseAffine.apply(x, a, s, w, b, layer.fn))
+    assert torch.autograd.gradcheck(fn, (x, layer.alpha, layer.shift, layer.weight, layer.bias))
+
+
+def test_saves_only_the_input_for_backward():
+    layer = PointwiseNorm(8, "erf|hshift=0.5|flat=0.1|blend=0.1")
+    x = torch.randn(4, 8, requires_grad=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        layer(x)
+    big = [t for t in saved if t.numel() > 8]
+    assert len(big) == 1 and big[0] is x
+
+
+def test_norm_layer_is_a_timm_constructor():
+    ctor = lab.norm_layer("erf|vshift=0.5", alpha0=0.3)
+    layer = ctor(16, device="cpu", dtype=torch.float64)
+    assert isinstance(layer, PointwiseNorm) and layer.spec == "erf|vshift=0.5"
+    assert layer.alpha.item() == pytest.approx(0.3) and layer.weight.dtype == torch.float64
+    assert isinstance(lab.norm_layer("layernorm")(16), nn.LayerNorm)
+    assert type(lab.norm_layer("rmsnorm")(16)).__name__ == "RmsNorm"
+    with pytest.raises(ValueError, match="unknown base function"):
+        lab.norm_layer("erff")
+
+
+def test_derf_and_dyt():
+    derf, dyt = PointwiseNorm(4, "erf", shift=0.0), PointwiseNorm(4, "tanh")
+    assert derf.shift is not None and derf.shift.requires_grad and dyt.shift is None
+    x = torch.randn(2, 4)
+    torch.testing.assert_close(dyt(x), torch.tanh(0.5 * x))
+    torch.testing.assert_close(derf(x), torch.erf(0.5 * x))
+
+
+def test_bf16_autocast_runs():
+    layer = PointwiseNorm(8, "erf")
+    x = torch.randn(2, 8, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = nn.Linear(8, 8)(x)
+        out = layer(y)
+    out.float().sum().backward()
+    assert torch.isfinite(x.grad).all()

@@ -1,0 +1,54 @@
+"""timm integration: every norm of a ViT becomes the chosen layer through timm's own norm_layer argument."""
+import pytest
+import torch
+
+import lab
+from lab.layers import PointwiseNorm
+
+SMALL = dict(img_size=32, patch_size=8, embed_dim=32, depth=3, num_heads=2, num_classes=10)
+SECTION3 = ["erf", "tanh", "arctan", "isru", "erf|hshift=-1", "tanh|vshift=0.5", "arcsinh", "arcsinh|clip=0.5",
+            "logsign|clip=2", "linear|clip=1", "erf|blend=0.1", "logquad", "power23", "linear", "erf|flat=0.5",
+            "arctan|flat=2", "erf|neg", "sin", "dampx", "dampexp"]
+
+
+def test_vit_base_gets_25_pointwise_layers_and_no_layernorm():
+    with torch.device("meta"):
+        model = lab.build_model("vit_base_patch16_224", norm="erf|hshift=0.5")
+    counts = lab.count_norms(model)
+    assert counts == {"PointwiseNorm": 25}
+    assert isinstance(model.fc_norm, PointwiseNorm)          # global_pool='avg': the final norm is fc_norm
+    assert all(m.spec == "erf|hshift=0.5" and m.shift is None for m in model.modules() if isinstance(m, PointwiseNorm))
+
+
+def test_layernorm_baseline_has_25_layernorms():
+    with torch.device("meta"):
+        assert lab.count_norms(lab.build_model("vit_base_patch16_224")) == {"LayerNorm": 25}
+
+
+@pytest.mark.parametrize("depth", [1, 4])
+def test_small_vit_counts(depth):
+    model = lab.build_model("vit", norm="tanh", **{**SMALL, "depth": depth})
+    assert lab.count_norms(model) == {"PointwiseNorm": 2 * depth + 1}
+
+
+def test_derf_model_has_learnable_shifts():
+    model = lab.build_model("vit", norm="erf", shift=0.0, **SMALL)
+    assert sum(1 for n, _ in model.named_parameters() if n.endswith(".shift")) == 2 * SMALL["depth"] + 1
+
+
+@pytest.mark.parametrize("spec", SECTION3)
+def test_forward_backward_through_small_vit(spec):
+    torch.manual_seed(0)
+    model = lab.build_model("vit", norm=spec, **SMALL)
+    x = torch.randn(2, 3, 32, 32)
+    loss = model(x).logsumexp(-1).mean()
+    loss.backward()
+    grads = [p.grad for p in model.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    if "flat" not in spec:   # at init the small activations can all sit inside a flat zone: no signal, zero grads
+        assert any(m.alpha.grad.abs() > 0 for m in model.modules() if isinstance(m, PointwiseNorm))
+
+
+def test_unknown_model_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown model 'vit_bass_patch16_224'.*vit_base_patch16_224"):
+        lab.build_model("vit_bass_patch16_224")

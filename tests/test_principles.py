@@ -1,0 +1,44 @@
+"""The property audit agrees with the paper's classification of every Section-3 variant."""
+import pytest
+
+import lab
+
+P = ("zero_centered", "bounded", "center_sensitive", "monotonic")
+PAPER = {  # spec: (zero-centered, bounded, center-sensitive, monotonic) as the paper's Section 3 classifies it
+    "erf": (1, 1, 1, 1), "tanh": (1, 1, 1, 1), "arctan": (1, 1, 1, 1), "isru": (1, 1, 1, 1),
+    "erf|hshift=0.1": (0, 1, 1, 1), "erf|hshift=-2": (0, 1, 1, 1), "tanh|vshift=0.5": (0, 1, 1, 1),
+    "erf|vshift=2": (0, 1, 1, 1), "arctan|vshift=-0.1": (0, 1, 1, 1),
+    "arcsinh": (1, 0, 1, 1), "logsign": (1, 0, 1, 1), "logquad": (1, 0, 1, 1), "power23": (1, 0, 1, 1),
+    "linear": (1, 0, 1, 1), "arcsinh|clip=0.5": (1, 1, 1, 1), "logsign|clip=5": (1, 1, 1, 1),
+    "linear|clip=1": (1, 1, 1, 1),
+    "erf|blend=0.01": (1, 0, 1, 1), "erf|blend=0.5": (1, 0, 1, 1), "isru|blend=0.1": (1, 0, 1, 1),
+    "erf|flat=0.1": (1, 1, 0, 1), "erf|flat=1": (1, 1, 0, 1), "arctan|flat=3": (1, 1, 0, 1),
+    "erf|neg": (1, 1, 1, 1), "tanh|neg": (1, 1, 1, 1),
+    "sin": (1, 1, 1, 0), "dampx": (1, 1, 1, 0), "dampexp": (1, 1, 1, 0),
+}
+
+
+@pytest.mark.parametrize("spec", sorted(PAPER))
+def test_audit_matches_the_papers_classification(spec):
+    result = lab.audit(spec)
+    assert tuple(int(result[p]) for p in P) == PAPER[spec], {k: result[k] for k in P}
+
+
+def test_audit_reports_the_numbers_behind_each_verdict():
+    a = lab.audit("erf|hshift=0.5")
+    assert a["f0"] == pytest.approx(0.5204998778) and a["zero_crossing"] == pytest.approx(-0.5, abs=1e-3)
+    assert lab.audit("erf|vshift=2")["f0"] == 2
+    assert lab.audit("erf|flat=1")["flat_halfwidth"] == pytest.approx(1.0)
+    assert lab.audit("logsign")["growth"] == pytest.approx(2.0, rel=1e-3)
+    assert lab.audit("erf|neg")["direction"] == "decreasing"
+    assert lab.audit("dampx")["largest_reversal_step"] > 0
+    assert lab.audit("erf|hshift=.50")["spec"] == "erf|hshift=0.5"
+
+
+def test_audit_cli_prints_a_table(capsys):
+    from lab.cli import main
+    assert main(["audit", "erf", "erf|vshift=2"]) == 0
+    out = capsys.readouterr().out
+    assert "zero-centered" in out and "✗ f(0)=+2" in out
+    assert main(["audit", "erff"]) == 2
+    assert "unknown base function 'erff'" in capsys.readouterr().err

@@ -1,0 +1,59 @@
+"""Spec grammar: canonical names, round trips, and one clear error per kind of bad input."""
+import pytest
+
+import lab
+
+
+@pytest.mark.parametrize("spellings,canonical", [
+    (["erf|hshift=0.5", "erf|hshift=0.50", "erf|hshift=.5", " ERF | hshift = 0.5 ", "erf|hshift=5e-1"],
+     "erf|hshift=0.5"),
+    (["erf|vshift=-2", "erf|vshift=-2.0", "erf|vshift=-2.000"], "erf|vshift=-2"),
+    (["erf", "erf|hshift=0", "erf|vshift=-0", "erf|blend=0", "erf|flat=0.0"], "erf"),
+    (["arcsinh|clip=1", "arcsinh|clip=1.0"], "arcsinh|clip=1"),
+    (["erf|neg"], "erf|neg"),
+    (["tanh|blend=0.01"], "tanh|blend=0.01"),
+])
+def test_equivalent_spellings_share_one_canonical_name(spellings, canonical):
+    assert {lab.canonical(s) for s in spellings} == {canonical}
+
+
+@pytest.mark.parametrize("spec", ["erf", "erf|hshift=-0.1", "tanh|vshift=2|neg", "linear|clip=0.5",
+                                  "arctan|flat=0.1|blend=0.5", "power23|clip=3"])
+def test_round_trip(spec):
+    once = lab.canonical(spec)
+    assert lab.canonical(once) == once
+    assert lab.pointwise(once) == lab.pointwise(spec)
+
+
+@pytest.mark.parametrize("spec,fragment", [
+    ("erff", "unknown base function 'erff'"),
+    ("", "empty point-wise spec"),
+    ("erf|hshft=1", "unknown transform 'hshft'"),
+    ("erf|hshift=abc", "bad number 'abc'"),
+    ("erf|hshift=nan", "outside its domain"),
+    ("erf|clip=0", "clip=0 is outside its domain (λ > 0)"),
+    ("erf|clip=-1", "outside its domain"),
+    ("erf|blend=1.5", "blend=1.5 is outside its domain (0 ≤ λ ≤ 1)"),
+    ("erf|flat=-0.1", "flat=-0.1 is outside its domain (λ ≥ 0)"),
+    ("erf|neg=1", "takes no value"),
+    ("erf|hshift", "needs a value"),
+])
+def test_bad_specs_raise_value_error_naming_the_part(spec, fragment):
+    with pytest.raises(ValueError) as info:
+        lab.pointwise(spec)
+    assert fragment in str(info.value)
+
+
+def test_errors_list_the_valid_choices():
+    with pytest.raises(ValueError, match="choose one of: erf, tanh, arctan"):
+        lab.canonical("sigmoid")
+    with pytest.raises(ValueError, match=r"hshift=λ .*neg"):
+        lab.canonical("erf|shift=1")
+
+
+def test_norm_names():
+    assert lab.canonical_norm("LayerNorm") == "layernorm"
+    assert lab.canonical_norm("erf|hshift=.5") == "erf|hshift=0.5"
+    assert lab.is_norm_name("rmsnorm") and not lab.is_norm_name("batchnorm")
+    with pytest.raises(ValueError, match="layernorm, rmsnorm"):
+        lab.canonical_norm("batchnorm")
