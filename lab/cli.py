@@ -1,6 +1,7 @@
 """`lab …` command line: thin argument parsing over the library; every handler is one call into lab/."""
 import argparse
 import json
+import os
 import sys
 
 TABLE_CHOICES = [f"table{i}" for i in range(1, 7)]
@@ -13,15 +14,23 @@ def _train(args):
     failure = record["failure"]
     verdict = (f"failed at step {failure['step']}: {failure['reason']}" if failure
                else f"top-1 {record['top1']:.2f}% (EMA {record['top1_ema']:.2f}%)")
-    print(f"{record['spec']} [{record['protocol']}] {verdict} -> {record['path']}")
+    if int(os.environ.get("RANK", 0)) == 0:   # under torchrun, one line for the run
+        print(f"{record['spec']} [{record['protocol']}] {verdict} -> {record['path']}")
     return 0
 
 
 def _sweep(args):
     from . import sweep
-    seeds = tuple(int(s) for s in args.seeds.split(","))
-    sweep.sweep(args.table, args.protocol, args.results, jobs=args.jobs, launcher=args.launcher, seeds=seeds,
-                overrides=args.set, dry_run=args.dry_run)
+    try:
+        seeds = tuple(int(s) for s in args.seeds.split(","))
+    except ValueError:
+        raise ValueError(f"--seeds {args.seeds!r}: expected comma-separated integers such as 0,1,2") from None
+    try:
+        sweep.sweep(args.table, args.protocol, args.results, jobs=args.jobs, launcher=args.launcher, seeds=seeds,
+                    overrides=args.set, dry_run=args.dry_run)
+    except sweep.CellErrors as err:
+        print(f"lab sweep: {err}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -47,7 +56,11 @@ def _audit(args):
 
 def _reproduce(args):
     from . import reproduce
-    report = reproduce.reproduce(args.protocol, args.out, jobs=args.jobs, overrides=args.set)
+    try:
+        report = reproduce.reproduce(args.protocol, args.out, jobs=args.jobs, overrides=args.set)
+    except RuntimeError as err:  # some notebook or cell failed; the report says which, the rest still ran
+        print(f"lab reproduce: {err}", file=sys.stderr)
+        return 1
     print(f"report: {report}")
     return 0
 
@@ -109,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_reproduce)
 
     p = sub.add_parser("bench", help="LayerNorm vs point-wise norms: images/s, peak memory, MFU")
+    from .bench import add_arguments
+    add_arguments(p)
     p.set_defaults(handler=_bench)
     return parser
 
@@ -120,6 +135,9 @@ def main(argv=None) -> int:
     except ValueError as err:
         print(f"lab {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:       # `lab render … | head`: the reader left; exit quietly as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,177 @@
+"""The paper's Section-3 ablation grids (ablations/table*.yaml) as validated data: cells, specs and paper values.
+
+A table has one or more panels. A panel is rows x columns; each cell's spec is the panel's `spec` template (or a
+row's / column's own `spec`) filled with the row's and column's variables: `{row}` / `{col}` are their labels, any
+other key of a row or column mapping (`lam`, `f`, ...) is a variable. A `|part` whose variable is null is dropped, so
+a "none" row is the plain base function. Every spec is checked with `lab.canonical` at load time.
+Paper values are floats; "×" (the paper's training failure) loads as None.
+"""
+import string
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import yaml
+
+from .perturb import canonical
+
+ABLATIONS_DIR = Path(__file__).resolve().parent.parent / "ablations"
+TABLES = tuple(sorted((p.stem for p in ABLATIONS_DIR.glob("table*.yaml")), key=lambda s: int(s[5:] or 0)))
+FAILURE = "×"
+PRINCIPLES = ("zero_centered", "bounded", "center_sensitive", "monotonic")
+_TABLE_KEYS = {"title", "caption", "principle", "panels"}
+_PANEL_KEYS = {"title", "row_header", "col_header", "x_axis", "spec", "columns", "rows"}
+_AXES = ("columns", "rows")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One cell of a table: its row and column labels, canonical spec, and the paper's top-1 (None = ×)."""
+    row: str
+    col: str
+    spec: str
+    paper: float | None
+    panel: str = ""
+
+
+@dataclass(frozen=True)
+class Panel:
+    """A rows x columns grid. `x_axis` is the swept axis: the x of accuracy-vs-λ plots, the hue of loss curves."""
+    title: str
+    row_header: tuple[str, ...]
+    col_header: str
+    rows: tuple[tuple[str, ...], ...]      # label columns of each row
+    columns: tuple[str, ...]
+    x_axis: str
+    cells: tuple[Cell, ...]                # row-major
+
+    def cell(self, i: int, j: int) -> Cell:
+        return self.cells[i * len(self.columns) + j]
+
+    def x_and_series(self, cell: Cell) -> tuple[str, str]:
+        """(label on the swept axis, label of the series) of one of this panel's cells."""
+        return (cell.col, cell.row) if self.x_axis == "columns" else (cell.row, cell.col)
+
+
+@dataclass(frozen=True)
+class Ablation:
+    name: str
+    title: str
+    caption: str
+    principle: str
+    panels: tuple[Panel, ...]
+
+    @property
+    def cells(self) -> list[Cell]:
+        return [c for p in self.panels for c in p.cells]
+
+    @property
+    def row_labels(self) -> list[str]:
+        return list(dict.fromkeys(c.row for c in self.cells))
+
+    @property
+    def col_labels(self) -> list[str]:
+        return list(dict.fromkeys(c.col for c in self.cells))
+
+    def specs(self) -> list[str]:
+        """Unique canonical specs to train, in table order (row-major, panel by panel)."""
+        return list(dict.fromkeys(c.spec for c in self.cells))
+
+
+def _check_keys(where: str, mapping, allowed: set, required: set) -> None:
+    if not isinstance(mapping, dict):
+        raise ValueError(f"{where}: expected a mapping, got {mapping!r}")
+    unknown, missing = set(mapping) - allowed, required - set(mapping)
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {sorted(unknown)}; valid keys: {sorted(allowed)}")
+    if missing:
+        raise ValueError(f"{where}: missing key(s) {sorted(missing)}")
+
+
+def _entry(where: str, item, axis: str) -> tuple[tuple[str, ...], dict, str | None]:
+    """(label columns, template variables, own spec template) of one row or column entry."""
+    if not isinstance(item, dict):
+        item = {"label": item}
+    if "label" not in item:
+        raise ValueError(f"{where}: a {axis[:-1]} needs a 'label'")
+    label = item["label"]
+    labels = tuple(str(x) for x in label) if isinstance(label, list) else (str(label),)
+    variables = {k: v for k, v in item.items() if k not in ("label", "spec", "paper")}
+    if len(labels) == 1:
+        variables["col" if axis == "columns" else "row"] = labels[0]
+    return labels, variables, item.get("spec")
+
+
+def _fill(where: str, template: str, variables: dict) -> str:
+    """Fill the spec template, dropping every `|part` that refers to a null variable; then canonicalise."""
+    parts = []
+    for part in template.split("|"):
+        names = [name for _, name, _, _ in string.Formatter().parse(part) if name]
+        missing = [n for n in names if n not in variables]
+        if missing:
+            defined = sorted(k for k, v in variables.items() if v is not None)
+            raise ValueError(f"{where}: spec template {template!r} uses {missing}, which neither the row nor the "
+                             f"column defines (they define: {defined})")
+        if any(variables[n] is None for n in names):
+            continue
+        parts.append(part.format(**variables))
+    try:
+        return canonical("|".join(parts))
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}") from None
+
+
+def _paper_value(where: str, value) -> float | None:
+    if value == FAILURE:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{where}: paper value {value!r} must be a number or {FAILURE!r} (training failure)")
+    return float(value)
+
+
+def _panel(name: str, index: int, raw) -> Panel:
+    where = f"{name} panel {index + 1}"
+    _check_keys(where, raw, _PANEL_KEYS, {"row_header", "columns", "rows"})
+    x_axis = raw.get("x_axis", "columns")
+    if x_axis not in _AXES:
+        raise ValueError(f"{where}: x_axis {x_axis!r} must be one of {', '.join(_AXES)}")
+    title = str(raw.get("title", ""))
+    columns = [_entry(f"{where} column {j + 1}", c, "columns") for j, c in enumerate(raw["columns"])]
+    rows, cells = [], []
+    for i, row in enumerate(raw["rows"]):
+        row_where = f"{where} row {i + 1}"
+        labels, row_vars, row_spec = _entry(row_where, row, "rows")
+        paper = row.get("paper") if isinstance(row, dict) else None
+        if not isinstance(paper, list) or len(paper) != len(columns):
+            raise ValueError(f"{row_where} ({' '.join(labels)}): 'paper' must list one value per column "
+                             f"({len(columns)}), got {paper!r}")
+        rows.append(labels)
+        for j, ((col_labels, col_vars, col_spec), value) in enumerate(zip(columns, paper)):
+            cell_where = f"{row_where} ({', '.join(labels)}), column {col_labels[0]!r}"
+            template = col_spec or row_spec or raw.get("spec")
+            if not template:
+                raise ValueError(f"{cell_where}: no spec template (give the panel, row or column a 'spec')")
+            spec = _fill(cell_where, template, {**row_vars, **col_vars})
+            cells.append(Cell(", ".join(labels), col_labels[0], spec, _paper_value(cell_where, value), title))
+    widths = {len(r) for r in rows} | {len(raw["row_header"])}
+    if len(widths) != 1:
+        raise ValueError(f"{where}: row_header {raw['row_header']} and the row labels differ in length")
+    for axis, labels in (("row", rows), ("column", [c[0] for c in columns])):
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"{where}: duplicate {axis} labels {labels}")
+    return Panel(title, tuple(str(h) for h in raw["row_header"]), str(raw.get("col_header", "")), tuple(rows),
+                 tuple(c[0][0] for c in columns), x_axis, tuple(cells))
+
+
+@cache
+def load(name: str) -> Ablation:
+    """The validated grid of `name` ("table1" … "table6"); ValueError naming the problem otherwise."""
+    if name not in TABLES:
+        raise ValueError(f"unknown table {name!r}; choose one of: {', '.join(TABLES)}")
+    raw = yaml.safe_load((ABLATIONS_DIR / f"{name}.yaml").read_text(encoding="utf-8"))
+    _check_keys(name, raw, _TABLE_KEYS, {"title", "panels"})
+    principle = raw.get("principle", "")
+    if principle and principle not in PRINCIPLES:
+        raise ValueError(f"{name}: principle {principle!r} must be one of {', '.join(PRINCIPLES)}")
+    panels = tuple(_panel(name, i, p) for i, p in enumerate(raw["panels"]))
+    return Ablation(name, str(raw["title"]), " ".join(str(raw.get("caption", "")).split()), principle, panels)

@@ -1,0 +1,226 @@
+"""The paper's Figures 2–4, drawn from the lab's own point-wise specs, and figures of recorded results.
+
+All figures share one seaborn style (`_style`): curves that satisfy a property are blue, curves that violate it red.
+Figures are built with matplotlib's object API (no pyplot state, Agg canvas) and saved as PNG and PDF.
+"""
+import math
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import seaborn as sns
+import torch
+from matplotlib import rc_context
+from matplotlib.figure import Figure
+from matplotlib.transforms import blended_transform_factory
+
+from . import ablations, tables
+from .perturb import pointwise
+
+BLUE, RED = sns.color_palette("deep")[0], sns.color_palette("deep")[3]
+BLUES = sns.blend_palette(["#1d3461", BLUE, "#8db0dc"], 3)       # several curves that satisfy a property
+REDS = sns.blend_palette(["#7a1020", RED, "#f08a4b"], 3)         # several curves that violate it
+DASHES = ("-", "--", "-.", ":")
+
+FIGURE2 = {
+    # property: (panel title, label of the curves that satisfy it, of those that violate it, specs, specs, x range)
+    "zero_centered": ("Zero-centered", "Centered", "Not centered", ("erf",), ("erf|hshift=1", "erf|vshift=0.5"), 4),
+    "bounded": ("Bounded", "Bounded", "Not bounded", ("erf", "arcsinh|clip=2"), ("arcsinh", "erf|blend=0.5"), 6),
+    "center_sensitive": ("Center Sensitive", "Sensitive", "Not sensitive", ("erf",), ("erf|flat=1",), 4),
+    "monotonic": ("Monotonic", "Monotonic", "Not monotonic", ("erf", "erf|neg"), ("dampx",), 6),
+}
+"""Figure 2: each panel's specs; tests check them against lab.audit."""
+FIGURE3 = ("logsign", "arcsinh", "logquad", "power23", "linear")
+FIGURE4 = ("erf", "erf|neg", "sin", "dampx", "dampexp")
+
+
+@contextmanager
+def _style():
+    rc = {**sns.axes_style("whitegrid"), **sns.plotting_context("paper", font_scale=1.2),
+          "savefig.dpi": 150, "savefig.bbox": "tight", "legend.frameon": False, "pdf.fonttype": 42}
+    with rc_context(rc):
+        yield
+
+
+def _curve(spec: str, x: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return pointwise(spec).value(torch.from_numpy(x)).numpy()
+
+
+def _save(fig: Figure, out_dir, stem: str) -> list[Path]:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / f"{stem}.png", out / f"{stem}.pdf"]
+    for path in paths:
+        fig.savefig(path)
+    return paths
+
+
+def figure2(out_dir="figures") -> list[Path]:
+    """Four panels, one per design principle: specs that satisfy it (blue) against specs that violate it (red)."""
+    with _style():
+        return _save(_figure2(), out_dir, "figure2")
+
+
+def _figure2() -> Figure:
+    with _style():
+        fig = Figure(figsize=(13, 4.2), layout="constrained")
+        for ax, (title, good, bad, good_specs, bad_specs, half) in zip(fig.subplots(1, 4), FIGURE2.values()):
+            x = np.linspace(-half, half, 2001)
+            for color, label, specs in ((BLUE, good, good_specs), (RED, bad, bad_specs)):
+                for dash, spec in zip(DASHES, specs):
+                    ax.plot(x, _curve(spec, x), color=color, ls=dash, lw=2, label=f"{label}: {spec}")
+            ax.axhline(0, color="0.4", lw=0.6)
+            ax.axvline(0, color="0.4", lw=0.6)
+            ax.set(title=title, xlabel="x", xlim=(-half, half))
+            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), fontsize="small")
+        fig.axes[0].set_ylabel("f(x)")
+        return fig
+
+
+def figure3(out_dir="figures") -> list[Path]:
+    """The unbounded functions of Table 4 on [0, 18]: blue ones train in the paper, red ones fail."""
+    paper = {c.spec: c.paper for c in ablations.load("table4").cells}
+    x = np.linspace(0, 18, 1801)
+    with _style():
+        fig = Figure(figsize=(5, 4.2), layout="constrained")
+        ax = fig.subplots()
+        good, bad = iter(BLUES), iter(REDS[1:])
+        for spec in FIGURE3:
+            trains = paper.get(spec) is not None
+            ax.plot(x, _curve(spec, x), lw=2, color=next(good if trains else bad), ls="-" if trains else "--",
+                    label=spec if trains else f"{spec} (fails)")
+        ax.set(xlim=(0, 18), ylim=(0, 18), xlabel="x", ylabel="f(x)", title="Growth of unbounded functions")
+        ax.legend(loc="upper left")
+        return _save(fig, out_dir, "figure3")
+
+
+def figure4(out_dir="figures") -> list[Path]:
+    """Monotonic erf and −erf (blue) against the non-monotonic sin, dampx, dampexp (red) on [−8, 8]."""
+    x = np.linspace(-8, 8, 3201)
+    with _style():
+        fig = Figure(figsize=(7, 4), layout="constrained")
+        ax = fig.subplots()
+        styles = {"erf": (BLUE, "-"), "erf|neg": (BLUE, "--"), "sin": (REDS[0], "-"), "dampx": (REDS[1], "--"),
+                  "dampexp": (REDS[2], "-.")}
+        for spec in FIGURE4:
+            color, dash = styles[spec]
+            ax.plot(x, _curve(spec, x), color=color, ls=dash, lw=2, label=spec)
+        ax.set(xlim=(-8, 8), ylim=(-1.05, 1.05), xlabel="x", ylabel="f(x)", title="Monotonic and non-monotonic")
+        ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5))
+        return _save(fig, out_dir, "figure4")
+
+
+def write_figures(out_dir="figures") -> list[Path]:
+    """Figures 2–4 as PNG and PDF in `out_dir`; returns the paths written."""
+    return figure2(out_dir) + figure3(out_dir) + figure4(out_dir)
+
+
+def _grid(fig: Figure, n: int, ncols: int = 3):
+    rows, cols = math.ceil(n / ncols), min(n, ncols)
+    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False).ravel())
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    return axes[:n]
+
+
+def _loss_points(record: dict) -> list[tuple[float, float]]:
+    """(step, train loss) of a record: its fine loss curve if it has one, else the per-epoch history; finite only."""
+    points = record.get("loss_curve") or [(h["step"], h.get("train_loss")) for h in record.get("history") or []]
+    return [(float(s), float(v)) for s, v in points if v is not None and math.isfinite(v)]
+
+
+def training_curves(name: str, records, out_dir="figures", protocol: str | None = None) -> list[Path]:
+    """Training loss against epoch for every cell of a table (cf. the paper's Appendix Figures 6–8).
+
+    One subplot per series (e.g. "erf, horizontal"), one curve per swept value (λ), mean ± sd over seeds; a failed run
+    ends in an × (its last logged loss, clipped to the top of the axis, which fits the runs that trained).
+    Returns [] when no record of the table has a loss history.
+    """
+    import pandas as pd
+    table = tables.collect(name, records, protocol)
+    matched = [rec for r in table.results for rec in r.records]
+    spe = next((h["step"] / h["epoch"] for rec in matched for h in rec.get("history") or [] if h.get("epoch")), None)
+    rows, hues, swept = [], {}, {}
+    for panel, results in zip(table.ablation.panels, table.panels):
+        single = len(panel.rows if panel.x_axis == "columns" else panel.columns) == 1
+        for r in results:
+            x, series = panel.x_and_series(r.cell)
+            key = (panel.title, "" if single else series)
+            swept[key] = panel.col_header if panel.x_axis == "columns" else panel.row_header[0]
+            hue = f"{x} {'/'.join(dict.fromkeys(tables.failure_mark(k) for k in r.failures))}".strip()
+            hues.setdefault(key, []).append(hue)
+            for record in r.records:
+                for step, loss in _loss_points(record):
+                    rows.append({"key": key, "hue": hue, "failed": record["status"] == "failed",
+                                 "epoch": step / spe if spe else step, "loss": loss, "seed": record.get("seed")})
+    if not rows:
+        return []
+    data = pd.DataFrame(rows)
+    keys = [k for k in hues if (data["key"] == k).any()]
+    trained = data[~data["failed"]]
+    top = trained["loss"].max() * 1.05 if len(trained) else None
+    with _style():
+        fig = Figure(figsize=(5.4 * min(len(keys), 3), 3.3 * math.ceil(len(keys) / 3)), layout="constrained")
+        for ax, key in zip(_grid(fig, len(keys)), keys):
+            part = data[data["key"] == key]
+            order = [h for h in hues[key] if (part["hue"] == h).any()]
+            palette = dict(zip(order, sns.color_palette("flare", len(order))))
+            sns.lineplot(data=part, x="epoch", y="loss", hue="hue", hue_order=order, palette=palette,
+                         errorbar="sd", ax=ax, lw=1.5)
+            for (hue, _), run in part[part["failed"]].groupby(["hue", "seed"], dropna=False):
+                last = run.sort_values("epoch").iloc[-1]
+                ax.plot(last["epoch"], min(last["loss"], top or last["loss"]), "X", color=palette[hue], ms=9,
+                        clip_on=False)
+            ax.set(title=", ".join(t for t in key if t), xlabel="epoch" if spe else "step", ylabel="train loss")
+            if top:
+                ax.set_ylim(top=top)
+            ax.legend(title=swept[key] or None, fontsize="small", loc="center left", bbox_to_anchor=(1.0, 0.5))
+        fig.suptitle(f"{table.ablation.title}: training loss ({table.protocol})")
+        return _save(fig, out_dir, f"{name}_training_curves")
+
+
+def accuracy_vs_lambda(name: str, records, out_dir="figures", protocol: str | None = None) -> list[Path]:
+    """Top-1 against the swept value (λ, or the function for Tables 4 and 6), measured beside the paper's.
+
+    Per panel: measured (mean ± std over seeds) on the left, the paper's on the right; failures are × on the x axis.
+    """
+    table = tables.collect(name, records, protocol)
+    with _style():
+        panels = table.ablation.panels
+        fig = Figure(figsize=(13, 3.8 * len(panels)), layout="constrained")
+        axes = fig.subplots(len(panels), 2, squeeze=False)
+        for (ax_m, ax_p), panel, results in zip(axes, panels, table.panels):
+            labels = list(panel.columns if panel.x_axis == "columns" else [", ".join(r) for r in panel.rows])
+            series = list(dict.fromkeys(panel.x_and_series(r.cell)[1] for r in results))
+            colors = dict(zip(series, sns.color_palette("deep", len(series))))
+            for ax, measured in ((ax_m, True), (ax_p, False)):
+                at_bottom = blended_transform_factory(ax.transData, ax.transAxes)
+                for k, s in enumerate(series):
+                    points = {panel.x_and_series(r.cell)[0]: r for r in results if panel.x_and_series(r.cell)[1] == s}
+                    y, err, failed = [], [], []
+                    for i, label in enumerate(labels):
+                        r = points[label]
+                        value = (r.mean if r.trained else None) if measured else r.cell.paper
+                        y.append(np.nan if value is None else value)
+                        err.append((r.std or 0.0) if measured and r.trained else 0.0)
+                        if (r.trained is False) if measured else r.cell.paper is None:
+                            failed.append(i)
+                    ax.errorbar(range(len(labels)), y, yerr=err if measured else None, color=colors[s],
+                                marker="o", ms=5, lw=1.5, ls="-" if measured else "--", capsize=3,
+                                mfc=colors[s] if measured else "white", label=s)
+                    if failed:        # (an empty unclipped line would still claim a marker's box at the origin)
+                        offset = (k - (len(series) - 1) / 2) * min(0.08, 0.6 / len(series))   # keep the ×s apart
+                        ax.plot(np.add(failed, offset), [0.04] * len(failed), "X", color=colors[s], ms=9,
+                                transform=at_bottom, clip_on=False)
+                xlabel = panel.col_header if panel.x_axis == "columns" else panel.row_header[0]
+                ax.set_xticks(range(len(labels)), labels)
+                ax.set(xlabel=xlabel, ylabel="top-1 (%)", xlim=(-0.5, len(labels) - 0.5))
+                where = f"measured ({table.protocol or 'no results'})" if measured else "paper (ViT-B, ImageNet-1K)"
+                ax.set_title(f"{panel.title} {where}".strip())
+                if measured and not any(r.run for r in results):
+                    ax.text(0.5, 0.5, "no results", transform=ax.transAxes, ha="center", va="center", color="0.5")
+                    ax.set_yticks([])
+            ax_p.legend(fontsize="small", title="× = failure", loc="center left", bbox_to_anchor=(1.0, 0.5))
+        fig.suptitle(table.ablation.title)
+        return _save(fig, out_dir, f"{name}_accuracy_vs_lambda")

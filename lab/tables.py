@@ -1,0 +1,338 @@
+"""Tables 1–6 from result records, in the paper's layout, each cell "measured (paper)", as md / tex / csv / html.
+
+Records are matched to cells by canonical spec and protocol only (a record trained for another table serves every
+cell with its spec). Within one protocol, records of one config hash are used (the hash covers everything but the seed
+and the norm): the one with most records unless `config_hash` is given; the others are named in a note. Several seeds
+of a cell give mean ± std over the seeds that trained. A cell counts as failed if any of its seeds failed.
+"""
+import csv
+import html
+import io
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import stats
+
+from . import ablations
+from .layers import canonical_norm
+
+FORMATS = ("md", "tex", "csv", "html")
+METRICS = ("top1", "top1_ema")
+FAILURE_MARKS = {"diverged": "×div", "nan": "×nan", "no_learning": "×chance"}
+MISSING = "–"
+LEGEND = ("Cells: measured (paper), top-1 %. × the paper's training failure; measured failures by kind: "
+          "×div diverged, "
+          "×nan non-finite loss, ×chance never learned (chance accuracy); – not run; "
+          "mean ± std over seeds; bold: train/fail differs from the paper.")
+
+
+def failure_mark(kind: str | None) -> str:
+    """The table mark of a failure kind ("diverged" -> "×div"); an unknown kind keeps its name."""
+    return FAILURE_MARKS.get(kind, f"×{kind}" if kind else "×")
+
+
+@dataclass
+class CellResult:
+    """One cell with the records matched to it."""
+    cell: ablations.Cell
+    values: list[float] = field(default_factory=list)     # metric of the seeds that trained
+    failures: list[str] = field(default_factory=list)     # failure kinds of the seeds that failed
+    records: list[dict] = field(default_factory=list)
+
+    @property
+    def run(self) -> bool:
+        return bool(self.values or self.failures)
+
+    @property
+    def trained(self) -> bool | None:
+        return None if not self.run else not self.failures
+
+    @property
+    def mean(self) -> float | None:
+        return float(np.mean(self.values)) if self.values else None
+
+    @property
+    def std(self) -> float | None:
+        return float(np.std(self.values, ddof=1)) if len(self.values) > 1 else None
+
+    @property
+    def agrees(self) -> bool | None:
+        """Train/fail verdict equals the paper's (None if not run)."""
+        return None if not self.run else self.trained == (self.cell.paper is not None)
+
+    def measured_text(self) -> str:
+        if not self.run:
+            return MISSING
+        marks = "/".join(dict.fromkeys(failure_mark(k) for k in self.failures))
+        if not self.values:
+            return marks
+        text = f"{self.mean:.1f}" + (f" ± {self.std:.2f}" if self.std is not None else "")
+        n = len(self.values) + len(self.failures)
+        return f"{text} [{len(self.failures)}/{n} {marks}]" if self.failures else text
+
+    def paper_text(self) -> str:
+        return ablations.FAILURE if self.cell.paper is None else f"{self.cell.paper:.1f}"
+
+
+@dataclass
+class TableResult:
+    """A table's cells with their results, the records' provenance, and notes to print under it."""
+    ablation: ablations.Ablation
+    panels: list[list[CellResult]]
+    protocol: str | None
+    config_hash: str | None
+    metric: str
+    seeds: list
+    baseline: CellResult | None
+    notes: list[str]
+
+    @property
+    def results(self) -> list[CellResult]:
+        return [r for panel in self.panels for r in panel]
+
+    def agreement(self) -> dict:
+        """Train/fail agreement and Spearman ρ of accuracies with the paper's (cells that trained in both)."""
+        run = [r for r in self.results if r.run]
+        both = [r for r in run if r.trained and r.cell.paper is not None]
+        x, y = np.array([r.mean for r in both]), np.array([r.cell.paper for r in both])
+        rho = p = None
+        if len(both) >= 3 and np.ptp(x) > 0 and np.ptp(y) > 0:
+            rho, p = (float(v) for v in stats.spearmanr(x, y))
+        return {"cells": len(self.results), "run": len(run), "agree": sum(bool(r.agrees) for r in run),
+                "paper_failed": sum(r.cell.paper is None for r in run),
+                "measured_failed": sum(not r.trained for r in run),
+                "spearman_n": len(both), "spearman_rho": rho, "spearman_p": p}
+
+
+def _select(ablation, records, protocol, config_hash):
+    """Keep the records of this table's specs (and LayerNorm), one protocol and one config hash; group by spec."""
+    specs = set(ablation.specs()) | {"layernorm"}
+    relevant = []
+    for record in records:
+        try:
+            spec = canonical_norm(record.get("spec", ""))
+        except ValueError:
+            continue
+        if spec in specs and record.get("status") in ("ok", "failed"):
+            relevant.append({**record, "spec": spec})
+    protocols = sorted({r.get("protocol") for r in relevant}, key=str)
+    if protocol is None and len(protocols) > 1:
+        raise ValueError(f"{ablation.name}: the records come from several protocols "
+                         f"({', '.join(map(str, protocols))}); choose one with --protocol")
+    protocol = protocol if protocol is not None else (protocols[0] if protocols else None)
+    relevant = [r for r in relevant if r.get("protocol") == protocol]
+    notes = []
+    hashes = Counter(r.get("config_hash") for r in relevant)
+    if config_hash is None and hashes:
+        latest = {h: max(str(r.get("created", "")) for r in relevant if r.get("config_hash") == h) for h in hashes}
+        config_hash = max(hashes, key=lambda h: (hashes[h], latest[h]))
+    if len(hashes) > 1:
+        others = ", ".join(f"{h} ({n} record{'s' * (n != 1)})" for h, n in hashes.items() if h != config_hash)
+        notes.append(f"Using config {config_hash}; ignored records of other configs of this protocol: {others}.")
+    by_spec: dict[str, dict] = {}
+    for record in sorted(relevant, key=lambda r: str(r.get("created", ""))):
+        if record.get("config_hash") == config_hash:
+            by_spec.setdefault(record["spec"], {})[record.get("seed")] = record   # latest record per seed wins
+    return protocol, config_hash, by_spec, notes
+
+
+def _cell_result(cell, seeds_records: dict, metric: str) -> CellResult:
+    result = CellResult(cell)
+    for record in seeds_records.values():
+        result.records.append(record)
+        if record["status"] == "ok" and record.get(metric) is not None:
+            result.values.append(float(record[metric]))
+        elif record["status"] == "failed":
+            result.failures.append((record.get("failure") or {}).get("kind"))
+    return result
+
+
+def collect(name: str, records, protocol: str | None = None, *, metric: str = "top1",
+            config_hash: str | None = None) -> TableResult:
+    """Match records to the cells of table `name` (see the module docstring)."""
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}; choose one of: {', '.join(METRICS)}")
+    ablation = ablations.load(name)
+    protocol, config_hash, by_spec, notes = _select(ablation, list(records), protocol, config_hash)
+    panels = [[_cell_result(c, by_spec.get(c.spec, {}), metric) for c in p.cells] for p in ablation.panels]
+    baseline = None
+    if "layernorm" in by_spec:
+        baseline = _cell_result(ablations.Cell("LayerNorm", "", "layernorm", None), by_spec["layernorm"], metric)
+    seeds = sorted({s for runs in by_spec.values() for s in runs}, key=str)
+    return TableResult(ablation, panels, protocol, config_hash, metric, seeds, baseline, notes)
+
+
+def _caveat(table: TableResult) -> str | None:
+    """The protocol warning printed above the table (None for the paper's protocol or no results)."""
+    if table.protocol == "smoke":
+        return ("Note: smoke protocol: these numbers only exercise the machinery and are not comparable to the "
+                "paper.")
+    if table.protocol not in (None, "paper"):
+        return (f"Note: protocol {table.protocol} is not the paper's recipe: compare the train/fail pattern and the "
+                "ranking (Spearman ρ), not absolute accuracies.")
+    return None
+
+
+def _notes(table: TableResult) -> list[str]:
+    """Lines under the table: provenance, agreement, baseline, protocol caveats, legend."""
+    a = table.agreement()
+    lines = []
+    if a["run"] == 0:
+        lines.append(f"No results{f' of protocol {table.protocol}' if table.protocol else ''} yet: the paper's values "
+                     "only.")
+    else:
+        rho = (f"Spearman ρ = {a['spearman_rho']:.2f} (p = {a['spearman_p']:.2g}) over the {a['spearman_n']} "
+               "cells that trained in both" if a["spearman_rho"] is not None else
+               f"Spearman ρ: n/a ({a['spearman_n']} cells trained in both; needs ≥ 3 with distinct accuracies)")
+        lines.append(f"Agreement with the paper: {a['run']} of {a['cells']} cells run; train/fail agrees on "
+                     f"{a['agree']}/{a['run']} (paper ×: {a['paper_failed']}, measured ×: {a['measured_failed']}); "
+                     f"{rho}.")
+        seeds = ", ".join(map(str, table.seeds))
+        lines.append(f"Protocol {table.protocol}, config {table.config_hash}, seeds {seeds}, metric {table.metric}.")
+    if table.baseline is not None:
+        lines.append(f"LayerNorm baseline (same protocol and config): {table.baseline.measured_text()}.")
+    return lines + table.notes + [LEGEND]
+
+
+def _cell_text(r: CellResult) -> str:
+    return f"{r.measured_text()} ({r.paper_text()})"
+
+
+def _md(table: TableResult) -> str:
+    ab = table.ablation
+    out = [f"**{ab.title}.** {ab.caption}", ""]
+    if _caveat(table):
+        out += [f"> **{_caveat(table)}**", ""]
+    for panel, results in zip(ab.panels, table.panels):
+        if panel.title:
+            out += [f"*{panel.title}*", ""]
+        header = list(panel.row_header) + list(panel.columns)
+        out.append("| " + " | ".join(header) + " |")
+        out.append("|" + "|".join(["---"] * len(panel.row_header) + [":---:"] * len(panel.columns)) + "|")
+        for i, labels in enumerate(panel.rows):
+            cells = [results[i * len(panel.columns) + j] for j in range(len(panel.columns))]
+            texts = [f"**{_cell_text(r)}**" if r.agrees is False else _cell_text(r) for r in cells]
+            out.append("| " + " | ".join(list(labels) + texts) + " |")
+        out.append("")
+    return "\n".join(out + [f"- {line}" for line in _notes(table)]) + "\n"
+
+
+_TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
+        "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "−": r"\ensuremath{-}",
+        "λ": r"\ensuremath{\lambda}", "ρ": r"\ensuremath{\rho}", "×": r"\ensuremath{\times}",
+        "±": r"\ensuremath{\pm}", "–": "--", "|": r"\textbar{}", "·": r"\ensuremath{\cdot}",
+        "≤": r"\ensuremath{\le}", "≥": r"\ensuremath{\ge}",
+        "²": r"\ensuremath{^2}", "√": r"\ensuremath{\surd}", "π": r"\ensuremath{\pi}"}
+
+
+def _tex_escape(text: str) -> str:
+    return "".join(_TEX.get(ch, ch) for ch in text)
+
+
+def _tex(table: TableResult) -> str:
+    ab = table.ablation
+    out = ["% lab.tables.render: needs \\usepackage{booktabs}", "\\begin{table}[t]", "\\centering", "\\small",
+           f"\\caption{{{_tex_escape(ab.title)}. {_tex_escape(ab.caption)}}}", f"\\label{{tab:{ab.name}}}"]
+    if _caveat(table):
+        out.append(f"\\textbf{{{_tex_escape(_caveat(table))}}}\\par\\smallskip")
+    for panel, results in zip(ab.panels, table.panels):
+        nr, nc = len(panel.row_header), len(panel.columns)
+        if panel.title:
+            out.append(f"\\par\\medskip{{{_tex_escape(panel.title)}}}\\par\\smallskip")
+        out += [f"\\begin{{tabular}}{{{'l' * nr}{'c' * nc}}}", "\\toprule"]
+        if panel.col_header:
+            out += [" & " * nr + f"\\multicolumn{{{nc}}}{{c}}{{{_tex_escape(panel.col_header)}}} \\\\",
+                    f"\\cmidrule(lr){{{nr + 1}-{nr + nc}}}"]
+        out += [" & ".join(_tex_escape(h) for h in list(panel.row_header) + list(panel.columns)) + " \\\\", "\\midrule"]
+        for i, labels in enumerate(panel.rows):
+            texts = []
+            for j in range(nc):
+                r = results[i * nc + j]
+                text = _tex_escape(_cell_text(r))
+                texts.append(f"\\textbf{{{text}}}" if r.agrees is False else text)
+            out.append(" & ".join([_tex_escape(s) for s in labels] + texts) + " \\\\")
+        out += ["\\bottomrule", "\\end{tabular}"]
+    out.append("\\par\\smallskip\\footnotesize")
+    out += [_tex_escape(line) + "\\par" for line in _notes(table)]
+    return "\n".join(out + ["\\end{table}"]) + "\n"
+
+
+def _csv(table: TableResult) -> str:
+    """Paper layout, a measured and a paper column per column; notes as '#' lines (pandas: comment="#")."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    ab = table.ablation
+    buffer.write(f"# {ab.title}. {ab.caption}\n")
+    if _caveat(table):
+        buffer.write(f"# {_caveat(table)}\n")
+    for panel, results in zip(ab.panels, table.panels):
+        if panel.title:
+            buffer.write(f"# {panel.title}\n")
+        writer.writerow(list(panel.row_header) + [h for c in panel.columns for h in (c, f"{c} paper")])
+        for i, labels in enumerate(panel.rows):
+            cells = results[i * len(panel.columns):(i + 1) * len(panel.columns)]
+            writer.writerow(list(labels) + [t for r in cells for t in (r.measured_text(), r.paper_text())])
+    buffer.writelines(f"# {line}\n" for line in _notes(table))
+    return buffer.getvalue()
+
+
+_HTML_STYLE = ("<style>.lab-table td{text-align:center;padding:2px 8px}.lab-table .paper{color:#777}"
+               ".lab-table .failed{color:#b22}.lab-table .disagree{font-weight:bold}"
+               ".lab-table .notes{font-size:90%}.lab-table .caveat{color:#b22}</style>")
+
+
+def _html(table: TableResult) -> str:
+    esc = html.escape
+    ab = table.ablation
+    out = [_HTML_STYLE, '<div class="lab-table">', f"<p><b>{esc(ab.title)}.</b> {esc(ab.caption)}</p>"]
+    if _caveat(table):
+        out.append(f'<p class="caveat"><b>{esc(_caveat(table))}</b></p>')
+    for panel, results in zip(ab.panels, table.panels):
+        nc = len(panel.columns)
+        out.append("<table>" + (f"<caption>{esc(panel.title)}</caption>" if panel.title else "") + "<thead>")
+        span = ' rowspan="2"' if panel.col_header else ""
+        first = "".join(f"<th{span}>{esc(h)}</th>" for h in panel.row_header)
+        if panel.col_header:
+            out.append(f'<tr>{first}<th colspan="{nc}">{esc(panel.col_header)}</th></tr>')
+            first = ""
+        out.append("<tr>" + first + "".join(f"<th>{esc(c)}</th>" for c in panel.columns) + "</tr></thead><tbody>")
+        for i, labels in enumerate(panel.rows):
+            tds = []
+            for r in results[i * nc:(i + 1) * nc]:
+                classes = [c for c, on in (("failed", r.trained is False), ("disagree", r.agrees is False)) if on]
+                attr = f' class="{" ".join(classes)}"' if classes else ""
+                paper = f'<span class="paper">({esc(r.paper_text())})</span>'
+                tds.append(f"<td{attr}>{esc(r.measured_text())} {paper}</td>")
+            out.append("<tr>" + "".join(f"<th>{esc(s)}</th>" for s in labels) + "".join(tds) + "</tr>")
+        out.append("</tbody></table>")
+    out.append('<p class="notes">' + "<br>".join(esc(line) for line in _notes(table)) + "</p>")
+    return "\n".join(out + ["</div>"]) + "\n"
+
+
+_RENDERERS = {"md": _md, "tex": _tex, "csv": _csv, "html": _html}
+
+
+def render(name: str, records=(), fmt: str = "md", protocol: str | None = None, *, metric: str = "top1",
+           config_hash: str | None = None) -> str:
+    """Table `name` in the paper's layout with the measured values beside the paper's, plus an agreement summary.
+
+    With no records it is the empty layout with the paper's values. ValueError on an unknown table, format or metric,
+    or records of several protocols when `protocol` is not given.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}")
+    return _RENDERERS[fmt](collect(name, records, protocol, metric=metric, config_hash=config_hash))
+
+
+def frame(name: str, records=(), protocol: str | None = None, *, metric: str = "top1",
+          config_hash: str | None = None):
+    """The same cells as a tidy pandas DataFrame (one row per cell) for notebooks and further analysis."""
+    import pandas as pd
+    table = collect(name, records, protocol, metric=metric, config_hash=config_hash)
+    return pd.DataFrame([{
+        "table": name, "panel": r.cell.panel, "row": r.cell.row, "col": r.cell.col, "spec": r.cell.spec,
+        "paper": r.cell.paper, "mean": r.mean, "std": r.std, "n_ok": len(r.values), "n_failed": len(r.failures),
+        "failure_kinds": ",".join(k or "" for k in r.failures), "trained": r.trained, "agrees": r.agrees,
+        "protocol": table.protocol, "config_hash": table.config_hash,
+    } for r in table.results])

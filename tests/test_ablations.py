@@ -1,0 +1,105 @@
+"""The ablation grids are exactly the paper's: cell counts, specs and reference values of Tables 1–6."""
+import pytest
+
+import lab
+from lab import ablations
+
+X = None   # the paper's "×"
+
+
+def grid(name):
+    return {(c.panel, c.row, c.col): (c.spec, c.paper) for c in ablations.load(name).cells}
+
+
+def test_tables_listed():
+    assert ablations.TABLES == ("table1", "table2", "table3", "table4", "table5", "table6")
+
+
+@pytest.mark.parametrize("name, shapes", [
+    ("table1", [(6, 9)]), ("table2", [(7, 3)]), ("table3", [(4, 4)]), ("table4", [(1, 5)]), ("table5", [(3, 6)]),
+    ("table6", [(3, 2), (1, 3)]),
+])
+def test_cell_counts_match_the_paper(name, shapes):
+    ab = ablations.load(name)
+    assert [(len(p.rows), len(p.columns)) for p in ab.panels] == shapes
+    assert len(ab.cells) == sum(r * c for r, c in shapes)
+    assert ab.title.startswith(f"Table {name[-1]}") and ab.caption
+
+
+@pytest.mark.parametrize("name", ablations.TABLES)
+def test_specs_are_canonical_unique_and_cover_every_cell(name):
+    ab = ablations.load(name)
+    specs = ab.specs()
+    assert len(specs) == len(set(specs))
+    assert all(lab.canonical(s) == s for s in specs)
+    assert set(specs) == {c.spec for c in ab.cells}
+    assert all(c.paper is None or 70 < c.paper < 90 for c in ab.cells)
+
+
+def test_table1_grid():
+    g = grid("table1")
+    assert g[("", "erf, horizontal", "−2")] == ("erf|hshift=-2", X)
+    assert g[("", "erf, horizontal", "+0.1")] == ("erf|hshift=0.1", 82.7)
+    assert g[("", "tanh, vertical", "−0.5")] == ("tanh|vshift=-0.5", 81.9)
+    assert g[("", "arctan, vertical", "+1")] == ("arctan|vshift=1", 81.2)
+    assert g[("", "erf, vertical", "0")] == g[("", "erf, horizontal", "0")] == ("erf", 82.6)
+    paper = [c.paper for c in ablations.load("table1").cells]
+    assert paper.count(X) == 12 and sum(p for p in paper if p) == pytest.approx(3452.0)
+    assert len(ablations.load("table1").specs()) == 51          # the λ = 0 column is the plain base, shared
+
+
+def test_table2_to_4_grids():
+    g2, g3, g4 = grid("table2"), grid("table3"), grid("table4")
+    assert g2[("", "none", "linear")] == ("linear", X)
+    assert g2[("", "0.5", "logsign")] == ("logsign|clip=0.5", 82.4)
+    assert g2[("", "5.0", "linear")] == ("linear|clip=5", 82.0)
+    assert sum(p for _, p in g2.values() if p) == pytest.approx(1645.4)
+    assert g3[("", "none", "isru")] == ("isru", 82.2)
+    assert g3[("", "0.01", "erf")] == ("erf|blend=0.01", 82.4)
+    assert [g3[("", "0.5", f)] for f in ("erf", "tanh", "arctan", "isru")] == [
+        ("erf|blend=0.5", X), ("tanh|blend=0.5", X), ("arctan|blend=0.5", X), ("isru|blend=0.5", X)]
+    assert sum(p for _, p in g3.values() if p) == pytest.approx(987.5)
+    assert list(g4.values()) == [("logsign", 82.2), ("arcsinh", 82.2), ("logquad", 82.1), ("power23", X),
+                                 ("linear", X)]
+
+
+def test_table5_and_6_grids():
+    g5, g6 = grid("table5"), grid("table6")
+    assert g5[("", "erf", "0")] == ("erf", 82.6)
+    assert g5[("", "tanh", "2.0")] == ("tanh|flat=2", 81.1)
+    assert g5[("", "arctan", "3.0")] == ("arctan|flat=3", X)
+    assert sum(p for _, p in g5.values() if p) == pytest.approx(1231.0)
+    a, b = (p.title for p in ablations.load("table6").panels)
+    assert g6[(a, "erf", "−f(x)")] == ("erf|neg", 82.5)
+    assert g6[(a, "arctan", "f(x)")] == ("arctan", 82.3)
+    assert [g6[(b, "top-1", f)] for f in ("sin", "dampx", "dampexp")] == [("sin", 81.6), ("dampx", 80.7),
+                                                                          ("dampexp", 81.2)]
+
+
+def test_unknown_table_names_the_choices():
+    with pytest.raises(ValueError, match=r"unknown table 'table7'.*table1, table2"):
+        ablations.load("table7")
+
+
+@pytest.mark.parametrize("yaml_text, message", [
+    ("title: T\npanels: [{row_header: [f], spec: '{row}|hshift={lam}', columns: [{label: a, lam: 1}],"
+     " rows: [{label: erff, paper: [80]}]}]", "unknown base function 'erff'"),
+    ("title: T\npanels: [{row_header: [f], spec: '{row}', columns: [a, b], rows: [{label: erf, paper: [80]}]}]",
+     "one value per column"),
+    ("title: T\npanels: [{row_header: [f], spec: '{row}', columns: [a], rows: [{label: erf, paper: [x]}]}]",
+     "must be a number or '×'"),
+    ("title: T\npanels: [{row_header: [f], spec: '{row}|clip={lam}', columns: [a],"
+     " rows: [{label: erf, paper: [80]}]}]", r"uses \['lam'\]"),
+    ("title: T\npanels: [{row_header: [f], spec: '{row}', colums: [a], columns: [a],"
+     " rows: [{label: erf, paper: [80]}]}]", r"unknown key\(s\) \['colums'\]"),
+])
+def test_bad_grids_fail_at_load(tmp_path, monkeypatch, yaml_text, message):
+    (tmp_path / "table9.yaml").write_text(yaml_text, encoding="utf-8")
+    monkeypatch.setattr(ablations, "ABLATIONS_DIR", tmp_path)
+    monkeypatch.setattr(ablations, "TABLES", ("table9",))
+    ablations.load.cache_clear()
+    try:
+        with pytest.raises(ValueError, match=message):
+            ablations.load("table9")
+    finally:
+        ablations.load.cache_clear()

@@ -1,0 +1,121 @@
+"""Rendering Tables 1–6 from records: golden files, failure kinds, seeds, missing cells and the agreement summary.
+
+Regenerate the golden files after an intended change with LAB_UPDATE_GOLDEN=1 (and read the diff).
+"""
+import csv
+import io
+import math
+import os
+from pathlib import Path
+
+import pytest
+
+from lab import tables
+
+GOLDEN = Path(__file__).parent / "golden"
+
+
+def rec(spec, top1=None, seed=0, kind=None, protocol="smoke", config_hash="aaaa"):
+    failure = {"step": 7, "reason": "test", "kind": kind} if kind else None
+    return {"spec": spec, "table": "table3", "protocol": protocol, "status": "failed" if kind else "ok",
+            "failure": failure, "top1": top1, "top1_ema": None if top1 is None else top1 - 1, "seed": seed,
+            "config_hash": config_hash, "history": [], "device": "cpu"}
+
+
+FAKE = [
+    rec("erf", 60.0), rec("erf", 62.0, seed=1), rec("tanh", 58.0), rec("arctan", 57.0), rec("isru", 59.0),
+    rec("erf|blend=0.01", 55.0), rec("tanh|blend=0.01", kind="nan"),
+    rec("arctan|blend=0.01", 54.0), rec("arctan|blend=0.01", seed=1, kind="diverged"),
+    rec("erf|blend=0.1", 50.0), rec("arctan|blend=0.1", 52.0),
+    rec("erf|blend=0.5", kind="diverged"), rec("tanh|blend=0.5", 10.0), rec("arctan|blend=0.5", kind="no_learning"),
+    rec("layernorm", 63.0),
+    rec("tanh", 99.0, config_hash="bbbb"),               # another config of the same protocol: ignored, noted
+    rec("erf", 30.0, protocol="proxy"),                  # another protocol
+    rec("sin", 40.0),                                    # not a cell of Table 3
+]
+
+
+@pytest.mark.parametrize("name, records, fmt", [(n, FAKE, f) for n in ["table3"] for f in tables.FORMATS]
+                         + [("table6", [], "md"), ("table1", [], "tex")])
+def test_golden(name, records, fmt):
+    text = tables.render(name, records, fmt, protocol="smoke" if records else None)
+    path = GOLDEN / f"{name}_{'fake' if records else 'empty'}.{fmt}"
+    if os.environ.get("LAB_UPDATE_GOLDEN"):
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    assert text == path.read_text(encoding="utf-8")
+
+
+def texts(records=FAKE, **kw):
+    table = tables.collect("table3", records, "smoke", **kw)
+    return {(r.cell.row, r.cell.col): r.measured_text() for r in table.results}
+
+
+def test_cells_show_seeds_failures_by_kind_and_missing():
+    t = texts()
+    assert t[("none", "erf")] == f"61.0 ± {math.sqrt(2):.2f}"                  # two seeds: mean ± sample std
+    assert t[("0.01", "tanh")] == "×nan"
+    assert t[("0.5", "erf")] == "×div"
+    assert t[("0.5", "arctan")] == "×chance"
+    assert t[("0.01", "arctan")] == "54.0 [1/2 ×div]"                        # one seed of two diverged
+    assert t[("0.01", "isru")] == t[("0.5", "isru")] == tables.MISSING
+    assert t[("none", "tanh")] == "58.0"                                      # config bbbb (99.0) ignored
+    assert texts(metric="top1_ema")[("none", "tanh")] == "57.0"
+
+
+def test_agreement_summary_matches_hand_count():
+    a = tables.collect("table3", FAKE, "smoke").agreement()
+    # run: 4 + 3 + 2 + 3 = 12; disagree: tanh 0.01 (×nan), arctan 0.01 (a seed diverged), tanh 0.5 (trained)
+    assert (a["cells"], a["run"], a["agree"], a["paper_failed"], a["measured_failed"]) == (16, 12, 9, 3, 4)
+    # trained in both: 7 cells; ranks (measured, paper) with paper ties at 82.3 -> 3.5:
+    # erf (7,7) tanh (5,6) arctan (4,3.5) isru (6,2) erf.01 (3,5) erf.1 (1,3.5) arctan.1 (2,1)
+    # Pearson on ranks: 13.5 / sqrt(28 * 27.5)
+    assert a["spearman_n"] == 7
+    assert a["spearman_rho"] == pytest.approx(13.5 / math.sqrt(28 * 27.5))
+    md = tables.render("table3", FAKE, "md", "smoke")
+    assert "12 of 16 cells run; train/fail agrees on 9/12 (paper ×: 3, measured ×: 4); Spearman ρ = 0.49" in md
+    assert "LayerNorm baseline (same protocol and config): 63.0" in md
+    assert "ignored records of other configs of this protocol: bbbb (1 record)" in md
+    assert md.index("only exercise the machinery") < md.index("| λb |")       # the smoke caveat comes first
+
+
+def test_spearman_needs_three_cells():
+    a = tables.collect("table3", [rec("erf", 60.0), rec("tanh", 50.0)], "smoke").agreement()
+    assert a["spearman_rho"] is None and a["spearman_n"] == 2
+    assert "Spearman ρ: n/a" in tables.render("table3", [rec("erf", 60.0), rec("tanh", 50.0)])
+
+
+def test_empty_layout_shows_the_paper_values():
+    md = tables.render("table1", [])
+    assert "| erf | horizontal | – (×) | – (82.0) |" in md
+    assert "No results yet" in md and "smoke" not in md
+
+
+def test_protocols():
+    with pytest.raises(ValueError, match=r"several protocols \(proxy, smoke\).*--protocol"):
+        tables.render("table3", FAKE)
+    proxy = tables.collect("table3", FAKE, "proxy")
+    assert [r.measured_text() for r in proxy.results if r.run] == ["30.0"]
+    assert "not the paper's recipe" in tables.render("table3", FAKE, "md", "proxy")
+
+
+def test_csv_is_the_layout_and_parses():
+    rows = [r for r in csv.reader(io.StringIO(tables.render("table3", FAKE, "csv", "smoke"))) if r[0][:1] != "#"]
+    assert rows[0] == ["λb", "erf", "erf paper", "tanh", "tanh paper", "arctan", "arctan paper", "isru", "isru paper"]
+    assert rows[4] == ["0.5", "×div", "×", "10.0", "×", "×chance", "×", "–", "×"]
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="unknown format 'pdf'; choose one of: md, tex, csv, html"):
+        tables.render("table3", [], "pdf")
+    with pytest.raises(ValueError, match="unknown metric"):
+        tables.render("table3", [], metric="top5")
+    with pytest.raises(ValueError, match="unknown table"):
+        tables.render("table0", [])
+
+
+def test_frame():
+    df = tables.frame("table3", FAKE, "smoke")
+    assert len(df) == 16
+    row = df[(df["row"] == "0.01") & (df["col"] == "arctan")].iloc[0]
+    assert (row["spec"], row["n_ok"], row["n_failed"], row["trained"]) == ("arctan|blend=0.01", 1, 1, False)
