@@ -1,0 +1,220 @@
+"""`lab bench`: LayerNorm against point-wise norms in one process — training-step images/s, peak memory, MFU.
+
+A training step is forward + backward + AdamW on random images (the data path is not measured). FLOPs per image come
+from torch's FlopCounterMode on one real step (matmuls and attention: what MFU conventionally counts); MFU divides the
+achieved FLOP/s by the device's dense peak for the dtype (PEAK_TFLOPS, or --peak-tflops). On a GPU the real ViT-B/16
+benchmark runs; on a CPU a small model stands in (for tests and a quick look; CPU numbers are never GPU results).
+Packing measures the aggregate images/s of N concurrent small-model runs on one device (the proxy sweep's `--jobs`).
+"""
+import argparse
+import datetime
+import json
+import multiprocessing as mp
+import platform
+import time
+from pathlib import Path
+
+import timm
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from .models import build_model
+
+DERF = "derf"   # erf with the learnable shift s (Section 4); every other name is a norm spec without s
+SECTION3_VARIANTS = ("erf", "tanh", "arctan", "erf|hshift=0.5", "erf|vshift=0.5", "arcsinh|clip=1",
+                     "erf|blend=0.1", "erf|flat=0.5", "erf|neg", "sin", "dampx", "dampexp")
+GPU_MODEL = {"model": "vit_base_patch16_224", "img_size": 224, "batch": 256}
+CPU_MODEL = {"model": "vit", "img_size": 32, "patch_size": 8, "embed_dim": 64, "depth": 2, "num_heads": 2, "batch": 16}
+PROXY_MODEL = {"model": "vit", "img_size": 32, "patch_size": 4, "embed_dim": 192, "depth": 12, "num_heads": 3,
+               "batch": 256}
+PEAK_TFLOPS = {  # dense tensor-core peaks from the vendors' data sheets (SXM parts)
+    ("H100", "bf16"): 989.0, ("H100", "fp32"): 67.0, ("H200", "bf16"): 989.0, ("H200", "fp32"): 67.0,
+    ("A100", "bf16"): 312.0, ("A100", "fp32"): 19.5,
+}
+RESULTS_DIR = Path(__file__).resolve().parent.parent / "ablations" / "results" / "bench"
+
+
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or 'cpu'})"
+
+
+def peak_tflops(device: torch.device, dtype: str, override: float | None = None) -> float | None:
+    if override:
+        return override
+    name = device_name(device)
+    return next((v for (chip, dt), v in PEAK_TFLOPS.items() if chip in name and dt == dtype), None)
+
+
+def _step_fn(model, optimizer, images, targets, dtype):
+    def step():
+        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=dtype == "bf16"):
+            loss = torch.nn.functional.cross_entropy(model(images), targets)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return step
+
+
+def measure(norm: str, mode: str, dtype: str, shape: dict, device: torch.device, steps: int, warmup: int,
+            peak: float | None = None) -> dict:
+    """One side-by-side cell: images/s, peak memory (GPU only) and MFU of training steps with `norm`."""
+    kw = {k: v for k, v in shape.items() if k not in ("model", "batch")}
+    model_name, batch = shape["model"], shape["batch"]
+    torch.manual_seed(0)
+    norm_kw = {"norm": "erf", "shift": 0.0} if norm == DERF else {"norm": norm}
+    model = build_model(model_name, **norm_kw, **kw).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
+    images = torch.randn(batch, 3, shape["img_size"], shape["img_size"], device=device)
+    targets = torch.randint(0, model.num_classes, (batch,), device=device)
+    with FlopCounterMode(display=False) as counter:
+        _step_fn(model, optimizer, images, targets, dtype)()
+    flops_per_image = counter.get_total_flops() / batch
+    step = _step_fn(torch.compile(model) if mode == "compiled" else model, optimizer, images, targets, dtype)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for _ in range(warmup):
+        step()
+    sync()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync()
+    seconds = time.perf_counter() - start
+    img_per_s = steps * batch / seconds
+    peak = peak_tflops(device, dtype, peak)
+    return {
+        "model": model_name if model_name != "vit" else f"vit-d{kw['depth']}-w{kw['embed_dim']}-{kw['img_size']}px",
+        "norm": norm, "mode": mode, "dtype": dtype, "batch": batch, "steps": steps,
+        "img_per_s": img_per_s,
+        "peak_mem_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+        "gflop_per_img": flops_per_image / 1e9,
+        "mfu": flops_per_image * img_per_s / (peak * 1e12) if peak else None,
+        "peak_tflops": peak,
+        "device": device_name(device), "torch": torch.__version__, "timm": timm.__version__,
+        "date": datetime.date.today().isoformat(),
+    }
+
+
+def _packed_worker(shape, device, seconds, start_event, queue):
+    torch.set_num_threads(1)
+    device = torch.device(device)
+    kw = {k: v for k, v in shape.items() if k not in ("model", "batch")}
+    model = build_model(shape["model"], norm="erf", **kw).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    images = torch.randn(shape["batch"], 3, shape["img_size"], shape["img_size"], device=device)
+    targets = torch.randint(0, model.num_classes, (shape["batch"],), device=device)
+    step = _step_fn(model, optimizer, images, targets, "bf16" if device.type == "cuda" else "fp32")
+    step()
+    start_event.wait()
+    done, end = 0, time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        step()
+        done += 1
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    queue.put(done * shape["batch"] / seconds)
+
+
+def packing(ns, shape: dict, device: torch.device, seconds: float) -> list[dict]:
+    """Aggregate images/s of N concurrent training processes sharing one device, for each N."""
+    ctx = mp.get_context("spawn")
+    rows = []
+    for n in ns:
+        start, queue = ctx.Event(), ctx.Queue()
+        procs = [ctx.Process(target=_packed_worker, args=(shape, str(device), seconds, start, queue)) for _ in range(n)]
+        for p in procs:
+            p.start()
+        time.sleep(2.0)          # let every worker build its model before the clock starts
+        start.set()
+        total = sum(queue.get(timeout=seconds + 300) for _ in procs)   # a dead worker raises, never hangs
+        for p in procs:
+            p.join()
+        rows.append({"mode": "packing", "runs": n, "img_per_s": total, "batch": shape["batch"],
+                     "model": f"vit-d{shape['depth']}-w{shape['embed_dim']}-{shape['img_size']}px",
+                     "device": device_name(device), "torch": torch.__version__, "timm": timm.__version__,
+                     "date": datetime.date.today().isoformat()})
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    """Markdown table; each cell's speed and memory relative to LayerNorm of the same mode and dtype."""
+    base = {(r["mode"], r["dtype"]): r for r in rows if r.get("norm") == "layernorm"}
+    lines = ["| norm | mode | dtype | img/s | × LN | peak GiB | × LN | MFU |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r["mode"] == "packing":
+            continue
+        ln = base.get((r["mode"], r["dtype"]))
+        speed = f"{r['img_per_s'] / ln['img_per_s']:.3f}" if ln else "–"
+        mem, mfu = r["peak_mem_gib"], r["mfu"]
+        mem_rel = f"{mem / ln['peak_mem_gib']:.3f}" if ln and mem and ln["peak_mem_gib"] else "–"
+        mem_text = "–" if mem is None else f"{mem:.2f}"
+        mfu_text = "–" if mfu is None else f"{100 * mfu:.1f}%"
+        lines.append(f"| `{r['norm']}` | {r['mode']} | {r['dtype']} | {r['img_per_s']:.1f} | {speed} | "
+                     f"{mem_text} | {mem_rel} | {mfu_text} |")
+    packed = [r for r in rows if r["mode"] == "packing"]
+    if packed:
+        lines += ["", "| concurrent runs | aggregate img/s | × one run |", "|---|---|---|"]
+        lines += [f"| {r['runs']} | {r['img_per_s']:.0f} | {r['img_per_s'] / packed[0]['img_per_s']:.2f} |"
+                  for r in packed]
+    return "\n".join(lines)
+
+
+def run(norms, modes, dtypes, device, steps, warmup, shape, packing_ns=(), packing_seconds=10.0,
+        peak=None, progress=True) -> list[dict]:
+    rows = []
+    for mode in modes:
+        for dtype in dtypes:
+            for norm in ("layernorm", *[n for n in norms if n != "layernorm"]):
+                rows.append(measure(norm, mode, dtype, shape, device, steps, warmup, peak))
+                if progress:
+                    r = rows[-1]
+                    print(f"{r['norm']:<18} {mode:<8} {dtype:<4} {r['img_per_s']:9.1f} img/s", flush=True)
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+    if packing_ns:
+        rows += packing(packing_ns, PROXY_MODEL if device.type == "cuda" else shape, device, packing_seconds)
+    return rows
+
+
+def main(args: argparse.Namespace) -> int:
+    from .layers import canonical_norm
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    names = args.norms.split(",") if args.norms else SECTION3_VARIANTS + (DERF,)
+    norms = [n if n == DERF else canonical_norm(n) for n in names]
+    shape = dict(GPU_MODEL if device.type == "cuda" else CPU_MODEL)
+    if args.batch:
+        shape["batch"] = args.batch
+    modes = args.modes.split(",")
+    dtypes = args.dtypes.split(",")
+    for name, values, choices in (("--modes", modes, ("eager", "compiled")), ("--dtypes", dtypes, ("bf16", "fp32"))):
+        bad = [v for v in values if v not in choices]
+        if bad:
+            raise ValueError(f"{name}: unknown value {bad[0]!r}; choose from {', '.join(choices)}")
+    packing_ns = [int(n) for n in args.packing.split(",")] if args.packing else []
+    rows = run(norms, modes, dtypes, device, args.steps, args.warmup, shape, packing_ns, args.packing_seconds,
+               args.peak_tflops)
+    print(format_table(rows))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    path = out / f"bench-{device.type}-{stamp}.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(rows, indent=1))
+    tmp.replace(path)
+    print(f"records: {path}")
+    return 0
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--norms", default=None, help="comma-separated specs or 'derf' (default: Section-3 variants, Derf)")
+    p.add_argument("--modes", default="eager,compiled", help="eager,compiled")
+    p.add_argument("--dtypes", default="bf16,fp32", help="bf16,fp32")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--batch", type=int, default=None, help="default 256 on a GPU (ViT-B/16), 16 on a CPU")
+    p.add_argument("--device", default=None)
+    p.add_argument("--packing", default="", help="e.g. 1,2,4,8: concurrent small-model runs on one device")
+    p.add_argument("--packing-seconds", type=float, default=10.0)
+    p.add_argument("--peak-tflops", type=float, default=None, help="dense peak for MFU (default: by device name)")
+    p.add_argument("--out", default=str(RESULTS_DIR))

@@ -1,0 +1,49 @@
+"""`lab bench` on the CPU stand-in model, and the layer under torch.compile (what the GPU benchmark relies on)."""
+import json
+
+import pytest
+import torch
+
+from lab import bench
+from lab.cli import main
+from lab.layers import PointwiseNorm
+
+TINY = {"model": "vit", "img_size": 16, "patch_size": 8, "embed_dim": 16, "depth": 1, "num_heads": 2, "batch": 4}
+
+
+def test_measure_records_the_fields_of_a_bench_record():
+    row = bench.measure("erf|flat=0.5", "eager", "fp32", TINY, torch.device("cpu"), steps=2, warmup=1, peak=1.0)
+    assert {"model", "norm", "mode", "dtype", "batch", "img_per_s", "peak_mem_gib", "mfu", "device", "torch",
+            "timm", "date"} <= set(row)
+    assert row["img_per_s"] > 0 and row["gflop_per_img"] > 0 and row["peak_mem_gib"] is None
+    assert row["mfu"] == pytest.approx(row["gflop_per_img"] * 1e9 * row["img_per_s"] / 1e12)
+
+
+def test_table_is_relative_to_layernorm():
+    rows = [{"norm": n, "mode": "eager", "dtype": "fp32", "img_per_s": v, "peak_mem_gib": m, "mfu": None}
+            for n, v, m in [("layernorm", 100.0, 2.0), ("erf", 95.0, 1.5)]]
+    table = bench.format_table(rows)
+    assert "| `erf` | eager | fp32 | 95.0 | 0.950 | 1.50 | 0.750 | – |" in table
+
+
+def test_cli_writes_records(tmp_path, monkeypatch):
+    monkeypatch.setattr(bench, "CPU_MODEL", TINY)
+    assert main(["bench", "--norms", "derf", "--modes", "eager", "--dtypes", "bf16", "--steps", "1",
+                 "--warmup", "0", "--out", str(tmp_path)]) == 0
+    (path,) = tmp_path.glob("bench-cpu-*.json")
+    rows = json.loads(path.read_text())
+    assert [r["norm"] for r in rows] == ["layernorm", "derf"] and rows[0]["device"].startswith("cpu")
+    assert main(["bench", "--modes", "jit", "--out", str(tmp_path)]) == 2
+
+
+def test_compiled_layer_matches_eager():
+    torch.manual_seed(0)
+    layer = PointwiseNorm(8, "erf|hshift=0.5|flat=0.1", shift=0.0)
+    x = torch.randn(4, 8, requires_grad=True)
+    eager_y = layer(x)
+    eager = torch.autograd.grad(eager_y.sum(), [x, *layer.parameters()])
+    compiled_y = torch.compile(layer)(x)
+    compiled = torch.autograd.grad(compiled_y.sum(), [x, *layer.parameters()])
+    torch.testing.assert_close(compiled_y, eager_y)
+    for a, b in zip(compiled, eager):
+        torch.testing.assert_close(a, b)
