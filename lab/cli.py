@@ -27,7 +27,7 @@ def _sweep(args):
         raise ValueError(f"--seeds {args.seeds!r}: expected comma-separated integers such as 0,1,2") from None
     try:
         sweep.sweep(args.table, args.protocol, args.results, jobs=args.jobs, launcher=args.launcher, seeds=seeds,
-                    overrides=args.set, dry_run=args.dry_run)
+                    overrides=args.set, dry_run=args.dry_run, slurm=args.slurm)
     except sweep.CellErrors as err:
         print(f"lab sweep: {err}", file=sys.stderr)
         return 1
@@ -95,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", default="results")
     p.add_argument("--seeds", default="0", help="comma-separated seeds, e.g. 0,1,2")
     p.add_argument("--dry-run", action="store_true", help="write the SLURM submission without submitting")
+    p.add_argument("--slurm", action="append", default=[], metavar="KEY=VALUE",
+                   help="submitit SLURM parameter: partition=gpu, nodes=4, gpus_per_node=8, time=4320 (minutes), ...")
     overrides(p)
     p.set_defaults(handler=_sweep)
 

@@ -1,0 +1,116 @@
+"""Protocols are plain YAML (configs/protocols/NAME.yaml); a run's config is a protocol plus `key=value` overrides.
+
+Overrides take a dotted path into the config ("optim.weight_decay=0.1") or one of the SHORTCUTS ("lr=1e-3").
+Values are parsed as YAML ("1e-3", "null", "[0.9, 0.95]"). An unknown protocol or key is a ValueError naming it.
+"""
+import copy
+import difflib
+import hashlib
+import json
+from pathlib import Path
+
+import yaml
+
+PROTOCOL_DIR = Path(__file__).resolve().parent.parent / "configs" / "protocols"
+PROTOCOLS = tuple(sorted(p.stem for p in PROTOCOL_DIR.glob("*.yaml")))
+
+SHORTCUTS = {
+    "lr": "optim.lr",
+    "batch_size": "optim.batch_size",
+    "epochs": "schedule.epochs",
+    "warmup_epochs": "schedule.warmup_epochs",
+    "data_path": "data.path",
+    "alpha0": "model.alpha0",
+}
+"""Short override names for the settings people change most (seed and device are top-level keys already)."""
+
+NOT_HASHED = ("seed", "device", "threads", "log_every", "checkpoint", "compile", "data.workers", "optim.micro_batch")
+"""Settings that do not change what is learned (where and how fast it runs), left out of config_hash.
+micro_batch only splits the effective batch into accumulation steps."""
+
+
+def load(protocol: str, overrides: list[str] | dict | None = None) -> dict:
+    """The resolved config of `protocol` with `overrides` applied (a list of "key=value" strings or a dict)."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}: choose one of {', '.join(PROTOCOLS)}"
+                         f"{_hint(protocol, PROTOCOLS)}")
+    cfg = yaml.safe_load((PROTOCOL_DIR / f"{protocol}.yaml").read_text())
+    cfg["protocol"] = protocol
+    items = overrides.items() if isinstance(overrides, dict) else [_split(o) for o in overrides or []]
+    for key, value in items:
+        _set(cfg, key, _parse(value) if isinstance(value, str) else value)
+    return cfg
+
+
+def config_hash(cfg: dict) -> str:
+    """12 hex chars over everything that changes the result, except the seed and the norm (see NOT_HASHED)."""
+    kept = copy.deepcopy(cfg)
+    for dotted in NOT_HASHED:
+        *parents, leaf = dotted.split(".")
+        node = kept
+        for p in parents:
+            node = node.get(p, {}) if isinstance(node, dict) else {}
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    text = json.dumps(kept, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def keys(cfg: dict, prefix: str = "") -> list[str]:
+    """Every dotted leaf key of a config (what --set accepts), plus the shortcuts."""
+    out = []
+    for k, v in cfg.items():
+        out += keys(v, f"{prefix}{k}.") if isinstance(v, dict) and v else [f"{prefix}{k}"]
+    return out
+
+
+def _split(item: str) -> tuple[str, str]:
+    if not isinstance(item, str) or "=" not in item:
+        raise ValueError(f"override {item!r}: write key=value (e.g. lr=1e-3, epochs=5, model.depth=6)")
+    key, value = item.split("=", 1)
+    return key.strip(), value.strip()
+
+
+def _parse(text: str):
+    """YAML value, with YAML 1.1's gap closed: "1e-3" is a number, not a string."""
+    value = yaml.safe_load(text) if text else None
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value
+
+
+def _set(cfg: dict, key: str, value):
+    path = SHORTCUTS.get(key, key).split(".")
+    node = cfg
+    for i, part in enumerate(path):
+        if not isinstance(node, dict) or part not in node:
+            valid = sorted(SHORTCUTS) + keys({k: v for k, v in cfg.items() if k != "protocol"})
+            raise ValueError(f"unknown config key {key!r}{_hint(key, valid)}; valid keys: {', '.join(valid)}")
+        if i == len(path) - 1:
+            old = node[part]
+            if isinstance(old, dict):
+                raise ValueError(f"config key {key!r} is a section; set one of its fields: "
+                                 f"{', '.join(f'{key}.{k}' for k in old)}")
+            if not _compatible(old, value):
+                raise ValueError(f"config key {key!r}: {value!r} is not a {type(old).__name__} like {old!r}")
+            node[part] = float(value) if isinstance(old, float) and isinstance(value, int) else value
+        node = node[part]
+
+
+def _compatible(old, new) -> bool:
+    """Numbers for numbers, text for text, lists for lists; None on either side is always allowed."""
+    if old is None or new is None:
+        return True
+    if isinstance(old, bool) or isinstance(new, bool):
+        return isinstance(old, bool) and isinstance(new, bool)
+    if isinstance(old, (int, float)):
+        return isinstance(new, (int, float)) and (isinstance(old, float) or isinstance(new, int))
+    return isinstance(new, type(old))
+
+
+def _hint(word: str, choices) -> str:
+    close = difflib.get_close_matches(str(word), list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""

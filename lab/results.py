@@ -1,0 +1,52 @@
+"""One JSON record per trained cell: where it lives, how it is written (atomically) and read back."""
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from .config import config_hash
+from .layers import canonical_norm
+
+
+def record_path(results_dir, norm: str, cfg: dict) -> Path:
+    """RESULTS/<spec>.<protocol>-<hash>-s<seed>.json; the spec made filesystem-safe one-to-one.
+
+    Base and transform names hold no "_", so "|" -> "__" and "=" -> "_" cannot collide:
+    "erf|hshift=-0.5" -> "erf__hshift_-0.5".
+    """
+    safe = canonical_norm(norm).replace("|", "__").replace("=", "_")
+    return Path(results_dir) / f"{safe}.{cfg['protocol']}-{config_hash(cfg)}-s{int(cfg['seed'])}.json"
+
+
+def checkpoint_path(record: Path) -> Path:
+    """Where a cell's checkpoint lives while it trains (beside its record; not *.json)."""
+    return record.with_suffix(".ckpt")
+
+
+def write_json_atomic(path, obj) -> Path:
+    """Write `obj` as JSON through a temporary file and os.replace: readers only ever see complete files."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=1, allow_nan=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_record(path) -> dict:
+    record = json.loads(Path(path).read_text())
+    return {**record, "path": str(path)} if isinstance(record, dict) else record
+
+
+def load_records(results_dir) -> list[dict]:
+    """Every record (*.json with spec and status) under `results_dir`, recursively, each with its "path"."""
+    root = Path(results_dir)
+    records = [read_record(p) for p in sorted(root.rglob("*.json"))] if root.is_dir() else []
+    return [r for r in records if isinstance(r, dict) and "spec" in r and "status" in r]

@@ -1,0 +1,365 @@
+"""One cell: train a ViT with one norm under one config and write its result record; resumable, DDP-ready.
+
+Everything standard comes from timm/torch: optimizer parameter groups (no weight decay on 0-/1-d parameters: norms,
+biases, α, s), per-update cosine schedule with warmup, Mixup/CutMix soft targets with label smoothing, drop path,
+model EMA, autocast, torch.compile, DDP. What is ours: the failure verdict, exact resume and the record.
+
+Failure is a result (status "failed", process exit 0), checked after every update on values all ranks agree on:
+- kind "nan":         the loss or the gradient norm is not finite (an fp16 overflow the GradScaler skips is not);
+- kind "diverged":    the gradient norm exceeds failure.max_grad_norm, or the train loss exceeds
+                      failure.loss_factor x the loss of the first update (the untrained model's, about ln C);
+- kind "no_learning": training finished but the best val top-1 (raw or EMA, over all evaluations) never rose above
+                      chance + failure.chance_sigmas binomial standard deviations of the val set.
+The point-wise layer has finite analytic gradients everywhere, so "nan" means the numbers really overflowed.
+
+Exact resume: a checkpoint holds the model, EMA, optimizer, scheduler, scaler, every RNG state of every rank, the
+update counter (which fixes the data position, see lab.data.Plan), the history and the failure baseline; it is taken
+right after an update (and after the evaluation that may follow), so the resumed run replays the same numbers.
+"""
+import math
+import os
+import platform
+import random
+import subprocess
+import sys
+import time
+from contextlib import nullcontext
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import timm
+import torch
+import torch.distributed as dist
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.optim import create_optimizer_v2
+from timm.scheduler import CosineLRScheduler
+from timm.utils import ModelEmaV3
+from tqdm import tqdm
+
+from . import data as data_mod
+from .config import config_hash
+from .layers import canonical_norm
+from .models import build_model
+from .results import checkpoint_path, read_record, record_path, write_json_atomic
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def run(cfg: dict, norm: str, out_dir, *, table: str | None = None, progress: bool = True) -> dict:
+    """Train `norm` under `cfg`, write the record to lab.results.record_path and return it (with its "path").
+
+    An existing finished record is returned as is; an existing checkpoint is resumed. ValueError on bad input.
+    """
+    spec = canonical_norm(norm)
+    path = record_path(out_dir, spec, cfg)
+    if path.exists():
+        record = read_record(path)
+        if record.get("status") in ("ok", "failed"):
+            return record
+    if cfg.get("precision") not in PRECISIONS:
+        raise ValueError(f"precision {cfg.get('precision')!r}: choose one of {', '.join(PRECISIONS)}")
+    rank, world, owned = _init_distributed()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    threads = torch.get_num_threads()
+    try:
+        if cfg.get("threads"):
+            torch.set_num_threads(int(cfg["threads"]))
+        device = _device(cfg["device"], rank)
+        return Trainer(cfg, spec, path, rank, world, device).fit(progress and rank == 0, table)
+    finally:
+        torch.set_num_threads(threads)
+        if owned:
+            dist.destroy_process_group()
+
+
+class Trainer:
+    def __init__(self, cfg, spec, path, rank, world, device):
+        self.cfg, self.spec, self.path, self.rank, self.world, self.device = cfg, spec, path, rank, world, device
+        self.ckpt = checkpoint_path(path)
+        self.seed = int(cfg["seed"])
+        _seed_everything(self.seed)
+        self.data = data_mod.build(cfg, device, rank, world)
+        m = dict(cfg["model"])
+        name, alpha0 = m.pop("name"), m.pop("alpha0")
+        model_kw = {"img_size": cfg["data"]["img_size"], "num_classes": self.data.num_classes, **m}
+        self.model = build_model(name, norm=spec, alpha0=alpha0, **model_kw).to(device)
+        self.ema = ModelEmaV3(self.model, decay=cfg["ema"]["decay"], use_warmup=cfg["ema"]["warmup"])
+        o, s = cfg["optim"], cfg["schedule"]
+        self.optimizer = create_optimizer_v2(self.model, opt=o["opt"], lr=o["lr"], weight_decay=o["weight_decay"],
+                                             betas=tuple(o["betas"]), eps=o["eps"], layer_decay=o["layer_decay"])
+        self.spe = self.data.steps_per_epoch
+        self.total = int(s["epochs"]) * self.spe
+        warmup = min(round(s["warmup_epochs"] * self.spe), max(self.total - 1, 0))
+        self.scheduler = CosineLRScheduler(self.optimizer, t_initial=max(self.total - warmup, 1),
+                                           lr_min=s["min_lr"], warmup_t=warmup, warmup_lr_init=s["warmup_lr"],
+                                           warmup_prefix=True, t_in_epochs=False)
+        self.dtype = PRECISIONS[cfg["precision"]]
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
+        self.criterion = SoftTargetCrossEntropy() if self.data.mixup is not None else \
+            LabelSmoothingCrossEntropy(cfg["aug"]["smoothing"])
+        self.ddp = torch.nn.parallel.DistributedDataParallel(
+            self.model, device_ids=None if device.index is None else [device.index]) if world > 1 else None
+        net = self.ddp or self.model
+        self.net = torch.compile(net) if cfg.get("compile") else net
+        if rank:
+            _seed_everything(self.seed + 1000 * rank)   # each rank its own augmentation stream
+        self.state = {"step": 0, "history": [], "loss_curve": [], "initial_loss": None, "wall_s": 0.0,
+                      "failure": None, "epoch_losses": [], "epoch_gnorm": 0.0, "window": []}
+
+    # --- the loop ---------------------------------------------------------------------------------------------
+    def fit(self, progress: bool, table) -> dict:
+        self._resume()
+        t0, s0, mark = time.time(), self.state["step"], time.time()    # throughput base, wall-time mark
+        images, every = self.cfg["optim"]["batch_size"], self.cfg["checkpoint"]
+        bar = tqdm(total=self.total, initial=s0, disable=not progress, desc=self.spec, unit="step",
+                   dynamic_ncols=True, leave=False)
+        while self.state["step"] < self.total and self.state["failure"] is None:
+            epoch, start = divmod(self.state["step"], self.spe)
+            for update, micro in self.data.train_batches(epoch, start):
+                step = epoch * self.spe + update
+                loss, gnorm = self._update(step, micro)
+                self.state["failure"] = self._check(step, loss, gnorm)
+                if self.state["failure"]:
+                    break
+                self.state["step"] = step + 1
+                self.state["epoch_losses"].append(loss)
+                self.state["epoch_gnorm"] = max(self.state["epoch_gnorm"], gnorm or 0.0)
+                window = self.state["window"]
+                window.append(loss)
+                if len(window) == self.cfg["log_every"] or update == self.spe - 1:
+                    self.state["loss_curve"].append([step + 1, sum(window) / len(window)])
+                    window.clear()
+                bar.update()
+                bar.set_postfix(loss=f"{loss:.3f}", lr=f"{self._lr():.2e}",
+                                img_s=f"{(step + 1 - s0) * images / max(time.time() - t0, 1e-9):.0f}", refresh=False)
+                if update == self.spe - 1:
+                    self._end_epoch(epoch)
+                if (every["every_steps"] and (step + 1) % every["every_steps"] == 0) or \
+                        time.time() - mark > 60 * every["every_minutes"]:
+                    self.state["wall_s"] += time.time() - mark
+                    mark = time.time()
+                    self._save()
+        bar.close()
+        self.state["wall_s"] += time.time() - mark
+        return self._finish(table)
+
+    def _update(self, step: int, micro) -> tuple[float, float]:
+        self.scheduler.step_update(step)
+        self.model.train()
+        total = torch.zeros((), device=self.device)
+        autocast = torch.autocast(self.device.type, dtype=self.dtype) if self.dtype else nullcontext()
+        for i, (x, target) in enumerate(micro):
+            sync = i == len(micro) - 1 or self.world == 1
+            with (nullcontext() if sync else self.ddp.no_sync()), autocast:
+                loss = self.criterion(self.net(x), target) / len(micro)
+            self.scaler.scale(loss).backward()
+            total += loss.detach().float()
+        self.scaler.unscale_(self.optimizer)
+        clip = self.cfg["optim"]["clip_grad"]
+        gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip if clip else float("inf"))
+        values = torch.stack([total, gnorm.float()])
+        if self.world > 1:
+            dist.all_reduce(values)
+            values /= self.world
+        loss, gnorm = values.tolist()
+        overflow = self.scaler.is_enabled() and math.isfinite(loss) and not math.isfinite(gnorm)
+        if overflow or (math.isfinite(loss) and math.isfinite(gnorm)):
+            self.scaler.step(self.optimizer)    # fp16: GradScaler skips an overflowed step and lowers its scale
+            self.scaler.update()
+            self.ema.update(self.model, step=step)
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss, None if overflow else gnorm
+
+    def _check(self, step: int, loss: float, gnorm: float):
+        """The failure verdict of one update (see the module docstring), or None."""
+        f = self.cfg["failure"]
+        if not math.isfinite(loss):
+            return {"step": step, "kind": "nan", "reason": f"non-finite loss ({loss})"}
+        if gnorm is None:      # fp16 overflow, handled by the GradScaler
+            gnorm = 0.0
+        if not math.isfinite(gnorm):
+            return {"step": step, "kind": "nan", "reason": f"non-finite gradient norm ({gnorm}) at loss {loss:.3g}"}
+        if self.state["initial_loss"] is None:
+            self.state["initial_loss"] = loss
+        if gnorm > f["max_grad_norm"]:
+            return {"step": step, "kind": "diverged",
+                    "reason": f"grad norm {gnorm:.3g} > limit {f['max_grad_norm']:.3g}"}
+        if loss > f["loss_factor"] * self.state["initial_loss"]:
+            return {"step": step, "kind": "diverged",
+                    "reason": f"loss {loss:.3g} > {f['loss_factor']:g} x initial {self.state['initial_loss']:.3g}"}
+        return None
+
+    def _end_epoch(self, epoch: int):
+        losses = self.state["epoch_losses"]
+        entry = {"epoch": epoch + 1, "step": (epoch + 1) * self.spe,
+                 "train_loss": sum(losses) / max(len(losses), 1), "grad_norm_max": self.state["epoch_gnorm"],
+                 "lr": self._lr()}
+        self.state["epoch_losses"], self.state["epoch_gnorm"] = [], 0.0
+        every = self.cfg["eval"]["every_epochs"]
+        if (every and (epoch + 1) % every == 0) or epoch + 1 == self.cfg["schedule"]["epochs"]:
+            entry["val_top1"], entry["val_top1_ema"] = self._evaluate(self.model), self._evaluate(self.ema.module)
+        self.state["history"].append(entry)
+
+    @torch.no_grad()
+    def _evaluate(self, model) -> float:
+        model.eval()
+        counts = torch.zeros(2, device=self.device)
+        autocast = torch.autocast(self.device.type, dtype=self.dtype) if self.dtype else nullcontext()
+        for x, y in self.data.val_batches(self.cfg["eval"]["batch_size"]):
+            with autocast:
+                counts[0] += (model(x).argmax(-1) == y).sum()
+            counts[1] += len(y)
+        if self.world > 1:
+            dist.all_reduce(counts)
+        return 100.0 * counts[0].item() / counts[1].item()
+
+    def _lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    # --- checkpoint -------------------------------------------------------------------------------------------
+    def _save(self):
+        """Atomic checkpoint (rank 0 writes; every rank's RNG states are gathered into it)."""
+        rng = _rng_state()
+        rngs = [None] * self.world
+        if self.world > 1:
+            dist.all_gather_object(rngs, rng)
+        else:
+            rngs = [rng]
+        if self.rank == 0:
+            blob = {"config_hash": config_hash(self.cfg), "spec": self.spec, "seed": self.seed, "world": self.world,
+                    "model": self.model.state_dict(), "ema": self.ema.state_dict(),
+                    "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                    "scaler": self.scaler.state_dict(), "rng": rngs, "state": self.state}
+            tmp = self.ckpt.with_name(f".{self.ckpt.name}.tmp")
+            torch.save(blob, tmp)
+            os.replace(tmp, self.ckpt)
+        if self.world > 1:
+            dist.barrier()
+
+    def _resume(self):
+        found = self.ckpt.exists()
+        if self.world > 1:
+            seen = torch.tensor([float(found)], device=self.device)
+            dist.all_reduce(seen)
+            if seen.item() not in (0, self.world):
+                raise RuntimeError(f"only some ranks see {self.ckpt}: the results folder must be shared by all nodes")
+        if not found:
+            return
+        blob = torch.load(self.ckpt, map_location=self.device, weights_only=False)
+        if (blob["config_hash"], blob["spec"], blob["seed"]) != (config_hash(self.cfg), self.spec, self.seed):
+            raise ValueError(f"checkpoint {self.ckpt} belongs to another run; delete it to start over")
+        self.model.load_state_dict(blob["model"])
+        self.ema.load_state_dict(blob["ema"])
+        self.optimizer.load_state_dict(blob["optimizer"])
+        self.scheduler.load_state_dict(blob["scheduler"])
+        self.scaler.load_state_dict(blob["scaler"])
+        self.state = blob["state"]
+        if blob["world"] == self.world:   # otherwise the run continues, but not bit for bit
+            _set_rng_state(blob["rng"][self.rank])
+
+    # --- the record -------------------------------------------------------------------------------------------
+    def _finish(self, table) -> dict:
+        st, cfg = self.state, self.cfg
+        last = next((h for h in reversed(st["history"]) if "val_top1" in h), {})
+        failure = st["failure"]
+        chance = 100.0 / self.data.num_classes
+        if failure is None and last:
+            best = max(max(h["val_top1"], h["val_top1_ema"]) for h in st["history"] if "val_top1" in h)
+            p = 1.0 / self.data.num_classes
+            margin = cfg["failure"]["chance_sigmas"] * 100 * math.sqrt(p * (1 - p) / self.data.val_size)
+            if best <= chance + margin:
+                failure = {"step": st["step"], "kind": "no_learning",
+                           "reason": f"best top-1 {best:.2f}% never above chance {chance:.2f}% + "
+                                     f"{cfg['failure']['chance_sigmas']:g} sigma ({margin:.2f}%)"}
+        finished = st["failure"] is None
+        record = {
+            "spec": self.spec, "table": table, "protocol": cfg["protocol"],
+            "status": "failed" if failure else "ok", "failure": failure,
+            "top1": last.get("val_top1") if finished else None,
+            "top1_ema": last.get("val_top1_ema") if finished else None,
+            "num_classes": self.data.num_classes, "chance_top1": chance,
+            "history": st["history"], "loss_curve": st["loss_curve"],
+            "config": cfg, "config_hash": config_hash(cfg), "seed": self.seed, "commit": _commit(),
+            "versions": {"python": platform.python_version(), "torch": torch.__version__, "timm": timm.__version__},
+            "device": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else str(self.device),
+            "world_size": self.world, "steps": st["step"], "wall_s": round(st["wall_s"], 3),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        if self.rank == 0:
+            write_json_atomic(self.path, record)
+            self.ckpt.unlink(missing_ok=True)
+        if self.world > 1:
+            dist.barrier()
+        return {**record, "path": str(self.path)}
+
+
+# --- process-level helpers --------------------------------------------------------------------------------------
+def _init_distributed() -> tuple[int, int, bool]:
+    """(rank, world, whether we created the process group) from torchrun's environment (nccl on GPUs, else gloo)."""
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if world <= 1:
+        return 0, 1, False
+    owned = not dist.is_initialized()
+    if owned:
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), world, owned
+
+
+def _device(name: str, rank: int) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        name = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"device {name!r}: use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r}: no CUDA GPU is visible (use device=cpu or auto)")
+        torch.cuda.set_device(device)
+    return device
+
+
+def _seed_everything(seed: int):
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _rng_state() -> dict:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def _set_rng_state(state: dict):
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"].cpu())
+    if state["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+def _commit() -> str | None:
+    """The repository's git commit, "+dirty" when the working tree has changes; None outside a checkout."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if head.returncode:
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
+def main(argv=None) -> int:
+    """`python -m lab.train` = `lab train` (for torchrun: python -m torch.distributed.run ... -m lab train ...)."""
+    from .cli import main as cli_main
+    return cli_main(["train", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

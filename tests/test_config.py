@@ -1,0 +1,68 @@
+"""Protocols and overrides: paper.yaml is Table 17 field by field; overrides are checked; hashes and paths stable."""
+import pytest
+
+from lab import config, results
+
+# Table 17 of arXiv 2512.10938 (ViT-B) and the official code's defaults (see shared reference, paper-section3.md).
+TABLE17 = {
+    "optim.opt": "adamw", "optim.lr": 4e-3, "optim.batch_size": 4096, "optim.weight_decay": 0.05,
+    "optim.betas": [0.9, 0.999], "optim.clip_grad": None, "optim.layer_decay": None,
+    "schedule.epochs": 300, "schedule.warmup_epochs": 20, "schedule.min_lr": 1e-6,
+    "aug.auto_augment": "rand-m9-mstd0.5-inc1", "aug.color_jitter": 0.4, "aug.interpolation": "bicubic",
+    "aug.smoothing": 0.1, "aug.mixup": 0.8, "aug.cutmix": 1.0, "aug.mixup_prob": 1.0,
+    "aug.mixup_switch_prob": 0.5, "aug.mixup_mode": "batch", "aug.reprob": 0.25, "aug.remode": "pixel",
+    "aug.recount": 1, "model.drop_path_rate": 0.15, "ema.decay": 0.9999, "ema.warmup": False,
+    "model.name": "vit_base_patch16_224", "data.img_size": 224, "model.global_pool": "avg", "precision": "fp32",
+    "model.alpha0": 0.5, "data.kind": "imagefolder", "data.num_classes": 1000, "optim.micro_batch": 128,
+}
+
+
+def _get(cfg, dotted):
+    for part in dotted.split("."):
+        cfg = cfg[part]
+    return cfg
+
+
+@pytest.mark.parametrize("key", sorted(TABLE17))
+def test_paper_protocol_is_table17(key):
+    assert _get(config.load("paper"), key) == TABLE17[key]
+
+
+def test_protocols_are_found_and_overrides_apply():
+    assert set(config.PROTOCOLS) == {"paper", "proxy", "smoke"}
+    cfg = config.load("smoke", ["lr=1e-3", "epochs=3", "batch_size=32", "seed=7", "device=cpu",
+                                "model.depth=2", "optim.betas=[0.9, 0.95]", "data_path=/x"])
+    assert (cfg["optim"]["lr"], cfg["schedule"]["epochs"], cfg["optim"]["batch_size"], cfg["seed"]) == \
+        (1e-3, 3, 32, 7)
+    assert cfg["model"]["depth"] == 2 and cfg["optim"]["betas"] == [0.9, 0.95] and cfg["data"]["path"] == "/x"
+    assert config.load("smoke", {"lr": 0.5})["optim"]["lr"] == 0.5
+
+
+@pytest.mark.parametrize("protocol, overrides, word", [
+    ("nonesuch", [], "nonesuch"), ("smoke", ["lrr=1"], "lrr"), ("smoke", ["model.dept=2"], "model.dept"),
+    ("smoke", ["epochs=abc"], "epochs"), ("smoke", ["epochs"], "key=value"), ("smoke", ["optim=1"], "section"),
+])
+def test_bad_protocol_or_override_is_a_value_error_naming_it(protocol, overrides, word):
+    with pytest.raises(ValueError, match=word):
+        config.load(protocol, overrides)
+
+
+def test_hash_covers_the_result_but_not_seed_device_or_checkpoints():
+    h = config.config_hash(config.load("smoke"))
+    assert len(h) == 12 and int(h, 16) >= 0
+    for same in (["seed=3"], ["device=cuda"], ["checkpoint.every_steps=1"], ["optim.micro_batch=16"]):
+        assert config.config_hash(config.load("smoke", same)) == h, same
+    for other in (["lr=1e-3"], ["epochs=2"], ["aug.mixup=0.5"]):
+        assert config.config_hash(config.load("smoke", other)) != h, other
+    assert config.config_hash(config.load("proxy")) != h
+
+
+def test_record_paths_are_safe_unique_and_deterministic(tmp_path):
+    cfg = config.load("smoke")
+    specs = ["erf", "erf|hshift=-0.5", "erf|hshift=0.5", "erf|vshift=0.5", "layernorm", "erf|neg", "erf|clip=1e-05"]
+    paths = [results.record_path(tmp_path, s, cfg) for s in specs]
+    assert len(set(paths)) == len(specs)
+    assert all(p.parent == tmp_path and p.suffix == ".json" for p in paths)
+    assert all(set(p.name) <= set("abcdefghijklmnopqrstuvwxyz0123456789_.-+") for p in paths)
+    assert results.record_path(tmp_path, "erf|hshift=0", cfg) == paths[0]       # canonical name
+    assert results.record_path(tmp_path, "erf", config.load("smoke", ["seed=1"])) != paths[0]

@@ -1,0 +1,119 @@
+"""One training cell: it learns, failures are records, a SIGKILLed run resumes exactly, and DDP runs on gloo."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from lab import cli, config, results, train
+
+ROOT = Path(__file__).resolve().parent.parent
+FIELDS = {"spec", "table", "protocol", "status", "failure", "top1", "top1_ema", "num_classes", "chance_top1",
+          "history", "loss_curve", "config", "config_hash", "seed", "commit", "versions", "device", "wall_s",
+          "created"}
+
+
+def _env():
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+
+
+def test_smoke_cell_learns_and_writes_a_complete_record(tmp_path):
+    start = time.time()
+    record = train.run(config.load("smoke"), "erf", tmp_path, table="table1", progress=False)
+    seconds = time.time() - start
+    path = results.record_path(tmp_path, "erf", config.load("smoke"))
+    saved = json.loads(path.read_text())
+    assert FIELDS <= set(saved) and record["path"] == str(path)
+    assert saved["status"] == "ok" and saved["failure"] is None and saved["table"] == "table1"
+    assert saved["top1"] > 2.5 * saved["chance_top1"] and saved["top1_ema"] > 2 * saved["chance_top1"]
+    assert saved["history"][-1]["epoch"] == 8 and set(saved["history"][-1]) == {
+        "epoch", "step", "train_loss", "grad_norm_max", "val_top1", "val_top1_ema", "lr"}
+    assert saved["loss_curve"][0][1] > saved["loss_curve"][-1][1]
+    assert set(saved["versions"]) == {"python", "torch", "timm"} and saved["device"] == "cpu"
+    assert not list(tmp_path.glob("*.ckpt")) and seconds < 20
+    # a finished cell is not trained again
+    assert train.run(config.load("smoke"), "erf", tmp_path, progress=False)["created"] == saved["created"]
+
+
+def test_divergence_is_a_failed_record_and_exit_code_0(tmp_path, capsys):
+    assert cli.main(["train", "--protocol", "smoke", "--norm", "linear", "--set", "lr=10000", "--out",
+                     str(tmp_path), "--quiet"]) == 0
+    [record] = results.load_records(tmp_path)
+    assert record["status"] == "failed" and record["top1"] is None
+    assert record["failure"]["kind"] in ("nan", "diverged") and record["failure"]["reason"]
+    assert record["failure"]["step"] < 20 and "failed at step" in capsys.readouterr().out
+
+
+def test_a_run_that_never_leaves_chance_is_failed_no_learning(tmp_path):
+    record = train.run(config.load("smoke", ["lr=0", "epochs=2"]), "erf", tmp_path, progress=False)
+    assert record["status"] == "failed" and record["failure"]["kind"] == "no_learning"
+    assert "chance" in record["failure"]["reason"] and record["top1"] is not None
+
+
+def test_imagenet_folder_cell_trains_end_to_end(jpeg_folder, tmp_path):
+    cfg = config.load("smoke", [f"data_path={jpeg_folder}", "data.kind=imagefolder", "data.num_classes=3",
+                                "data.workers=0", "batch_size=6", "epochs=2", "aug.auto_augment=rand-m9-mstd0.5-inc1",
+                                "aug.reprob=0.25", "aug.mixup=0.8", "aug.cutmix=1.0"])
+    record = train.run(cfg, "erf", tmp_path / "out", progress=False)
+    assert record["num_classes"] == 3 and record["history"][-1]["step"] == 6 and record["top1"] is not None
+
+
+@pytest.mark.parametrize("loss, gnorm, kind, words", [
+    (float("nan"), 1.0, "nan", "non-finite loss"), (2.0, float("inf"), "nan", "non-finite gradient norm"),
+    (2.0, 3e5, "diverged", "grad norm 3e+05 > limit 1e+04"), (7.5, 1.0, "diverged", "loss 7.5 > 3 x initial 2.3"),
+    (6.0, 9e3, None, None)])
+def test_failure_rules(loss, gnorm, kind, words):
+    trainer = SimpleNamespace(cfg=config.load("smoke"), state={"initial_loss": 2.3})
+    verdict = train.Trainer._check(trainer, 5, loss, gnorm)
+    assert verdict is None if kind is None else (verdict["kind"] == kind and words in verdict["reason"])
+
+
+@pytest.mark.parametrize("argv, word", [(["--protocol", "nonesuch", "--norm", "erf"], "nonesuch"),
+                                        (["--protocol", "smoke", "--norm", "erff"], "erff"),
+                                        (["--protocol", "smoke", "--norm", "erf", "--set", "lrr=1"], "lrr")])
+def test_bad_input_exits_non_zero_naming_it(tmp_path, capsys, argv, word):
+    assert cli.main(["train", *argv, "--out", str(tmp_path)]) != 0
+    assert word in capsys.readouterr().err and not any(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_sigkill_and_rerun_ends_with_exactly_the_uninterrupted_metrics(tmp_path):
+    overrides = ["epochs=4", "checkpoint.every_steps=3"]
+    cfg = config.load("smoke", overrides)
+    clean = train.run(cfg, "erf", tmp_path / "clean", progress=False)
+    out = tmp_path / "killed"
+    ckpt = results.checkpoint_path(results.record_path(out, "erf", cfg))
+    argv = [sys.executable, "-m", "lab", "train", "--protocol", "smoke", "--norm", "erf", "--out", str(out),
+            "--quiet", *(a for o in overrides for a in ("--set", o))]
+    proc = subprocess.Popen(argv, env=_env(), cwd=ROOT)
+    try:
+        deadline = time.time() + 60
+        while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        proc.kill()
+    assert ckpt.exists() and not results.load_records(out), "killed too late: no checkpoint, or already done"
+    assert torch.load(ckpt, weights_only=False)["state"]["step"] > 0
+    resumed = train.run(cfg, "erf", out, progress=False)
+    for key in ("status", "top1", "top1_ema", "history", "loss_curve"):
+        assert resumed[key] == clean[key], key
+    assert not ckpt.exists()
+
+
+@pytest.mark.slow
+def test_two_process_gloo_ddp_run(tmp_path):
+    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+            "-m", "lab", "train", "--protocol", "smoke", "--norm", "erf", "--out", str(tmp_path), "--quiet"]
+    done = subprocess.run(argv, env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    [record] = results.load_records(tmp_path)
+    assert record["status"] == "ok" and record["world_size"] == 2 and record["top1"] > 2 * record["chance_top1"]
+    assert done.stdout.count("top-1") == 1          # only rank 0 reports
