@@ -1,0 +1,234 @@
+"""`lab reproduce`: every notebook through papermill into one folder, with a shared results dir, and a REPORT.md.
+
+The cells of all six tables are trained first in one process pool (identical canonical specs are one run, shared by
+the tables that contain them; a terminal progress bar over all of them), then each notebook runs with those records
+already present, so it only renders. The `*_report` functions are what the notebooks call: parameters → one call →
+a `Report` that displays itself (markdown + figures).
+"""
+import builtins
+import multiprocessing
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import sweep as _sweep
+
+NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+NOTEBOOKS = ("00_four_principles", "01_table1", "02_table2", "03_table3", "04_table4", "05_table5", "06_table6",
+             "07_figures")
+SMOKE_BANNER = ("> **⚠ smoke protocol: smoke numbers only exercise the machinery and are not comparable to the "
+                "paper.**")
+
+
+@dataclass
+class Report:
+    """What a notebook shows: a markdown block and figures (PNG paths); Jupyter displays it."""
+    title: str
+    markdown: str
+    figures: list = field(default_factory=list)
+    files: list = field(default_factory=list)
+
+    def _ipython_display_(self):
+        from IPython.display import Image, Markdown, display
+        display(Markdown(f"## {self.title}\n\n{self.markdown}"))
+        for path in self.figures:
+            display(Image(filename=str(path)))
+
+    def __str__(self):
+        return f"{self.title}\n\n{self.markdown}\n" + "".join(f"\n{p}" for p in [*self.figures, *self.files])
+
+
+def table_report(table: str, protocol: str = "smoke", results_dir="results", out_dir="reproduction", *,
+                 jobs: int = 1, device: str | None = None, data_path: str | None = None, seeds=None, overrides=None,
+                 limit: int | None = None, progress: bool = True) -> Report:
+    """Sweep `table` (finished cells are skipped), render it (md, tex, csv) beside the paper and draw its figures."""
+    from . import figures, tables
+    records = _sweep.sweep(table, protocol, results_dir, jobs=jobs, seeds=seeds, device=device, limit=limit,
+                           overrides=_with_data_path(overrides, data_path), progress=progress)
+    out = Path(out_dir)
+    (out / "tables").mkdir(parents=True, exist_ok=True)
+    files = []
+    for fmt in ("md", "tex", "csv"):
+        files.append(out / "tables" / f"{table}.{fmt}")
+        files[-1].write_text(tables.render(table, records, fmt))
+    drawn = [*_paths(figures.training_curves(table, records, out / "figures")),
+             *_paths(figures.accuracy_vs_lambda(table, records, out / "figures"))]
+    summary = f"{len(records)} records ({protocol}) in `{results_dir}`; {_failures(records)}"
+    return Report(f"{table} — {protocol}", files[0].read_text() + "\n\n" + summary,
+                  [p for p in drawn if p.suffix == ".png"], files + [p for p in drawn if p.suffix != ".png"])
+
+
+def demo_report(specs=("erf", "linear"), protocol: str = "smoke", results_dir="results", *,
+                device: str | None = None, overrides=None, progress: bool = True) -> Report:
+    """Train a few specs side by side (e.g. one that trains, one that fails): verdicts and train loss per epoch."""
+    from . import results
+    cells = _sweep.plan(specs, protocol, results_dir, overrides=overrides, device=device)
+    _sweep.run_cells(cells, progress=progress, desc="demo")
+    records = [results.read_record(c.path) for c in cells]
+    lines = ["| spec | status | top-1 (%) | chance (%) | failure |", "|---|---|---|---|---|"]
+    for r in records:
+        failure = r.get("failure") or {}
+        top1 = "–" if r.get("top1") is None else f"{r['top1']:.1f}"
+        lines.append(f"| `{r['spec']}` | {r['status']} | {top1} | {r.get('chance_top1') or 0:.1f} | "
+                     f"{failure.get('kind', '')} {failure.get('reason', '')} |")
+    losses = [{h["epoch"]: h.get("train_loss") for h in r.get("history") or []} for r in records]
+    epochs = sorted({e for per in losses for e in per})
+    lines += ["", "Train loss by epoch:", "", "| epoch | " + " | ".join(f"`{r['spec']}`" for r in records) + " |",
+              "|---" * (len(records) + 1) + "|"]
+    lines += [f"| {e} | " + " | ".join(_num(per.get(e)) for per in losses) + " |" for e in epochs]
+    banner = SMOKE_BANNER + "\n\n" if protocol == "smoke" else ""
+    return Report(f"Training demo — {protocol}", banner + "\n".join(lines))
+
+
+def figures_report(out_dir="reproduction", which=("figure2", "figure3", "figure4")) -> Report:
+    """The paper's Figures 2–4 (or `which` of them): PNG shown, PDF written beside it in OUT/figures/."""
+    from . import figures
+    unknown = [w for w in which if w not in ("figure2", "figure3", "figure4")]
+    if unknown:
+        raise ValueError(f"unknown figure(s) {', '.join(unknown)}: choose from figure2, figure3, figure4")
+    drawn = [p for w in which for p in getattr(figures, w)(Path(out_dir) / "figures")]
+    return Report("Figures " + ", ".join(w[-1] for w in which), "\n".join(f"- `{p}`" for p in drawn),
+                  [p for p in drawn if p.suffix == ".png"])
+
+
+def reproduce(protocol: str, out_dir="reproduction", *, jobs: int = 2, overrides=None, device: str | None = None,
+              data_path: str | None = None, seeds=None, results_dir=None, notebooks=NOTEBOOKS,
+              limit: int | None = None, progress: bool = True) -> Path:
+    """Train all tables' cells once, execute `notebooks` into OUT/, write OUT/REPORT.md; return its path.
+
+    A failing notebook is recorded in the report and the others still run; then RuntimeError names the failures.
+    """
+    from . import ablations, config
+    config.load(protocol, _sweep._overrides(_with_data_path(overrides, data_path), device))  # bad input fails here
+    unknown = [n for n in notebooks if n not in NOTEBOOKS]
+    if unknown:
+        raise ValueError(f"unknown notebook(s) {', '.join(unknown)}: choose from {', '.join(NOTEBOOKS)}")
+    out = Path(out_dir).resolve()
+    results = Path(results_dir).resolve() if results_dir else out / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+
+    tables = [n for n in ablations.TABLES if f"0{n[-1]}_{n}" in notebooks]
+    cells = {c.path: c for t in tables for c in _sweep.table_cells(
+        t, protocol, results, seeds=seeds, overrides=_with_data_path(overrides, data_path), device=device,
+        limit=limit)}
+    train_error = None
+    _say(f"reproduce [{protocol}]: {len(cells)} unique cells over {len(tables)} tables, "
+         f"{sum(not p.exists() for p in cells)} to train, jobs={jobs} → {out}")
+    try:
+        _sweep.run_cells(list(cells.values()), jobs=jobs, progress=progress, desc="cells")
+    except _sweep.CellErrors as err:
+        train_error = err
+        _say(str(err))
+
+    params = dict(protocol=protocol, results_dir=str(results), out_dir=str(out), jobs=jobs, device=device,
+                  data_path=data_path, seeds=None if seeds is None else list(seeds),
+                  overrides=_sweep._overrides(overrides, None), limit=limit)
+    todo = [(NOTEBOOK_DIR / f"{n}.ipynb", out / f"{n}.ipynb", params, out) for n in notebooks]
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(min(jobs, len(todo)), mp_context=spawn) if jobs > 1 else nullcontext() as pool:
+        ran = []
+        for name, (error, wall) in zip(notebooks, (pool or builtins).map(_execute_quietly, todo)):
+            ran.append((name, error, wall))
+            _say(f"[{len(ran)}/{len(notebooks)}] {name}: {'ok' if error is None else 'FAILED'} ({wall:.0f} s)"
+                 + ("" if error is None else f" — {error}"))
+
+    report = out / "REPORT.md"
+    command = " ".join(["lab reproduce --protocol", protocol, f"--jobs {jobs}",
+                        *(f"--set {o}" for o in _with_data_path(overrides, data_path))])
+    report.write_text(_report_text(command, protocol, out, results, tables, ran, len(cells), time.time() - start,
+                                   train_error))
+    _say(f"reproduce [{protocol}]: done in {time.time() - start:.0f} s → {report}")
+    failed = [n for n, e, _ in ran if e]
+    if failed or train_error:
+        raise RuntimeError(f"reproduce finished with failures (notebooks: {', '.join(failed) or 'none'}; "
+                           f"cell errors: {len(train_error.errors) if train_error else 0}); see {report}")
+    return report
+
+
+def _execute_quietly(job) -> tuple[str | None, float]:
+    """(error or None, seconds): a failing notebook is reported, not raised, so the others still run."""
+    src, dst, params, cwd = job
+    import papermill
+    start, declared = time.time(), papermill.inspect_notebook(str(src))
+    try:
+        execute(src, dst, {k: v for k, v in params.items() if k in declared}, cwd=cwd)
+        return None, time.time() - start
+    except Exception as err:  # papermill's execution error carries the cell's exception
+        return (f"{getattr(err, 'ename', type(err).__name__)}: {getattr(err, 'evalue', err)}".splitlines()[0],
+                time.time() - start)
+
+
+def execute(src, dst, parameters: dict, cwd=None):
+    """papermill with the venv's python3 kernel over IPC sockets in a private temp dir (no TCP ports, no clashes
+    between notebooks executed side by side)."""
+    import papermill
+    from traitlets.config import Config
+    with tempfile.TemporaryDirectory(prefix="lab-kernel-") as sockets:
+        config = Config({"KernelManager": {"transport": "ipc", "ip": str(Path(sockets) / "ipc")}})
+        return papermill.execute_notebook(str(src), str(dst), parameters=parameters, kernel_name="python3",
+                                          progress_bar=False, cwd=None if cwd is None else str(cwd), config=config)
+
+
+def _report_text(command, protocol, out, results, tables, ran, n_cells, wall, train_error) -> str:
+    from . import results as _results
+    lines = [f"# Reproduction of arXiv 2512.10938 Section 3 — protocol `{protocol}`", ""]
+    if protocol == "smoke":
+        lines += [SMOKE_BANNER, ""]
+    records = _results.load_records(results)
+    devices = sorted({str(r.get("device")) for r in records})
+    lines += [f"- command: `{command}` · wall time {wall:.0f} s · {n_cells} unique cells",
+              f"- results: `{_rel(results, out)}` ({len(records)} records; device: {', '.join(devices) or '—'})",
+              "", "## Notebooks", "", "| notebook | status | time |", "|---|---|---|"]
+    lines += [f"| [{n}]({n}.ipynb) | {'ok' if e is None else '**failed**: ' + e} | {t:.0f} s |" for n, e, t in ran]
+    if train_error:
+        lines += ["", f"**{len(train_error.errors)} cell(s) raised** (see the notebooks' tracebacks):"]
+        lines += [f"- `{c.spec}` seed {c.seed}" for c in train_error.errors]
+    lines += ["", "## Tables"]
+    for table in tables:
+        md = out / "tables" / f"{table}.md"
+        lines += ["", f"### {table}", ""]
+        if not md.exists():
+            lines += ["(not rendered: its notebook failed)"]
+            continue
+        lines += [md.read_text(), "", " · ".join(f"[{f}](tables/{table}.{f})" for f in ("md", "tex", "csv"))]
+        pngs = sorted((out / "figures").glob(f"{table}*.png"))
+        lines += [f"![{p.stem}](figures/{p.name})" for p in pngs]
+    lines += ["", "## Figures 2–4", ""]
+    lines += [f"![{p.stem}](figures/{p.name})" for p in sorted((out / "figures").glob("fig*.png"))]
+    return "\n".join(lines) + "\n"
+
+
+def _with_data_path(overrides, data_path):
+    items = _sweep._overrides(overrides, None)
+    return items + ([f"data_path={data_path}"] if data_path else [])
+
+
+def _num(value) -> str:
+    return "–" if value is None else f"{value:.3g}"
+
+
+def _failures(records) -> str:
+    failed = [r["spec"] for r in records if r.get("status") != "ok"]
+    return f"{len(failed)} failed: " + ", ".join(f"`{s}`" for s in failed) if failed else "none failed"
+
+
+def _paths(paths) -> list[Path]:
+    if paths is None:
+        return []
+    return [Path(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
+
+
+def _rel(path: Path, base: Path) -> str:
+    try:
+        return str(path.relative_to(base))
+    except ValueError:
+        return str(path)
+
+
+def _say(line: str):
+    print(line, file=sys.stderr, flush=True)

@@ -1,0 +1,252 @@
+"""Run a table's grid: (spec × seed) cells, each one `lab.train.run`, skipping cells whose record already exists.
+
+Launchers: in this process (jobs=1), a spawn-context process pool (jobs=N: each worker imports torch once and runs many
+cells; with a GPU the workers share it, which is how small proxy models fill an H100), or a SLURM array through submitit.
+Records are written atomically by lab.results, so a kill at any moment leaves only complete files and a re-run finishes
+the rest. A divergence is a "failed" record; an unexpected exception in one cell is collected and raised at the end
+(`CellErrors`) after every other cell has run.
+"""
+import contextlib
+import os
+import sys
+import threading
+import time
+import traceback
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from pathlib import Path
+import multiprocessing
+
+from tqdm import tqdm
+
+BASELINE = "layernorm"
+LAUNCHERS = ("local", "slurm")
+MAX_WORKER_DEATHS = 2
+"""A cell whose worker process dies this many times (segfault, OOM kill) is reported instead of retried."""
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One run: a norm spec under one resolved config (protocol, overrides, seed), and where its record goes."""
+    table: str | None
+    spec: str
+    seed: int
+    cfg: dict
+    path: Path
+
+    def __hash__(self):
+        return hash(self.path)
+
+
+class CellErrors(RuntimeError):
+    """Cells that raised instead of producing a record; `records` holds every record the sweep did produce."""
+
+    def __init__(self, errors: dict, records: list):
+        self.errors, self.records = errors, records
+        lines = [f"{len(errors)} cell(s) raised (every other cell ran):"]
+        lines += [f"--- {cell.spec} seed={cell.seed}\n{tb.rstrip()}" for cell, tb in errors.items()]
+        super().__init__("\n".join(lines))
+
+
+def plan(specs, protocol: str, results_dir, *, table: str | None = None, seeds=None, overrides=None,
+         device: str | None = None) -> list[Cell]:
+    """The cells for `specs` × `seeds` (seeds=None: the config's own seed), keyed by lab.results.record_path."""
+    from . import config, results
+    base = _overrides(overrides, device)
+    seeds = [None] if seeds is None else [int(s) for s in seeds]
+    cells = []
+    for seed in seeds:
+        cfg = config.load(protocol, base + ([] if seed is None else [f"seed={seed}"]))
+        for spec in dict.fromkeys(specs):
+            cells.append(Cell(table, spec, int(cfg["seed"]), cfg, Path(results.record_path(results_dir, spec, cfg))))
+    return cells
+
+
+def table_cells(table: str, protocol: str, results_dir, *, seeds=None, overrides=None, device=None,
+                limit: int | None = None) -> list[Cell]:
+    """The LayerNorm baseline plus the table's unique canonical specs, × seeds; `limit` keeps the first N specs."""
+    from . import ablations
+    from .layers import canonical_norm
+    specs = list(dict.fromkeys([canonical_norm(BASELINE), *ablations.load(table).specs()]))
+    if limit is not None:
+        specs = specs[:max(int(limit), 0)]
+    return plan(specs, protocol, results_dir, table=table, seeds=seeds, overrides=overrides, device=device)
+
+
+def sweep(table: str, protocol: str, results_dir="results", *, jobs: int = 1, launcher: str = "local", seeds=None,
+          overrides=None, device: str | None = None, dry_run: bool = False, progress: bool = True,
+          limit: int | None = None, slurm: dict | None = None) -> list[dict]:
+    """Train every missing cell of `table` (plus the LayerNorm baseline) and return the records of all its cells.
+
+    dry_run: local → only report what would run; slurm → write the sbatch script and pickles, submit nothing.
+    `slurm`: submitit SlurmExecutor parameters (partition, time, nodes, ntasks_per_node, gpus_per_node, ...) as a dict
+    or "key=value" strings; an unknown one is submitit's ValueError listing the valid ones.
+    """
+    if launcher not in LAUNCHERS:
+        raise ValueError(f"launcher {launcher!r}: choose one of {', '.join(LAUNCHERS)}")
+    if int(jobs) < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
+    from . import results
+    cells = table_cells(table, protocol, results_dir, seeds=seeds, overrides=overrides, device=device, limit=limit)
+    missing = [c for c in cells if not c.path.exists()]
+    _say(f"{table} [{protocol}]: {len(cells)} cells, {len(cells) - len(missing)} done, {len(missing)} to run"
+         + (" (dry run)" if dry_run else ""), progress)
+    if launcher == "slurm":
+        submit_slurm(missing, results_dir, dry_run=dry_run, params=slurm)
+    elif dry_run:
+        for cell in missing:
+            _say(f"  would run {cell.spec} seed={cell.seed} -> {cell.path}", progress)
+    else:
+        run_cells(missing, jobs=jobs, progress=progress, desc=table)
+    return [results.read_record(c.path) for c in cells if c.path.exists()]
+
+
+def run_cells(cells, *, jobs: int = 1, progress: bool = True, desc: str = "cells") -> list[dict]:
+    """Run `cells` (skipping those whose record exists) in this process or a pool; raise CellErrors at the end."""
+    cells = [c for c in dict.fromkeys(cells) if not c.path.exists()]
+    records, errors = [], {}
+    bar = tqdm(total=len(cells), desc=desc, unit="cell", disable=not progress or not cells, dynamic_ncols=True)
+    try:
+        def done(cell, outcome):
+            kind, value = outcome
+            if kind == "ok":
+                records.append(value)
+                bar.set_postfix_str(f"{cell.spec}: {_verdict(value)}", refresh=False)
+            else:
+                errors[cell] = value
+                bar.set_postfix_str(f"{cell.spec}: ERROR", refresh=False)
+            bar.update()
+        if jobs <= 1 or len(cells) <= 1:
+            for cell in cells:
+                done(cell, _run_cell(cell))
+        else:
+            _run_pool(cells, min(jobs, len(cells)), done)
+    finally:
+        bar.close()
+    if errors:
+        raise CellErrors(errors, records)
+    return records
+
+
+def _run_pool(cells, jobs, done):
+    """At most `jobs` cells in flight, so a dead worker (segfault, OOM kill) implicates only those; retry them."""
+    queue, deaths = list(cells), {}
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    while queue:
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_init_worker, initargs=(threads, os.getpid())) as pool:
+            running = {}
+            try:
+                while queue or running:
+                    while queue and len(running) < jobs:
+                        cell = queue.pop(0)
+                        running[pool.submit(_run_cell, cell)] = cell
+                    finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                    for future in finished:
+                        done(running.pop(future), future.result())
+            except BrokenProcessPool:
+                for cell in running.values():
+                    deaths[cell] = deaths.get(cell, 0) + 1
+                    if deaths[cell] >= MAX_WORKER_DEATHS:
+                        done(cell, ("error", f"worker process died {deaths[cell]} times running this cell"))
+                    else:
+                        queue.insert(0, cell)
+            except BaseException:
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
+
+
+def _init_worker(threads: int, parent: int):
+    """Each worker gets its share of the CPU so N workers don't oversubscribe it, and dies with the sweep."""
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    import torch
+    torch.set_num_threads(threads)
+    threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
+
+
+def _exit_with(parent: int):
+    """A killed (-9) sweep cannot stop its pool; the workers notice the new parent and exit (records are atomic)."""
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(1)
+
+
+def _run_cell(cell: Cell):
+    """("ok", record) or ("error", traceback): never raises, so one cell cannot stop the others."""
+    try:
+        from . import train
+        return "ok", train.run(cell.cfg, cell.spec, cell.path.parent, table=cell.table, progress=False)
+    except Exception:
+        return "error", traceback.format_exc()
+
+
+def slurm_cell(cell: Cell) -> dict:
+    """One SLURM array task: skip if done (requeue/resubmission), set up torch.distributed for multi-task jobs."""
+    from . import results, train
+    if cell.path.exists():
+        return results.read_record(cell.path)
+    import submitit
+    if submitit.JobEnvironment().num_tasks > 1:
+        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+    return train.run(cell.cfg, cell.spec, cell.path.parent, table=cell.table, progress=False)
+
+
+def submit_slurm(cells, results_dir, *, dry_run: bool = False, params: dict | None = None):
+    """One submitit array job over `cells`; dry_run writes the sbatch script and pickles under RESULTS/slurm/."""
+    import submitit
+    if not cells:
+        return []
+    with _dry_run_sbatch() if dry_run else contextlib.nullcontext():
+        executor = submitit.SlurmExecutor(folder=Path(results_dir) / "slurm" / "%j")
+        executor.update_parameters(**{"job_name": "lab-sweep", "time": 60 * 24, "gpus_per_node": 1,
+                                      "ntasks_per_node": 1, "cpus_per_task": 8, **_slurm_params(params)})
+        jobs = executor.map_array(slurm_cell, list(cells))
+    _say(f"{'wrote (dry run, not submitted)' if dry_run else 'submitted'} SLURM array {jobs[0].job_id.split('_')[0]}"
+         f" of {len(cells)} cells: {Path(results_dir) / 'slurm'}", True)
+    return jobs
+
+
+@contextlib.contextmanager
+def _dry_run_sbatch():
+    """submitit with no cluster: every file sbatch would get is written, and "sbatch" is an echo (job id 0)."""
+    from unittest import mock
+    import submitit
+    echo = lambda self, path: ["echo", f"Submitted batch job 0 (dry run: sbatch {path})"]
+    with mock.patch.object(submitit.SlurmExecutor, "_make_submission_command", echo), \
+            mock.patch.object(submitit.SlurmExecutor, "affinity", classmethod(lambda cls: 1)):
+        yield
+
+
+def _slurm_params(params) -> dict:
+    """A dict, or "key=value" strings (values parsed as YAML: "nodes=4" is an int) as given on the command line."""
+    import yaml
+    if isinstance(params, dict) or not params:
+        return dict(params or {})
+    bad = [p for p in params if "=" not in p]
+    if bad:
+        raise ValueError(f"--slurm {bad[0]!r}: write key=value (e.g. partition=gpu, nodes=4, time=4320)")
+    return {k.strip(): yaml.safe_load(v) for k, v in (p.split("=", 1) for p in params)}
+
+
+def _overrides(overrides, device) -> list[str]:
+    if overrides is None:
+        items = []
+    elif isinstance(overrides, dict):
+        items = [f"{k}={v}" for k, v in overrides.items()]
+    elif isinstance(overrides, str):
+        items = [overrides]
+    else:
+        items = list(overrides)
+    return items + ([f"device={device}"] if device else [])
+
+
+def _verdict(record: dict) -> str:
+    if record.get("status") == "ok":
+        return f"{record['top1']:.1f}%"
+    return f"failed ({(record.get('failure') or {}).get('kind', '?')})"
+
+
+def _say(line: str, progress: bool):
+    if progress:
+        tqdm.write(line, file=sys.stderr)

@@ -1,0 +1,66 @@
+"""Regenerate the notebooks (outputs stripped): python notebooks/make_notebooks.py. Logic lives in lab/, not here."""
+from pathlib import Path
+
+import nbformat.v4 as nbf
+from nbformat import write
+
+HERE = Path(__file__).parent
+TITLES = {1: "Zero-centeredness: horizontal and vertical shifts (Eq. 5)",
+          2: "Boundedness: clipping unbounded functions (Eq. 6)",
+          3: "Boundedness: linear blending of bounded functions (Eq. 7)",
+          4: "Boundedness: growth rate of unbounded functions",
+          5: "Center sensitivity: a flat zone of half-width λ",
+          6: "Monotonicity: decreasing and non-monotonic functions"}
+RUN = '''protocol = "smoke"        # paper | proxy | smoke (configs/protocols/)
+results_dir = "results"   # one JSON per cell, shared by all tables; finished cells are skipped
+out_dir = "reproduction"  # rendered tables (md, tex, csv) and figures
+device = None             # None: the protocol's default; or "cpu", "cuda"
+overrides = []            # config overrides, e.g. {"epochs": 1, "lr": 0.002}'''
+TABLE = RUN + '''
+jobs = 1                  # cells at once (a process pool; several share one GPU)
+data_path = None          # ImageNet folder (train/, val/) for the paper protocol
+seeds = None              # a list such as 0, 1, 2: the table shows mean ± std; None: the protocol's seed
+limit = None              # only the first N cells (a quick look)'''
+
+
+def notebook(title, intro, params, *code):
+    cells = [nbf.new_markdown_cell(f"# {title}\n\n{intro}"), nbf.new_code_cell(params, metadata={"tags": ["parameters"]})]
+    cells += [nbf.new_markdown_cell(c) if c.startswith("#") else nbf.new_code_cell(c) for c in code]
+    return nbf.new_notebook(cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                                                  "language": "python"}})
+
+
+def main():
+    books = {"00_four_principles": notebook(
+        "The four principles of a point-wise normalization replacement",
+        "Section 3 of arXiv 2512.10938 asks which properties let y = γ·f(αx)+β replace LayerNorm in a ViT: f must be "
+        "**zero-centered**, **bounded**, **center-sensitive** and **monotonic**. Each table (1–6) breaks one property "
+        "with a family of perturbations of erf, tanh, arctan, … This notebook shows the properties, measures them for "
+        "one variant from each table, and trains a working and a failing function side by side on the CPU.",
+        RUN + '\ndemo_specs = ["erf", "linear"]  # one that trains, one the paper marks × (failure)',
+        "## Figure 2: each property, satisfied and violated",
+        "from lab.reproduce import figures_report\nfigures_report(out_dir, which=[\"figure2\"])",
+        "## The four verdicts, measured (lab.audit)",
+        "from lab.principles import audit_table\nprint(audit_table())",
+        "## A tiny training run: which one fails?",
+        "from lab.reproduce import demo_report\n"
+        "demo_report(demo_specs, protocol, results_dir, device=device, overrides=overrides)")}
+    for i, title in TITLES.items():
+        books[f"0{i}_table{i}"] = notebook(
+            f"Table {i} — {title}",
+            f"Trains every cell of Table {i} (plus a LayerNorm baseline) under `protocol`, then renders the table "
+            "beside the paper's values (× = training failure) and its figures. Run with papermill, e.g. "
+            f"`papermill notebooks/0{i}_table{i}.ipynb out.ipynb -p protocol proxy -p jobs 4`.",
+            TABLE,
+            f"from lab.reproduce import table_report\ntable_report(\"table{i}\", protocol, results_dir, out_dir, "
+            "jobs=jobs, device=device, data_path=data_path, seeds=seeds, overrides=overrides, limit=limit)")
+    books["07_figures"] = notebook("Figures 2–4", "The paper's function plots: the four properties (Figure 2), the "
+                                   "growth of unbounded functions (Figure 3) and non-monotonic functions (Figure 4).",
+                                   'out_dir = "reproduction"  # figures/ is written here',
+                                   "from lab.reproduce import figures_report\nfigures_report(out_dir)")
+    for name, nb in books.items():
+        write(nb, HERE / f"{name}.ipynb")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+"""lab.sweep: grid expansion and keys, skipping finished cells, crash isolation, kill -9 + resume, SLURM dry run."""
+import json
+import pickle
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+import lab.train
+from lab import ablations, results, sweep
+
+TINY = ["epochs=2", "data.train_size=128", "data.val_size=64"]  # a second or two per cell
+
+
+def test_cells_are_the_baseline_plus_the_table_times_seeds(tmp_path):
+    cells = sweep.table_cells("table1", "smoke", tmp_path, seeds=(0, 1))
+    specs = ["layernorm", *ablations.load("table1").specs()]
+    assert [c.spec for c in cells] == specs * 2
+    assert [c.seed for c in cells] == [0] * len(specs) + [1] * len(specs)
+    assert len({c.path for c in cells}) == len(cells)
+    assert all(c.path == results.record_path(tmp_path, c.spec, c.cfg) for c in cells)
+    # an identical canonical spec is one run whichever table asks for it; a budget override is another run
+    erf = {t: next(c.path for c in sweep.table_cells(t, "smoke", tmp_path) if c.spec == "erf")
+           for t in ("table1", "table3", "table6")}
+    assert len(set(erf.values())) == 1
+    assert sweep.table_cells("table1", "smoke", tmp_path, overrides=["epochs=3"])[0].path != cells[0].path
+    assert len(sweep.table_cells("table1", "smoke", tmp_path, limit=3)) == 3
+
+
+@pytest.mark.parametrize("kwargs, word", [({"table": "table9"}, "table9"), ({"protocol": "smok"}, "smok"),
+                                          ({"launcher": "pbs"}, "pbs"), ({"overrides": ["epochz=1"]}, "epochz")])
+def test_bad_input_is_one_clear_error(tmp_path, kwargs, word):
+    args = {"table": "table1", "protocol": "smoke", **kwargs}
+    with pytest.raises(ValueError, match=word):
+        sweep.sweep(args.pop("table"), args.pop("protocol"), tmp_path, progress=False, **args)
+    assert not any(tmp_path.iterdir())
+
+
+def test_finished_cells_are_skipped_and_a_crashing_cell_does_not_stop_the_others(tmp_path, monkeypatch):
+    cells = sweep.table_cells("table1", "smoke", tmp_path, limit=5)
+    done, crash = cells[1], cells[3]
+    results.write_json_atomic(done.path, {"spec": done.spec, "status": "ok", "top1": 1.0})
+    calls = []
+
+    def fake_run(cfg, norm, out_dir, *, table=None, progress=True):
+        calls.append(norm)
+        if norm == crash.spec:
+            raise RuntimeError("boom in the middle")
+        record = {"spec": norm, "table": table, "status": "ok", "top1": 42.0, "seed": cfg["seed"]}
+        results.write_json_atomic(results.record_path(out_dir, norm, cfg), record)
+        return record
+
+    monkeypatch.setattr(lab.train, "run", fake_run)
+    with pytest.raises(sweep.CellErrors, match="boom in the middle") as err:
+        sweep.sweep("table1", "smoke", tmp_path, limit=5, progress=False)
+    assert calls == [c.spec for c in cells if c is not done]
+    assert [c.spec for c in err.value.errors] == [crash.spec]
+    assert [c.path.exists() for c in cells] == [c is not crash for c in cells]
+
+
+def _complete_records(folder):
+    """Every *.json under `folder` parses (lab.results writes atomically); returns how many there are."""
+    files = list(folder.rglob("*.json"))
+    for f in files:
+        json.loads(f.read_text())
+    return len(files)
+
+
+@pytest.mark.slow
+def test_sigkill_mid_sweep_leaves_complete_files_and_a_rerun_finishes(tmp_path):
+    limit = 4
+    code = (f"from lab.sweep import sweep; sweep('table5', 'smoke', {str(tmp_path)!r}, limit={limit}, "
+            f"overrides={TINY!r}, progress=False)")
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        deadline = time.time() + 120
+        while _complete_records(tmp_path) < 1 and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        proc.kill()
+    killed_at = _complete_records(tmp_path)
+    assert 1 <= killed_at < limit, "the sweep finished before it could be killed; make the cells slower"
+    records = sweep.sweep("table5", "smoke", tmp_path, limit=limit, overrides=TINY, jobs=2, progress=False)
+    assert len(records) == limit and _complete_records(tmp_path) == limit
+    assert {r["spec"] for r in records} == {c.spec for c in sweep.table_cells("table5", "smoke", tmp_path,
+                                                                                limit=limit)}
+
+
+def test_slurm_dry_run_writes_one_array_submission(tmp_path):
+    cells = sweep.table_cells("table4", "smoke", tmp_path)
+    sweep.sweep("table4", "smoke", tmp_path, launcher="slurm", dry_run=True, progress=False,
+                slurm={"partition": "gpu", "time": 90})
+    [script] = (tmp_path / "slurm").rglob("*_submission.sh")
+    text = script.read_text()
+    assert f"#SBATCH --array=0-{len(cells) - 1}%" in text
+    assert "#SBATCH --partition=gpu" in text and "#SBATCH --time=90" in text
+    assert f"{sys.executable} -u -m submitit.core._submit" in text
+    pickles = sorted((tmp_path / "slurm").rglob("*_submitted.pkl"))
+    assert len(pickles) == len(cells)
+    submitted = [pickle.loads(p.read_bytes()) for p in pickles]
+    assert {s.function.__name__ for s in submitted} == {"slurm_cell"}
+    assert sorted(s.args[0].spec for s in submitted) == sorted(c.spec for c in cells)
+    assert not list(tmp_path.rglob("*.json"))
+
+
+def test_cli_sweep_dry_run_and_bad_seeds(tmp_path, capsys):
+    from lab.cli import main
+    assert main(["sweep", "table4", "--protocol", "smoke", "--results", str(tmp_path), "--launcher", "slurm",
+                 "--dry-run", "--seeds", "0,1"]) == 0
+    assert len(list((tmp_path / "slurm").rglob("*_submitted.pkl"))) == 2 * len(sweep.table_cells(
+        "table4", "smoke", tmp_path))
+    assert main(["sweep", "table4", "--protocol", "smoke", "--results", str(tmp_path), "--seeds", "0,x"]) == 2
+    assert "--seeds" in capsys.readouterr().err
