@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 from matplotlib.transforms import blended_transform_factory
 
 from . import ablations, tables
-from .perturb import pointwise
+from .perturb import TRANSFORMS, pointwise
 
 BLUE, RED = sns.color_palette("deep")[0], sns.color_palette("deep")[3]
 BLUES = sns.blend_palette(["#1d3461", BLUE, "#8db0dc"], 3)       # several curves that satisfy a property
@@ -30,6 +30,7 @@ FIGURE2 = {
     "monotonic": ("Monotonic", "Monotonic", "Not monotonic", ("erf", "erf|neg"), ("dampx",), 6),
 }
 """Figure 2: each panel's specs; tests check them against lab.audit."""
+TRANSFORM_FORMULAS = {name: t.formula for name, t in TRANSFORMS.items()}
 FIGURE3 = ("logsign", "arcsinh", "logquad", "power23", "linear")
 FIGURE4 = ("erf", "erf|neg", "sin", "dampx", "dampexp")
 
@@ -109,6 +110,30 @@ def figure4(out_dir="figures") -> list[Path]:
         ax.set(xlim=(-8, 8), ylim=(-1.05, 1.05), xlabel="x", ylabel="f(x)", title="Monotonic and non-monotonic")
         ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5))
         return _save(fig, out_dir, "figure4")
+
+
+TRANSFORM_GALLERY = (  # (transform, base, λ values of its table): the Section-3 perturbations, one panel each
+    ("hshift", "erf", (-2, -1, -0.5, 0, 0.5, 1, 2)), ("vshift", "erf", (-2, -1, -0.5, 0, 0.5, 1, 2)),
+    ("clip", "arcsinh", (0.5, 1, 2, 3, None)), ("blend", "erf", (0, 0.01, 0.1, 0.5)),
+    ("flat", "erf", (0, 0.5, 1, 2, 3)), ("neg", "erf", (None, "neg")),
+)
+
+
+def transforms(out_dir="figures") -> list[Path]:
+    """Teaching figure: each Section-3 transform applied to its table's base for that table's λ values."""
+    x = np.linspace(-5, 5, 2001)
+    with _style():
+        fig = Figure(figsize=(13, 7), layout="constrained")
+        for ax, (name, base, lams) in zip(_grid(fig, len(TRANSFORM_GALLERY)), TRANSFORM_GALLERY):
+            palette = sns.color_palette("viridis", len(lams))
+            for color, lam in zip(palette, lams):
+                spec = base if lam is None or lam == 0 else f"{base}|{name}" if lam == "neg" else f"{base}|{name}={lam}"
+                ax.plot(x, _curve(spec, x), color=color, lw=1.8, label=spec)
+            ax.axhline(0, color="0.4", lw=0.6)
+            ax.axvline(0, color="0.4", lw=0.6)
+            ax.set(title=f"{name}: {TRANSFORM_FORMULAS[name]}", xlabel="x", xlim=(-5, 5))
+            ax.legend(fontsize="x-small", loc="upper left")
+        return _save(fig, out_dir, "transforms")
 
 
 def write_figures(out_dir="figures") -> list[Path]:

@@ -20,6 +20,7 @@ from . import sweep as _sweep
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 NOTEBOOKS = ("00_four_principles", "01_table1", "02_table2", "03_table3", "04_table4", "05_table5", "06_table6",
              "07_figures")
+FIGURES = ("figure2", "figure3", "figure4", "transforms")
 SMOKE_BANNER = ("> **⚠ smoke protocol: smoke numbers only exercise the machinery and are not comparable to the "
                 "paper.**")
 
@@ -87,11 +88,11 @@ def demo_report(specs=("erf", "linear"), protocol: str = "smoke", results_dir="r
 def figures_report(out_dir="reproduction", which=("figure2", "figure3", "figure4")) -> Report:
     """The paper's Figures 2–4 (or `which` of them): PNG shown, PDF written beside it in OUT/figures/."""
     from . import figures
-    unknown = [w for w in which if w not in ("figure2", "figure3", "figure4")]
+    unknown = [w for w in which if w not in FIGURES]
     if unknown:
-        raise ValueError(f"unknown figure(s) {', '.join(unknown)}: choose from figure2, figure3, figure4")
+        raise ValueError(f"unknown figure(s) {', '.join(unknown)}: choose from {', '.join(FIGURES)}")
     drawn = [p for w in which for p in getattr(figures, w)(Path(out_dir) / "figures")]
-    return Report("Figures " + ", ".join(w[-1] for w in which), "\n".join(f"- `{p}`" for p in drawn),
+    return Report("Figures: " + ", ".join(which), "\n".join(f"- `{p}`" for p in drawn),
                   [p for p in drawn if p.suffix == ".png"])
 
 

@@ -38,6 +38,8 @@ def main():
         "with a family of perturbations of erf, tanh, arctan, … This notebook shows the properties, measures them for "
         "one variant from each table, and trains a working and a failing function side by side on the CPU.",
         RUN + '\ndemo_specs = ["erf", "linear"]  # one that trains, one the paper marks × (failure)',
+        "## The Section-3 perturbations, one panel each (the λ values of their tables)",
+        "from lab.reproduce import figures_report\nfigures_report(out_dir, which=[\"transforms\"])",
         "## Figure 2: each property, satisfied and violated",
         "from lab.reproduce import figures_report\nfigures_report(out_dir, which=[\"figure2\"])",
         "## The four verdicts, measured (lab.audit)",

@@ -53,3 +53,9 @@ def test_result_figures_without_results(tmp_path):
     assert figures.training_curves("table2", [], tmp_path) == []
     assert [p.name for p in figures.accuracy_vs_lambda("table2", [], tmp_path)] == [
         "table2_accuracy_vs_lambda.png", "table2_accuracy_vs_lambda.pdf"]
+
+
+def test_transform_gallery_draws_every_transform_with_its_tables_values(tmp_path):
+    paths = figures.transforms(tmp_path)
+    assert [p.suffix for p in paths] == [".png", ".pdf"] and all(p.stat().st_size > 10_000 for p in paths)
+    assert {name for name, _, _ in figures.TRANSFORM_GALLERY} == set(lab.TRANSFORMS)
