@@ -61,6 +61,8 @@ def main():
                                    'out_dir = "reproduction"  # figures/ is written here',
                                    "from lab.reproduce import figures_report\nfigures_report(out_dir)")
     for name, nb in books.items():
+        for i, cell in enumerate(nb.cells):
+            cell.id = f"cell-{i}"  # stable ids: regenerating changes only what changed
         write(nb, HERE / f"{name}.ipynb")
 
 
