@@ -7,8 +7,9 @@ benchmark runs; on a CPU a small model stands in (for tests and a quick look; CP
 Packing measures the aggregate images/s of N concurrent small-model runs on one device (the proxy sweep's `--jobs`).
 """
 import argparse
+import contextlib
 import datetime
-import json
+import functools
 import multiprocessing as mp
 import platform
 import time
@@ -19,6 +20,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from .models import build_model
+from .results import write_json_atomic
 
 DERF = "derf"   # erf with the learnable shift s (Section 4); every other name is a norm spec without s
 SECTION3_VARIANTS = ("erf", "tanh", "arctan", "erf|hshift=0.5", "erf|vshift=0.5", "arcsinh|clip=1",
@@ -58,6 +60,7 @@ def _step_fn(model, optimizer, images, targets, dtype):
 def measure(norm: str, mode: str, dtype: str, shape: dict, device: torch.device, steps: int, warmup: int,
             peak: float | None = None) -> dict:
     """One side-by-side cell: images/s, peak memory (GPU only) and MFU of training steps with `norm`."""
+    torch._dynamo.reset()       # each cell compiles from scratch: no cache entries or recompile limits carried over
     kw = {k: v for k, v in shape.items() if k not in ("model", "batch")}
     model_name, batch = shape["model"], shape["batch"]
     torch.manual_seed(0)
@@ -86,6 +89,7 @@ def measure(norm: str, mode: str, dtype: str, shape: dict, device: torch.device,
     return {
         "model": model_name if model_name != "vit" else f"vit-d{kw['depth']}-w{kw['embed_dim']}-{kw['img_size']}px",
         "norm": norm, "mode": mode, "dtype": dtype, "batch": batch, "steps": steps,
+        "pointwise_kernels": _kernels(norm, mode, device),
         "img_per_s": img_per_s,
         "peak_mem_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
         "gflop_per_img": flops_per_image / 1e9,
@@ -94,6 +98,16 @@ def measure(norm: str, mode: str, dtype: str, shape: dict, device: torch.device,
         "device": device_name(device), "torch": torch.__version__, "timm": timm.__version__,
         "date": datetime.date.today().isoformat(),
     }
+
+
+def _kernels(norm: str, mode: str, device: torch.device) -> str | None:
+    """How the point-wise layer ran: traced into the compiled model, inductor's per-spec eager kernels, or plain ops."""
+    from .layers import FUSED_DEVICE_TYPES, NORMALIZATIONS, _can_fuse
+    if norm in NORMALIZATIONS:
+        return None
+    if mode == "compiled":
+        return "compiled-model"
+    return "generated" if device.type in FUSED_DEVICE_TYPES and _can_fuse(device.type) else "plain"
 
 
 def _packed_worker(shape, device, seconds, start_event, queue):
@@ -144,7 +158,7 @@ def format_table(rows: list[dict]) -> str:
     for r in rows:
         if r["mode"] == "packing":
             continue
-        ln = base.get((r["mode"], r["dtype"]))
+        ln = base.get(("eager" if r["mode"] == "eager-plain" else r["mode"], r["dtype"]))
         speed = f"{r['img_per_s'] / ln['img_per_s']:.3f}" if ln else "–"
         mem, mfu = r["peak_mem_gib"], r["mfu"]
         mem_rel = f"{mem / ln['peak_mem_gib']:.3f}" if ln and mem and ln["peak_mem_gib"] else "–"
@@ -160,21 +174,42 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+MODES = ("eager", "eager-plain", "compiled")
+"""eager-plain: eager with the point-wise layer as plain torch ops, i.e. without the generated kernels (the before)."""
+
+
 def run(norms, modes, dtypes, device, steps, warmup, shape, packing_ns=(), packing_seconds=10.0,
-        peak=None, progress=True) -> list[dict]:
+        peak=None, progress=True, on_row=lambda rows: None) -> list[dict]:
+    """Every (mode, dtype, norm) cell, LayerNorm first in each mode, then packing; on_row(rows) after each cell."""
     rows = []
     for mode in modes:
         for dtype in dtypes:
-            for norm in ("layernorm", *[n for n in norms if n != "layernorm"]):
-                rows.append(measure(norm, mode, dtype, shape, device, steps, warmup, peak))
+            baseline = () if mode == "eager-plain" else ("layernorm",)   # LayerNorm has no point-wise kernels
+            for norm in (*baseline, *[n for n in norms if n != "layernorm"]):
+                with _plain_kernels(mode == "eager-plain"):
+                    rows.append(measure(norm, mode, dtype, shape, device, steps, warmup, peak))
                 if progress:
                     r = rows[-1]
-                    print(f"{r['norm']:<18} {mode:<8} {dtype:<4} {r['img_per_s']:9.1f} img/s", flush=True)
+                    print(f"{r['norm']:<18} {mode:<11} {dtype:<4} {r['img_per_s']:9.1f} img/s", flush=True)
+                on_row(rows)
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
     if packing_ns:
-        rows += packing(packing_ns, PROXY_MODEL if device.type == "cuda" else shape, device, packing_seconds)
+        for n in packing_ns:
+            rows += packing([n], PROXY_MODEL if device.type == "cuda" else shape, device, packing_seconds)
+            on_row(rows)
     return rows
+
+
+@contextlib.contextmanager
+def _plain_kernels(plain: bool):
+    from . import layers
+    saved = layers.FUSED_DEVICE_TYPES
+    layers.FUSED_DEVICE_TYPES = set() if plain else saved
+    try:
+        yield
+    finally:
+        layers.FUSED_DEVICE_TYPES = saved
 
 
 def main(args: argparse.Namespace) -> int:
@@ -185,30 +220,27 @@ def main(args: argparse.Namespace) -> int:
     shape = dict(GPU_MODEL if device.type == "cuda" else CPU_MODEL)
     if args.batch:
         shape["batch"] = args.batch
-    modes = args.modes.split(",")
+    modes = [m for m in args.modes.split(",") if m]      # --modes "": packing only
     dtypes = args.dtypes.split(",")
-    for name, values, choices in (("--modes", modes, ("eager", "compiled")), ("--dtypes", dtypes, ("bf16", "fp32"))):
+    for name, values, choices in (("--modes", modes, MODES), ("--dtypes", dtypes, ("bf16", "fp32"))):
         bad = [v for v in values if v not in choices]
         if bad:
             raise ValueError(f"{name}: unknown value {bad[0]!r}; choose from {', '.join(choices)}")
     packing_ns = [int(n) for n in args.packing.split(",")] if args.packing else []
-    rows = run(norms, modes, dtypes, device, args.steps, args.warmup, shape, packing_ns, args.packing_seconds,
-               args.peak_tflops)
-    print(format_table(rows))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    path = out / f"bench-{device.type}-{stamp}.json"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(rows, indent=1))
-    tmp.replace(path)
+    path = out / f"bench-{device.type}-{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
+    save = functools.partial(write_json_atomic, path)     # after every cell: a killed bench keeps what it measured
+    rows = run(norms, modes, dtypes, device, args.steps, args.warmup, shape, packing_ns, args.packing_seconds,
+               args.peak_tflops, on_row=save)
+    print(format_table(rows))
     print(f"records: {path}")
     return 0
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--norms", default=None, help="comma-separated specs or 'derf' (default: Section-3 variants, Derf)")
-    p.add_argument("--modes", default="eager,compiled", help="eager,compiled")
+    p.add_argument("--modes", default="eager,compiled", help='eager,eager-plain,compiled ("" with --packing: packing only)')
     p.add_argument("--dtypes", default="bf16,fp32", help="bf16,fp32")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=5)

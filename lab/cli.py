@@ -25,11 +25,24 @@ def _sweep(args):
         seeds = tuple(int(s) for s in args.seeds.split(","))
     except ValueError:
         raise ValueError(f"--seeds {args.seeds!r}: expected comma-separated integers such as 0,1,2") from None
+    specs = None if args.specs is None else [s.strip() for s in args.specs.split(",") if s.strip()]
     try:
         sweep.sweep(args.table, args.protocol, args.results, jobs=args.jobs, launcher=args.launcher, seeds=seeds,
-                    overrides=args.set, dry_run=args.dry_run, slurm=args.slurm)
+                    overrides=args.set, dry_run=args.dry_run, slurm=args.slurm, specs=specs)
     except sweep.CellErrors as err:
         print(f"lab sweep: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _calibrate(args):
+    from . import calibrate
+    summary, errors = calibrate.calibrate(args.file, args.results or calibrate.RESULTS_DIR, jobs=args.jobs,
+                                          dry_run=args.dry_run, report=args.report)
+    if summary:
+        print(summary.read_text(encoding="utf-8"), end="")
+    if errors:
+        print(f"lab calibrate: {errors}", file=sys.stderr)
         return 1
     return 0
 
@@ -87,18 +100,29 @@ def build_parser() -> argparse.ArgumentParser:
     overrides(p)
     p.set_defaults(handler=_train)
 
-    p = sub.add_parser("sweep", help="train every missing cell of a table")
-    p.add_argument("table", choices=TABLE_CHOICES)
+    p = sub.add_parser("sweep", help="train every missing cell of a table (all: of every table, one pool)")
+    p.add_argument("table", choices=[*TABLE_CHOICES, "all"])
     p.add_argument("--protocol", required=True)
     p.add_argument("--jobs", type=int, default=1, help="runs at once (packed on one device)")
     p.add_argument("--launcher", choices=["local", "slurm"], default="local")
     p.add_argument("--results", default="results")
     p.add_argument("--seeds", default="0", help="comma-separated seeds, e.g. 0,1,2")
-    p.add_argument("--dry-run", action="store_true", help="write the SLURM submission without submitting")
+    p.add_argument("--specs", default=None, help='only these specs, comma-separated: layernorm,erf,"erf|hshift=2"')
+    p.add_argument("--dry-run", action="store_true", help="list the cells to run, or write the SLURM submission "
+                                                        "without submitting; run nothing")
     p.add_argument("--slurm", action="append", default=[], metavar="KEY=VALUE",
                    help="submitit SLURM parameter: partition=gpu, nodes=4, gpus_per_node=8, time=4320 (minutes), ...")
     overrides(p)
     p.set_defaults(handler=_sweep)
+
+    p = sub.add_parser("calibrate", help="train a subset of cells under candidate configs, compare with the paper")
+    p.add_argument("file", help="calibration YAML: protocol, seeds, subset, variants (configs/calibration/)")
+    p.add_argument("--jobs", type=int, default=1, help="runs at once (packed on one device)")
+    p.add_argument("--results", default=None, help="records go to RESULTS/<variant>/ "
+                                                   "(default: ablations/results/calibration)")
+    p.add_argument("--dry-run", action="store_true", help="list the cells that would run; run nothing")
+    p.add_argument("--report", action="store_true", help="train nothing: summarise the records present")
+    p.set_defaults(handler=_calibrate)
 
     p = sub.add_parser("render", help="render a table from result records beside the paper's values")
     p.add_argument("table", choices=TABLE_CHOICES)

@@ -3,12 +3,15 @@
 One autograd function covers the whole layer and saves only its input x (plus the tiny parameters): backward recomputes
 f(u) and f'(u) from it. Autograd through the composed expression would keep αx, αx+s, f(u) and every intermediate of
 f alive per layer per block; here the memory is that of one activation, which the residual stream keeps anyway.
+On a GPU in eager mode the forward and backward bodies run as kernels that inductor generates once per spec (one
+elementwise pass forward; one pass plus its reductions backward), instead of a dozen separate elementwise ops.
 """
 import functools
 
 import torch
 from timm.layers import RmsNorm
 from torch import Tensor, nn
+from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
 from .perturb import Pointwise, canonical, pointwise
 
@@ -27,6 +30,49 @@ def _argument(x: Tensor, alpha: Tensor, shift: Tensor | None) -> Tensor:
     return alpha * x if shift is None else alpha * x + shift
 
 
+def _forward(x, alpha, shift, weight, bias, fn: Pointwise) -> Tensor:
+    return torch.addcmul(bias, weight, fn.value(_argument(x, alpha, shift)))
+
+
+def _backward(grad, x, alpha, shift, weight, fn: Pointwise):
+    """Every input's gradient from the output's: f(u) and f'(u) are recomputed from x, nothing else was kept."""
+    u = _argument(x, alpha, shift)
+    fu, dfu = fn.value_and_grad(u)
+    grad_u = grad * weight * dfu
+    grad_shift = None if shift is None else grad_u.sum().reshape(shift.shape)
+    return (grad_u * alpha, (grad_u * x).sum().reshape(alpha.shape), grad_shift, _per_channel(grad * fu),
+            _per_channel(grad))
+
+
+FUSED_DEVICE_TYPES = {"cuda"}
+"""Devices where eager mode runs _forward/_backward as inductor-generated kernels (Triton on a GPU): one fused
+elementwise pass forward, one pass plus its reductions backward, for any spec. Elsewhere (CPU, or inside a model that
+torch.compile already traces, which fuses the plain expression itself) the plain torch expression runs."""
+
+
+@functools.cache
+def _fused(spec: str):
+    """(forward, backward) of `spec` compiled once per spec (dynamic shapes); the first call per dtype compiles."""
+    fn = pointwise(spec)
+    # one compiled entry per spec × dtype × (with/without s) shares two code objects: let more than 8 coexist
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    compile = functools.partial(torch.compile, dynamic=True, fullgraph=True)
+    return (compile(functools.partial(_forward, fn=fn)), compile(functools.partial(_backward, fn=fn)))
+
+
+def _use_fused(x: Tensor) -> bool:
+    """On a fusing device, outside torch.compile's tracing and outside dispatch modes (FlopCounterMode, fake tensors),
+    in which compiled code cannot run."""
+    return (x.device.type in FUSED_DEVICE_TYPES and not torch.compiler.is_compiling()
+            and not is_in_torch_dispatch_mode() and _can_fuse(x.device.type))
+
+
+@functools.cache
+def _can_fuse(device_type: str) -> bool:
+    from torch.utils._triton import has_triton
+    return device_type != "cuda" or has_triton()
+
+
 class _PointwiseAffine(torch.autograd.Function):
     """y = γ·f(αx + s) + β; saves x, α, s, γ and recomputes f, f' in backward."""
 
@@ -34,20 +80,15 @@ class _PointwiseAffine(torch.autograd.Function):
     def forward(ctx, x, alpha, shift, weight, bias, fn):
         ctx.fn = fn
         ctx.save_for_backward(x, alpha, weight, *([] if shift is None else [shift]))
-        return torch.addcmul(bias, weight, fn.value(_argument(x, alpha, shift)))
+        forward = _fused(fn.spec)[0] if _use_fused(x) else functools.partial(_forward, fn=fn)
+        return forward(x, alpha, shift, weight, bias)
 
     @staticmethod
     def backward(ctx, grad):
         x, alpha, weight, *shift = ctx.saved_tensors
-        u = _argument(x, alpha, shift[0] if shift else None)
-        fu, dfu = ctx.fn.value_and_grad(u)
-        grad_u = grad * weight * dfu
-        grad_x = grad_u * alpha if ctx.needs_input_grad[0] else None
-        grad_alpha = (grad_u * x).sum().reshape(alpha.shape) if ctx.needs_input_grad[1] else None
-        grad_shift = grad_u.sum().reshape(shift[0].shape) if shift and ctx.needs_input_grad[2] else None
-        grad_weight = _per_channel(grad * fu) if ctx.needs_input_grad[3] else None
-        grad_bias = _per_channel(grad) if ctx.needs_input_grad[4] else None
-        return grad_x, grad_alpha, grad_shift, grad_weight, grad_bias, None
+        backward = _fused(ctx.fn.spec)[1] if _use_fused(x) else functools.partial(_backward, fn=ctx.fn)
+        grads = backward(grad, x, alpha, shift[0] if shift else None, weight)
+        return *(g if need else None for g, need in zip(grads, ctx.needs_input_grad)), None
 
 
 class PointwiseNorm(nn.Module):

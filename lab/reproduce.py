@@ -114,14 +114,13 @@ def reproduce(protocol: str, out_dir="reproduction", *, jobs: int = 2, overrides
     start = time.time()
 
     tables = [n for n in ablations.TABLES if f"0{n[-1]}_{n}" in notebooks]
-    cells = {c.path: c for t in tables for c in _sweep.table_cells(
-        t, protocol, results, seeds=seeds, overrides=_with_data_path(overrides, data_path), device=device,
-        limit=limit)}
+    cells = _sweep.union_cells(tables, protocol, results, seeds=seeds, overrides=_with_data_path(overrides, data_path),
+                               device=device, limit=limit)
     train_error = None
     _say(f"reproduce [{protocol}]: {len(cells)} unique cells over {len(tables)} tables, "
-         f"{sum(not p.exists() for p in cells)} to train, jobs={jobs} → {out}")
+         f"{sum(not c.path.exists() for c in cells)} to train, jobs={jobs} → {out}")
     try:
-        _sweep.run_cells(list(cells.values()), jobs=jobs, progress=progress, desc="cells")
+        _sweep.run_cells(cells, jobs=jobs, progress=progress, desc="cells")
     except _sweep.CellErrors as err:
         train_error = err
         _say(str(err))

@@ -24,13 +24,18 @@ def checkpoint_path(record: Path) -> Path:
 
 
 def write_json_atomic(path, obj) -> Path:
-    """Write `obj` as JSON through a temporary file and os.replace: readers only ever see complete files."""
+    """Write `obj` as JSON atomically (see write_text_atomic)."""
+    return write_text_atomic(path, json.dumps(obj, indent=1, allow_nan=True))
+
+
+def write_text_atomic(path, text: str) -> Path:
+    """Write `text` through a temporary file and os.replace: readers only ever see complete files."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1, allow_nan=True)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -21,6 +21,8 @@ import multiprocessing
 from tqdm import tqdm
 
 BASELINE = "layernorm"
+ALL = "all"
+"""`lab sweep all`: the LayerNorm baseline plus every table's cells as one grid (one pool, shared cells once)."""
 LAUNCHERS = ("local", "slurm")
 MAX_WORKER_DEATHS = 2
 """A cell whose worker process dies this many times (segfault, OOM kill) is reported instead of retried."""
@@ -64,20 +66,48 @@ def plan(specs, protocol: str, results_dir, *, table: str | None = None, seeds=N
 
 
 def table_cells(table: str, protocol: str, results_dir, *, seeds=None, overrides=None, device=None,
-                limit: int | None = None) -> list[Cell]:
-    """The LayerNorm baseline plus the table's unique canonical specs, × seeds; `limit` keeps the first N specs."""
+                limit: int | None = None, specs=None) -> list[Cell]:
+    """The LayerNorm baseline plus the table's unique canonical specs, × seeds ("all": every table's; see
+    union_cells for `limit` and `specs`)."""
+    from . import ablations
+    if table != ALL and table not in ablations.TABLES:
+        raise ValueError(f"unknown table {table!r}; choose one of: {', '.join([*ablations.TABLES, ALL])}")
+    return union_cells(ablations.TABLES if table == ALL else [table], protocol, results_dir, seeds=seeds,
+                       overrides=overrides, device=device, limit=limit, specs=specs)
+
+
+def union_cells(tables, protocol: str, results_dir, *, seeds=None, overrides=None, device=None,
+                limit: int | None = None, specs=None) -> list[Cell]:
+    """The cells of several tables as one grid: a spec they share is one cell, recorded under the first table.
+
+    Each table brings the LayerNorm baseline and its unique canonical specs; `specs` keeps only these (canonicalised;
+    ValueError naming one the tables lack), then `limit` the first N of each table.
+    """
     from . import ablations
     from .layers import canonical_norm
-    specs = list(dict.fromkeys([canonical_norm(BASELINE), *ablations.load(table).specs()]))
-    if limit is not None:
-        specs = specs[:max(int(limit), 0)]
-    return plan(specs, protocol, results_dir, table=table, seeds=seeds, overrides=overrides, device=device)
+    per_table = {t: list(dict.fromkeys([canonical_norm(BASELINE), *ablations.load(t).specs()])) for t in tables}
+    if specs is not None:
+        wanted = [canonical_norm(s) for s in specs]
+        known = list(dict.fromkeys(s for table_specs in per_table.values() for s in table_specs))
+        unknown = [s for s in wanted if s not in known]
+        if unknown:
+            raise ValueError(f"specs: {unknown[0]!r} is not in {', '.join(tables)}; its specs: {', '.join(known)}")
+        per_table = {t: [s for s in table_specs if s in wanted] for t, table_specs in per_table.items()}
+    cells = {}
+    for table, table_specs in per_table.items():
+        if limit is not None:
+            table_specs = table_specs[:max(int(limit), 0)]
+        for cell in plan(table_specs, protocol, results_dir, table=table, seeds=seeds, overrides=overrides,
+                         device=device):
+            cells.setdefault(cell.path, cell)
+    return list(cells.values())
 
 
 def sweep(table: str, protocol: str, results_dir="results", *, jobs: int = 1, launcher: str = "local", seeds=None,
           overrides=None, device: str | None = None, dry_run: bool = False, progress: bool = True,
-          limit: int | None = None, slurm: dict | None = None) -> list[dict]:
-    """Train every missing cell of `table` (plus the LayerNorm baseline) and return the records of all its cells.
+          limit: int | None = None, slurm: dict | None = None, specs=None) -> list[dict]:
+    """Train every missing cell of `table` ("all": of every table) plus the LayerNorm baseline, or only of `specs`,
+    and return the records of all its cells.
 
     dry_run: local → only report what would run; slurm → write the sbatch script and pickles, submit nothing.
     `slurm`: submitit SlurmExecutor parameters (partition, time, nodes, ntasks_per_node, gpus_per_node, ...) as a dict
@@ -88,7 +118,8 @@ def sweep(table: str, protocol: str, results_dir="results", *, jobs: int = 1, la
     if int(jobs) < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
     from . import results
-    cells = table_cells(table, protocol, results_dir, seeds=seeds, overrides=overrides, device=device, limit=limit)
+    cells = table_cells(table, protocol, results_dir, seeds=seeds, overrides=overrides, device=device, limit=limit,
+                        specs=specs)
     missing = [c for c in cells if not c.path.exists()]
     _say(f"{table} [{protocol}]: {len(cells)} cells, {len(cells) - len(missing)} done, {len(missing)} to run"
          + (" (dry run)" if dry_run else ""), progress)

@@ -95,14 +95,20 @@ class TableResult:
         """Train/fail agreement and Spearman ρ of accuracies with the paper's (cells that trained in both)."""
         run = [r for r in self.results if r.run]
         both = [r for r in run if r.trained and r.cell.paper is not None]
-        x, y = np.array([r.mean for r in both]), np.array([r.cell.paper for r in both])
-        rho = p = None
-        if len(both) >= 3 and np.ptp(x) > 0 and np.ptp(y) > 0:
-            rho, p = (float(v) for v in stats.spearmanr(x, y))
+        rho, p = spearman([r.mean for r in both], [r.cell.paper for r in both])
         return {"cells": len(self.results), "run": len(run), "agree": sum(bool(r.agrees) for r in run),
                 "paper_failed": sum(r.cell.paper is None for r in run),
                 "measured_failed": sum(not r.trained for r in run),
                 "spearman_n": len(both), "spearman_rho": rho, "spearman_p": p}
+
+
+def spearman(measured, paper) -> tuple[float | None, float | None]:
+    """Spearman ρ and its p-value, or (None, None) below 3 pairs or when one side is constant (ρ undefined)."""
+    x, y = np.asarray(measured, dtype=float), np.asarray(paper, dtype=float)
+    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return None, None
+    rho, p = stats.spearmanr(x, y)
+    return float(rho), float(p)
 
 
 def _select(ablation, records, protocol, config_hash):
@@ -137,7 +143,8 @@ def _select(ablation, records, protocol, config_hash):
     return protocol, config_hash, by_spec, notes
 
 
-def _cell_result(cell, seeds_records: dict, metric: str) -> CellResult:
+def cell_result(cell, seeds_records: dict, metric: str) -> CellResult:
+    """`cell` with its records (seed -> record): the metric of those that trained, the kinds of those that failed."""
     result = CellResult(cell)
     for record in seeds_records.values():
         result.records.append(record)
@@ -155,10 +162,10 @@ def collect(name: str, records, protocol: str | None = None, *, metric: str = "t
         raise ValueError(f"unknown metric {metric!r}; choose one of: {', '.join(METRICS)}")
     ablation = ablations.load(name)
     protocol, config_hash, by_spec, notes = _select(ablation, list(records), protocol, config_hash)
-    panels = [[_cell_result(c, by_spec.get(c.spec, {}), metric) for c in p.cells] for p in ablation.panels]
+    panels = [[cell_result(c, by_spec.get(c.spec, {}), metric) for c in p.cells] for p in ablation.panels]
     baseline = None
     if "layernorm" in by_spec:
-        baseline = _cell_result(ablations.Cell("LayerNorm", "", "layernorm", None), by_spec["layernorm"], metric)
+        baseline = cell_result(ablations.Cell("LayerNorm", "", "layernorm", None), by_spec["layernorm"], metric)
     seeds = sorted({s for runs in by_spec.values() for s in runs}, key=str)
     return TableResult(ablation, panels, protocol, config_hash, metric, seeds, baseline, notes)
 

@@ -28,11 +28,14 @@ def test_table_is_relative_to_layernorm():
 
 def test_cli_writes_records(tmp_path, monkeypatch):
     monkeypatch.setattr(bench, "CPU_MODEL", TINY)
-    assert main(["bench", "--norms", "derf", "--modes", "eager", "--dtypes", "bf16", "--steps", "1",
+    assert main(["bench", "--norms", "derf", "--modes", "eager,eager-plain", "--dtypes", "bf16", "--steps", "1",
                  "--warmup", "0", "--out", str(tmp_path)]) == 0
     (path,) = tmp_path.glob("bench-cpu-*.json")
     rows = json.loads(path.read_text())
-    assert [r["norm"] for r in rows] == ["layernorm", "derf"] and rows[0]["device"].startswith("cpu")
+    assert [(r["norm"], r["mode"]) for r in rows] == [("layernorm", "eager"), ("derf", "eager"),
+                                                     ("derf", "eager-plain")]
+    assert rows[0]["device"].startswith("cpu") and rows[0]["pointwise_kernels"] is None
+    assert {r["pointwise_kernels"] for r in rows[1:]} == {"plain"}       # no generated kernels on a CPU
     assert main(["bench", "--modes", "jit", "--out", str(tmp_path)]) == 2
 
 

@@ -54,6 +54,51 @@ def test_fused_gradients_match_plain_autograd(spec, shift):
         torch.testing.assert_close(a, b)
 
 
+@pytest.mark.parametrize("spec, shift", [("erf", 0.0), ("erf|flat=0.5|neg", None)])
+def test_generated_kernels_match_the_reference(spec, shift, monkeypatch):
+    """The eager kernels inductor generates (on a GPU; here forced on the CPU) give the reference's numbers."""
+    monkeypatch.setattr(lab.layers, "FUSED_DEVICE_TYPES", {"cpu"})
+    torch.manual_seed(0)
+    layer = PointwiseNorm(16, spec, shift=shift)
+    with torch.no_grad():
+        layer.weight.uniform_(0.5, 1.5)
+        layer.bias.uniform_(-0.5, 0.5)
+    x = (torch.randn(3, 9, 16) * 3).requires_grad_()
+    params = [x] + list(layer.parameters())
+    calls = []
+    kernels = lab.layers._fused(layer.spec)
+    monkeypatch.setattr(lab.layers, "_fused", lambda s: calls.append(s) or kernels)
+    y = layer(x)
+    generated = torch.autograd.grad((y * torch.linspace(-1, 1, 16)).sum(), params)
+    plain = torch.autograd.grad((reference_forward(layer, x) * torch.linspace(-1, 1, 16)).sum(), params)
+    assert calls == [layer.spec] * 2             # forward and backward both ran the generated kernels
+    torch.testing.assert_close(y, reference_forward(layer, x))
+    for a, b in zip(generated, plain):
+        torch.testing.assert_close(a, b)
+
+
+def test_dispatch_modes_get_the_plain_expression(monkeypatch):
+    """FlopCounterMode (lab bench counts FLOPs first) cannot run compiled code: plain ops there, kernels after."""
+    from torch.utils.flop_counter import FlopCounterMode
+    monkeypatch.setattr(lab.layers, "FUSED_DEVICE_TYPES", {"cpu"})
+    layer = PointwiseNorm(8, "erf|hshift=0.5")
+    x = torch.randn(2, 8, requires_grad=True)
+    with FlopCounterMode(display=False):
+        assert not lab.layers._use_fused(x)
+        layer(x).sum().backward()
+    assert lab.layers._use_fused(x)
+
+
+def test_a_compiled_model_traces_the_plain_expression(monkeypatch):
+    """Inside torch.compile the layer is traced as plain ops (inductor fuses them with their neighbours)."""
+    monkeypatch.setattr(lab.layers, "FUSED_DEVICE_TYPES", {"cpu"})
+    monkeypatch.setattr(lab.layers, "_fused", lambda s: pytest.fail("per-spec kernel called inside torch.compile"))
+    layer = PointwiseNorm(8, "tanh|hshift=0.5")
+    x = torch.randn(2, 8, requires_grad=True)
+    torch.compile(layer)(x).sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
 def test_gradcheck():
     layer = PointwiseNorm(4, "erf|hshift=0.3|clip=0.9", shift=0.1).double()
     x = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)

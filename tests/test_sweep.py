@@ -115,3 +115,30 @@ def test_cli_sweep_dry_run_and_bad_seeds(tmp_path, capsys):
         "table4", "smoke", tmp_path))
     assert main(["sweep", "table4", "--protocol", "smoke", "--results", str(tmp_path), "--seeds", "0,x"]) == 2
     assert "--seeds" in capsys.readouterr().err
+
+
+def test_all_is_the_baseline_plus_every_tables_unique_specs_once(tmp_path, capsys):
+    from lab.cli import main
+    union = {s for t in ablations.TABLES for s in ablations.load(t).specs()}
+    assert main(["sweep", "all", "--protocol", "smoke", "--results", str(tmp_path), "--dry-run"]) == 0
+    err = capsys.readouterr().err
+    assert f"all [smoke]: {1 + len(union)} cells" in err and err.count("would run") == 1 + len(union)
+    cells = sweep.table_cells("all", "smoke", tmp_path)
+    assert {c.spec for c in cells} == union | {"layernorm"}
+    assert {c.table for c in cells if c.spec in ("layernorm", "erf")} == {"table1"}   # the first table with it
+    assert next(c.table for c in cells if c.spec == "linear") == "table2"
+    assert not any(tmp_path.iterdir())
+
+
+def test_specs_restrict_the_cells_and_one_outside_the_table_is_an_error(tmp_path, capsys):
+    from lab.cli import main
+    cells = sweep.table_cells("all", "smoke", tmp_path, seeds=(1, 2), specs=["LayerNorm", "erf", "tanh", "arctan"])
+    assert sorted((c.spec, c.seed) for c in cells) == sorted(
+        (s, seed) for seed in (1, 2) for s in ("layernorm", "erf", "tanh", "arctan"))
+    with pytest.raises(ValueError, match=r"'erf\|flat=1' is not in table1; its specs: layernorm, erf\|hshift=-2"):
+        sweep.table_cells("table1", "smoke", tmp_path, specs=["erf", "erf|flat=1"])
+    assert main(["sweep", "table5", "--protocol", "smoke", "--results", str(tmp_path), "--dry-run",
+                 "--specs", "erf|flat=1, tanh"]) == 0
+    assert "table5 [smoke]: 2 cells" in capsys.readouterr().err
+    assert main(["sweep", "table5", "--protocol", "smoke", "--results", str(tmp_path), "--specs", "erf|hshift=2"]) == 2
+    assert "'erf|hshift=2' is not in table5" in capsys.readouterr().err

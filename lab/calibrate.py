@@ -1,0 +1,163 @@
+"""`lab calibrate FILE`: choose a one-GPU proxy protocol by training a small named subset of cells under several
+candidate config variants, all packed into one process pool, and showing how each variant agrees with the paper.
+
+FILE is plain YAML (configs/calibration/): `protocol`, `seeds` (optional: the config's own), `subset` (specs of
+Tables 1–6, or layernorm) and `variants` (name -> list of `lab train --set` overrides). Records go to
+RESULTS/<variant>/, so a re-run skips finished cells; the summary goes to RESULTS/summary-<file stem>.md.
+"""
+import re
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import yaml
+
+from . import ablations, config, results, sweep, tables
+from .layers import canonical_norm
+
+RESULTS_DIR = ablations.ABLATIONS_DIR / "results" / "calibration"
+KEYS = {"protocol", "seeds", "subset", "variants"}
+REQUIRED = {"protocol", "subset", "variants"}
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """A validated calibration file: canonical subset specs, and variants as lists of "key=value" overrides."""
+    name: str
+    path: Path
+    protocol: str
+    seeds: list[int] | None
+    subset: list[str]
+    variants: dict[str, list[str]]
+
+
+def paper_values() -> dict[str, float | None]:
+    """The paper's top-1 of every canonical spec: its first cell in Table 1 … 6 order (None = the paper's ×)."""
+    values = {}
+    for table in ablations.TABLES:
+        for cell in ablations.load(table).cells:
+            values.setdefault(cell.spec, cell.paper)
+    return values
+
+
+def load(path) -> Calibration:
+    """The validated calibration file; every variant's overrides are resolved once, so bad input fails before any
+    training, with a ValueError naming the file and the field."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"calibration file {str(path)!r} not found (examples: configs/calibration/)")
+    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    ablations._check_keys(str(path), raw, KEYS, REQUIRED)
+    seeds = raw.get("seeds")
+    if seeds is not None and (not isinstance(seeds, list) or not seeds
+                              or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)):
+        raise ValueError(f"{path}: seeds {seeds!r}: expected a list of integers such as [0, 1, 2]")
+    subset = raw["subset"]
+    if not isinstance(subset, list) or not subset:
+        raise ValueError(f"{path}: subset {subset!r}: expected a list of specs such as [layernorm, erf, tanh]")
+    paper, specs = paper_values(), []
+    for item in subset:
+        try:
+            spec = canonical_norm(str(item))
+        except ValueError as err:
+            raise ValueError(f"{path}: subset: {err}") from None
+        if spec != sweep.BASELINE and spec not in paper:
+            raise ValueError(f"{path}: subset: {item!r} is in none of Tables 1–6 (and is not {sweep.BASELINE})")
+        specs.append(spec)
+    variants = raw["variants"]
+    if not isinstance(variants, dict) or not variants:
+        raise ValueError(f"{path}: variants {variants!r}: expected a mapping name -> list of key=value overrides")
+    for name, overrides in variants.items():
+        where = f"{path}: variant {name!r}"
+        if not re.fullmatch(r"\w[\w.-]*", str(name)):
+            raise ValueError(f"{where}: a name of letters, digits, '_', '.' and '-' (it names a results folder)")
+        if not isinstance(overrides, list):
+            raise ValueError(f"{where}: {overrides!r}: expected a list of key=value overrides such as [lr=1e-3]")
+        try:
+            config.load(raw["protocol"], overrides)
+        except ValueError as err:
+            raise ValueError(f"{where}: {err}") from None
+    return Calibration(path.stem, path, raw["protocol"], seeds, list(dict.fromkeys(specs)),
+                       {str(name): list(o) for name, o in variants.items()})
+
+
+def calibrate(path, results_dir=RESULTS_DIR, *, jobs: int = 1, dry_run: bool = False, report: bool = False,
+              progress: bool = True):
+    """Train the subset under every variant in one pool (finished cells are skipped) and write the summary.
+
+    report: train nothing, summarise the records present (e.g. fetched from the GPU machine that ran them).
+    Returns (summary path, None), or (summary path, sweep.CellErrors) when cells raised instead of producing a record
+    (every other cell still ran). A dry run lists the cells that would run and returns (None, None).
+    """
+    start = time.time()
+    if int(jobs) < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
+    cal = load(path)
+    planned = {name: sweep.plan(cal.subset, cal.protocol, Path(results_dir) / name, seeds=cal.seeds,
+                                overrides=overrides) for name, overrides in cal.variants.items()}
+    cells = [c for variant in planned.values() for c in variant]
+    missing = [c for c in cells if not c.path.exists()]
+    sweep._say(f"calibrate {cal.name} [{cal.protocol}]: {len(planned)} variants × {len(cal.subset)} specs × "
+               f"{len(cal.seeds or [None])} seed(s) = {len(cells)} cells, {len(missing)} to run"
+               + (" (dry run)" if dry_run else ""), progress)
+    if dry_run:
+        for cell in missing:
+            sweep._say(f"  would run {cell.path.parent.name}: {cell.spec} seed={cell.seed} -> {cell.path}", progress)
+        return None, None
+    errors = None
+    try:
+        if not report:
+            sweep.run_cells(cells, jobs=jobs, progress=progress, desc=f"calibrate {cal.name}")
+    except sweep.CellErrors as err:
+        errors = err
+    text = summary(cal, planned, None if report else time.time() - start, errors)
+    return results.write_text_atomic(Path(results_dir) / f"summary-{cal.name}.md", text), errors
+
+
+def summary(cal: Calibration, planned: dict, wall_s: float | None, errors=None) -> str:
+    """Markdown: per variant, each subset spec beside the paper's value, then one line of agreement figures."""
+    paper = paper_values()
+    records = {c: results.read_record(c.path) for cells in planned.values() for c in cells if c.path.exists()}
+    devices = ", ".join(sorted({str(r.get("device")) for r in records.values()})) or "–"
+    seeds = f" · seeds {', '.join(map(str, cal.seeds))} (means over seeds)" if cal.seeds and len(cal.seeds) > 1 else ""
+    lines = [f"# Calibration `{cal.name}` — protocol {cal.protocol}", "",
+             f"- `{cal.path}` · device {devices} · {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC"
+             f"{'' if wall_s is None else f' · this call {wall_s:.0f} s'}{seeds}"]
+    if errors:
+        lines.append(f"- **{len(errors.errors)} cell(s) raised, no record**: "
+                     + ", ".join(f"{c.path.parent.name} `{c.spec}` s{c.seed}" for c in errors.errors))
+    for name, cells in planned.items():
+        lines += ["", f"## {name}: `{' '.join(cal.variants[name]) or '(the protocol as is)'}`", "",
+                  "| spec | paper | top-1 (EMA) | agrees |", "|---|---:|---:|:---:|"]
+        rows = {}
+        for spec in cal.subset:
+            cell = ablations.Cell("", "", spec, paper.get(spec))
+            runs = {c.seed: records[c] for c in cells if c.spec == spec and c in records}
+            top1 = rows[spec] = tables.cell_result(cell, runs, "top1")
+            baseline = spec == sweep.BASELINE
+            agrees = tables.MISSING if baseline or top1.agrees is None else "yes" if top1.agrees else "**no**"
+            name_md = spec.replace("|", r"\|")   # a bare | would split the markdown cell
+            lines.append(f"| `{name_md}` | {tables.MISSING if baseline else top1.paper_text()} | "
+                         f"{_measured(top1, tables.cell_result(cell, runs, 'top1_ema'))} | {agrees} |")
+        judged = [r for spec, r in rows.items() if spec != sweep.BASELINE and r.run]
+        both = [r for r in judged if r.trained and r.cell.paper is not None]
+        rho, _ = tables.spearman([r.mean for r in both], [r.cell.paper for r in both])
+        erf, ln = rows.get("erf"), rows.get(sweep.BASELINE)
+        gap = f"{erf.mean - ln.mean:+.1f} pt" if erf and ln and erf.trained and ln.trained else "n/a"
+        wall = sum(records[c].get("wall_s") or 0 for c in cells if c in records)
+        lines += ["", f"train/fail agrees {sum(r.agrees for r in judged)}/{len(judged)} · Spearman ρ "
+                      f"{'n/a' if rho is None else f'{rho:.2f}'} (n={len(both)}) · erf − LayerNorm {gap} · "
+                      f"{wall:.0f} s of training · config {config.config_hash(cells[0].cfg)}"]
+    return "\n".join(lines) + "\n"
+
+
+def _measured(top1: tables.CellResult, ema: tables.CellResult) -> str:
+    """"41.2 (43.0)" (EMA in brackets), the failure kind ("× diverged"), or "–" for a cell with no record."""
+    if top1.failures:
+        n = len(top1.failures) + len(top1.values)
+        return "× " + "/".join(dict.fromkeys(k or "?" for k in top1.failures)) + (
+            f" ({len(top1.failures)}/{n} seeds)" if n > 1 else "")
+    if not top1.values:
+        return tables.MISSING
+    return f"{top1.mean:.1f}" + (f" ({ema.mean:.1f})" if ema.mean is not None else "")

@@ -1,0 +1,94 @@
+"""lab.calibrate: the file's validation, one folder per variant, the summary beside the paper, skip on re-run."""
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+import lab.train
+from lab import calibrate, results
+from lab.cli import main
+
+TINY = ["epochs=2", "data.train_size=128", "data.val_size=64"]  # a fraction of a second per cell
+SUBSET = ["layernorm", "erf", "erf|hshift=2"]
+
+
+def _file(tmp_path, **changes):
+    raw = {"protocol": "smoke", "seeds": [0], "subset": SUBSET, "variants": {"A": TINY, "B": [*TINY, "lr=1e-3"]},
+           **changes}
+    path = tmp_path / "round.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_the_rounds_load_and_validate():
+    for name in ("round1", "round2"):
+        cal = calibrate.load(Path(__file__).resolve().parent.parent / "configs" / "calibration" / f"{name}.yaml")
+        assert cal.protocol == "proxy" and len(cal.variants) == 4 and len(cal.subset) == 14
+    paper = calibrate.paper_values()
+    assert paper["erf|hshift=2"] is None and paper["erf"] is not None and "layernorm" not in paper
+
+
+def test_report_summarises_the_committed_gpu_records_and_trains_nothing(tmp_path, monkeypatch):
+    """The records fetched from the accelerator still match their round file (config hashes over proxy.yaml)."""
+    root = Path(__file__).resolve().parent.parent
+    monkeypatch.setattr(lab.train, "run", lambda *a, **k: pytest.fail("--report must not train"))
+    out = tmp_path / "calibration"
+    shutil.copytree(root / "ablations" / "results" / "calibration", out)
+    summary, errors = calibrate.calibrate(root / "configs" / "calibration" / "round2.yaml", out, report=True,
+                                          progress=False)
+    text = summary.read_text()
+    assert errors is None and "NVIDIA H100" in text and "this call" not in text
+    e40 = text[text.index("## r2-lr2e-3-light-e40"):]
+    assert "train/fail agrees 8/8" in e40.split("##")[1] and r"| `erf\|blend=0.5` | × | × diverged | yes |" in e40
+
+
+def test_each_variant_gets_its_folder_and_a_row_per_spec_and_a_rerun_trains_nothing(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    summary, errors = calibrate.calibrate(_file(tmp_path), out, progress=False)
+    assert errors is None and summary == out / "summary-round.md"
+    for variant in ("A", "B"):
+        assert len(list((out / variant).glob("*.json"))) == len(SUBSET)
+    text = summary.read_text()
+    assert text.count("| `layernorm` | – |") == 2 and text.count("| `erf` | 82.6 |") == 2
+    assert text.count(r"| `erf\|hshift=2` | × |") == 2
+    assert text.count("train/fail agrees") == 2 and "device cpu" in text
+
+    calls = []
+    monkeypatch.setattr(lab.train, "run", lambda *args, **kwargs: calls.append(args))
+    assert calibrate.calibrate(_file(tmp_path), out, progress=False)[1] is None and calls == []
+
+
+def test_a_crashing_cell_is_reported_after_the_summary(tmp_path, monkeypatch, capsys):
+    def fake_run(cfg, norm, out_dir, *, table=None, progress=True):
+        if norm == "erf":
+            raise RuntimeError("boom")
+        record = {"spec": norm, "status": "ok", "top1": 50.0, "top1_ema": 51.0, "seed": 0, "wall_s": 2.0,
+                  "device": "cpu"}
+        results.write_json_atomic(results.record_path(out_dir, norm, cfg), record)
+        return record
+
+    monkeypatch.setattr(lab.train, "run", fake_run)
+    assert main(["calibrate", str(_file(tmp_path)), "--results", str(tmp_path / "out")]) == 1
+    captured = capsys.readouterr()
+    assert "| `layernorm` | – | 50.0 (51.0) | – |" in captured.out and "| `erf` | 82.6 | – | – |" in captured.out
+    assert "2 cell(s) raised" in captured.out and "boom" in captured.err
+    assert (tmp_path / "out" / "summary-round.md").exists()
+
+
+def test_dry_run_lists_the_cells_and_runs_nothing(tmp_path, capsys):
+    assert main(["calibrate", str(_file(tmp_path)), "--results", str(tmp_path / "out"), "--dry-run"]) == 0
+    err = capsys.readouterr().err
+    assert "6 cells, 6 to run (dry run)" in err and err.count("would run") == 6
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("changes, word", [
+    ({"extra": 1}, "extra"), ({"protocol": "smok"}, "smok"), ({"seeds": ["x"]}, "seeds"),
+    ({"subset": ["erf", "erff"]}, "erff"), ({"subset": ["erf|hshift=7"]}, "erf|hshift=7"),
+    ({"variants": {"A": ["epochz=1"]}}, "epochz"), ({"variants": {"a/b": TINY}}, "a/b"),
+])
+def test_bad_file_content_is_one_clear_error(tmp_path, changes, word):
+    with pytest.raises(ValueError, match=word.replace("|", r"\|")):
+        calibrate.calibrate(_file(tmp_path, **changes), tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
