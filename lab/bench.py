@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import datetime
 import functools
+import json
 import multiprocessing as mp
 import platform
 import time
@@ -102,12 +103,12 @@ def measure(norm: str, mode: str, dtype: str, shape: dict, device: torch.device,
 
 def _kernels(norm: str, mode: str, device: torch.device) -> str | None:
     """How the point-wise layer ran: traced into the compiled model, inductor's per-spec eager kernels, or plain ops."""
-    from .layers import FUSED_DEVICE_TYPES, NORMALIZATIONS, _can_fuse
+    from .layers import NORMALIZATIONS, fuses_on
     if norm in NORMALIZATIONS:
         return None
     if mode == "compiled":
         return "compiled-model"
-    return "generated" if device.type in FUSED_DEVICE_TYPES and _can_fuse(device.type) else "plain"
+    return "generated" if fuses_on(device.type) else "plain"
 
 
 def _packed_worker(shape, device, seconds, start_event, queue):
@@ -164,7 +165,8 @@ def format_table(rows: list[dict]) -> str:
         mem_rel = f"{mem / ln['peak_mem_gib']:.3f}" if ln and mem and ln["peak_mem_gib"] else "–"
         mem_text = "–" if mem is None else f"{mem:.2f}"
         mfu_text = "–" if mfu is None else f"{100 * mfu:.1f}%"
-        lines.append(f"| `{r['norm']}` | {r['mode']} | {r['dtype']} | {r['img_per_s']:.1f} | {speed} | "
+        name = r["norm"].replace("|", r"\|")       # a bare | would split the markdown cell
+        lines.append(f"| `{name}` | {r['mode']} | {r['dtype']} | {r['img_per_s']:.1f} | {speed} | "
                      f"{mem_text} | {mem_rel} | {mfu_text} |")
     packed = [r for r in rows if r["mode"] == "packing"]
     if packed:
@@ -172,6 +174,14 @@ def format_table(rows: list[dict]) -> str:
         lines += [f"| {r['runs']} | {r['img_per_s']:.0f} | {r['img_per_s'] / packed[0]['img_per_s']:.2f} |"
                   for r in packed]
     return "\n".join(lines)
+
+
+def recorded(results_dir=RESULTS_DIR, device_type: str = "cuda") -> list[dict]:
+    """The committed records of one device type, in the README's order: by mode, dtype, LayerNorm first, packing last."""
+    rows = [r for path in sorted(Path(results_dir).glob(f"bench-{device_type}-*.json"))
+            for r in json.loads(path.read_text())]
+    modes = [*MODES, "packing"]
+    return sorted(rows, key=lambda r: (modes.index(r["mode"]), r.get("dtype") or "", r.get("norm") != "layernorm"))
 
 
 MODES = ("eager", "eager-plain", "compiled")

@@ -60,17 +60,21 @@ def _fused(spec: str):
     return (compile(functools.partial(_forward, fn=fn)), compile(functools.partial(_backward, fn=fn)))
 
 
-def _use_fused(x: Tensor) -> bool:
-    """On a fusing device, outside torch.compile's tracing and outside dispatch modes (FlopCounterMode, fake tensors),
-    in which compiled code cannot run."""
-    return (x.device.type in FUSED_DEVICE_TYPES and not torch.compiler.is_compiling()
-            and not is_in_torch_dispatch_mode() and _can_fuse(x.device.type))
+def fuses_on(device_type: str) -> bool:
+    """Whether eager mode on this device type runs the generated kernels (a listed device, and Triton for CUDA)."""
+    return device_type in FUSED_DEVICE_TYPES and (device_type != "cuda" or _has_triton())
 
 
 @functools.cache
-def _can_fuse(device_type: str) -> bool:
+def _has_triton() -> bool:
     from torch.utils._triton import has_triton
-    return device_type != "cuda" or has_triton()
+    return has_triton()
+
+
+def _use_fused(x: Tensor) -> bool:
+    """On a fusing device, outside torch.compile's tracing and outside dispatch modes (FlopCounterMode, fake tensors),
+    in which compiled code cannot run."""
+    return fuses_on(x.device.type) and not torch.compiler.is_compiling() and not is_in_torch_dispatch_mode()
 
 
 class _PointwiseAffine(torch.autograd.Function):
