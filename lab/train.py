@@ -39,7 +39,7 @@ from tqdm import tqdm
 
 from . import data as data_mod
 from .config import config_hash
-from .layers import canonical_norm
+from .layers import PointwiseNorm, canonical_norm
 from .models import build_model
 from .results import checkpoint_path, read_record, record_path, write_json_atomic
 
@@ -84,6 +84,7 @@ class Trainer:
         name, alpha0 = m.pop("name"), m.pop("alpha0")
         model_kw = {"img_size": cfg["data"]["img_size"], "num_classes": self.data.num_classes, **m}
         self.model = build_model(name, norm=spec, alpha0=alpha0, **model_kw).to(device)
+        self.pointwise = [mod for mod in self.model.modules() if isinstance(mod, PointwiseNorm)]
         self.ema = ModelEmaV3(self.model, decay=cfg["ema"]["decay"], use_warmup=cfg["ema"]["warmup"])
         o, s = cfg["optim"], cfg["schedule"]
         self.optimizer = create_optimizer_v2(self.model, opt=o["opt"], lr=o["lr"], weight_decay=o["weight_decay"],
@@ -199,6 +200,8 @@ class Trainer:
         every = self.cfg["eval"]["every_epochs"]
         if (every and (epoch + 1) % every == 0) or epoch + 1 == self.cfg["schedule"]["epochs"]:
             entry["val_top1"], entry["val_top1_ema"] = self._evaluate(self.model), self._evaluate(self.ema.module)
+            if self.pointwise:   # how each layer's input scale α adapted (calibration reads it: saturation, drift)
+                entry["alpha"] = [round(m.alpha.item(), 5) for m in self.pointwise]
         self.state["history"].append(entry)
 
     @torch.no_grad()

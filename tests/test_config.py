@@ -38,6 +38,21 @@ def test_protocols_are_found_and_overrides_apply():
     assert config.load("smoke", {"lr": 0.5})["optim"]["lr"] == 0.5
 
 
+def test_protocols_agree_on_every_field_type():
+    """An override valid for one protocol is valid for all: `warmup_epochs=2.67` once failed on smoke (written `1`)."""
+    def types(cfg, prefix=""):
+        for k, v in cfg.items():
+            if isinstance(v, dict):
+                yield from types(v, f"{prefix}{k}.")
+            elif v is not None:
+                yield f"{prefix}{k}", type(v).__name__
+    per_protocol = [dict(types(config.load(p))) for p in config.PROTOCOLS]
+    for key in set.intersection(*(set(t) for t in per_protocol)):
+        assert len({t[key] for t in per_protocol}) == 1, (key, [t[key] for t in per_protocol])
+    for protocol in config.PROTOCOLS:
+        assert config.load(protocol, ["warmup_epochs=2.67"])["schedule"]["warmup_epochs"] == 2.67
+
+
 @pytest.mark.parametrize("protocol, overrides, word", [
     ("nonesuch", [], "nonesuch"), ("smoke", ["lrr=1"], "lrr"), ("smoke", ["model.dept=2"], "model.dept"),
     ("smoke", ["epochs=abc"], "epochs"), ("smoke", ["epochs"], "key=value"), ("smoke", ["optim=1"], "section"),

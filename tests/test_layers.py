@@ -54,23 +54,29 @@ def test_fused_gradients_match_plain_autograd(spec, shift):
         torch.testing.assert_close(a, b)
 
 
-@pytest.mark.parametrize("spec, shift", [("erf", 0.0), ("erf|flat=0.5|neg", None)])
-def test_generated_kernels_match_the_reference(spec, shift, monkeypatch):
-    """The eager kernels inductor generates (on a GPU; here forced on the CPU) give the reference's numbers."""
-    monkeypatch.setattr(lab.layers, "FUSED_DEVICE_TYPES", {"cpu"})
+CUDA = pytest.param("cuda", marks=pytest.mark.skipif(not (torch.cuda.is_available() and lab.layers.fuses_on("cuda")),
+                                                     reason="needs a GPU with Triton (run on the accelerator)"))
+
+
+@pytest.mark.parametrize("device", ["cpu", CUDA])
+@pytest.mark.parametrize("spec, shift", [("erf", 0.0), ("erf|flat=0.5|neg", None), ("sin|hshift=0.5", None)])
+def test_generated_kernels_match_the_reference(spec, shift, device, monkeypatch):
+    """The eager kernels inductor generates (Triton on a GPU; forced on the CPU here) give the reference's numbers."""
+    monkeypatch.setattr(lab.layers, "FUSED_DEVICE_TYPES", {device})
     torch.manual_seed(0)
-    layer = PointwiseNorm(16, spec, shift=shift)
+    layer = PointwiseNorm(16, spec, shift=shift, device=device)
     with torch.no_grad():
         layer.weight.uniform_(0.5, 1.5)
         layer.bias.uniform_(-0.5, 0.5)
-    x = (torch.randn(3, 9, 16) * 3).requires_grad_()
+    x = (torch.randn(3, 9, 16, device=device) * 3).requires_grad_()
     params = [x] + list(layer.parameters())
     calls = []
     kernels = lab.layers._fused(layer.spec)
     monkeypatch.setattr(lab.layers, "_fused", lambda s: calls.append(s) or kernels)
     y = layer(x)
-    generated = torch.autograd.grad((y * torch.linspace(-1, 1, 16)).sum(), params)
-    plain = torch.autograd.grad((reference_forward(layer, x) * torch.linspace(-1, 1, 16)).sum(), params)
+    g = torch.linspace(-1, 1, 16, device=device)
+    generated = torch.autograd.grad((y * g).sum(), params)
+    plain = torch.autograd.grad((reference_forward(layer, x) * g).sum(), params)
     assert calls == [layer.spec] * 2             # forward and backward both ran the generated kernels
     torch.testing.assert_close(y, reference_forward(layer, x))
     for a, b in zip(generated, plain):

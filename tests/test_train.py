@@ -33,7 +33,9 @@ def test_smoke_cell_learns_and_writes_a_complete_record(tmp_path):
     assert saved["status"] == "ok" and saved["failure"] is None and saved["table"] == "table1"
     assert saved["top1"] > 2.5 * saved["chance_top1"] and saved["top1_ema"] > 2 * saved["chance_top1"]
     assert saved["history"][-1]["epoch"] == 8 and set(saved["history"][-1]) == {
-        "epoch", "step", "train_loss", "grad_norm_max", "val_top1", "val_top1_ema", "lr"}
+        "epoch", "step", "train_loss", "grad_norm_max", "val_top1", "val_top1_ema", "lr", "alpha"}
+    alpha = saved["history"][-1]["alpha"]     # α of every norm layer: 2 per block + the final one, trained off α0
+    assert len(alpha) == 2 * saved["config"]["model"]["depth"] + 1 and all(a != 0.5 for a in alpha)
     assert saved["loss_curve"][0][1] > saved["loss_curve"][-1][1]
     assert set(saved["versions"]) == {"python", "torch", "timm"} and saved["device"] == "cpu"
     assert not list(tmp_path.glob("*.ckpt")) and seconds < 20
