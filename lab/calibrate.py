@@ -129,7 +129,8 @@ def summary(cal: Calibration, planned: dict, wall_s: float | None, errors=None) 
                      + ", ".join(f"{c.path.parent.name} `{c.spec}` s{c.seed}" for c in errors.errors))
     for name, cells in planned.items():
         lines += ["", f"## {name}: `{' '.join(cal.variants[name]) or '(the protocol as is)'}`", "",
-                  "| spec | paper | top-1 (EMA) | agrees |", "|---|---:|---:|:---:|"]
+                  "| spec | paper | top-1 (EMA) | agrees | α at the end: min–max over layers |",
+                  "|---|---:|---:|:---:|:---:|"]
         rows = {}
         for spec in cal.subset:
             cell = ablations.Cell("", "", spec, paper.get(spec))
@@ -139,7 +140,8 @@ def summary(cal: Calibration, planned: dict, wall_s: float | None, errors=None) 
             agrees = tables.MISSING if baseline or top1.agrees is None else "yes" if top1.agrees else "**no**"
             name_md = spec.replace("|", r"\|")   # a bare | would split the markdown cell
             lines.append(f"| `{name_md}` | {tables.MISSING if baseline else top1.paper_text()} | "
-                         f"{_measured(top1, tables.cell_result(cell, runs, 'top1_ema'))} | {agrees} |")
+                         f"{_measured(top1, tables.cell_result(cell, runs, 'top1_ema'))} | {agrees} | "
+                         f"{_alpha_range(runs.values())} |")
         judged = [r for spec, r in rows.items() if spec != sweep.BASELINE and r.run]
         both = [r for r in judged if r.trained and r.cell.paper is not None]
         rho, _ = tables.spearman([r.mean for r in both], [r.cell.paper for r in both])
@@ -150,6 +152,13 @@ def summary(cal: Calibration, planned: dict, wall_s: float | None, errors=None) 
                       f"{'n/a' if rho is None else f'{rho:.2f}'} (n={len(both)}) · erf − LayerNorm {gap} · "
                       f"{wall:.0f} s of training · config {config.config_hash(cells[0].cfg)}"]
     return "\n".join(lines) + "\n"
+
+
+def _alpha_range(runs) -> str:
+    """The learned α of every point-wise layer at each run's last evaluation (all seeds): did the input scale adapt,
+    and how far from alpha0? "–" for LayerNorm, and for records written before α was recorded."""
+    alphas = [a for r in runs for a in next((e["alpha"] for e in reversed(r.get("history", [])) if "alpha" in e), [])]
+    return f"{min(alphas):.2f}–{max(alphas):.2f}" if alphas else tables.MISSING
 
 
 def _measured(top1: tables.CellResult, ema: tables.CellResult) -> str:

@@ -53,6 +53,9 @@ def test_each_variant_gets_its_folder_and_a_row_per_spec_and_a_rerun_trains_noth
     assert text.count("| `layernorm` | – |") == 2 and text.count("| `erf` | 82.6 |") == 2
     assert text.count(r"| `erf\|hshift=2` | × |") == 2
     assert text.count("train/fail agrees") == 2 and "device cpu" in text
+    erf_row = next(line for line in text.splitlines() if line.startswith("| `erf` |"))
+    low, high = map(float, erf_row.split("|")[-2].split("–"))     # the learned α range, off alpha0 = 0.5
+    assert 0 < low <= high and (low, high) != (0.5, 0.5)
 
     calls = []
     monkeypatch.setattr(lab.train, "run", lambda *args, **kwargs: calls.append(args))
