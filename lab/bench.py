@@ -5,6 +5,8 @@ from torch's FlopCounterMode on one real step (matmuls and attention: what MFU c
 achieved FLOP/s by the device's dense peak for the dtype (PEAK_TFLOPS, or --peak-tflops). On a GPU the real ViT-B/16
 benchmark runs; on a CPU a small model stands in (for tests and a quick look; CPU numbers are never GPU results).
 Packing measures the aggregate images/s of N concurrent small-model runs on one device (the proxy sweep's `--jobs`).
+--profile DIR writes, per cell, the time of each kernel over a few more steps (torch.profiler): where a norm's step
+differs from LayerNorm's.
 """
 import argparse
 import contextlib
@@ -13,6 +15,7 @@ import functools
 import json
 import multiprocessing as mp
 import platform
+import re
 import time
 from pathlib import Path
 
@@ -59,8 +62,9 @@ def _step_fn(model, optimizer, images, targets, dtype):
 
 
 def measure(norm: str, mode: str, dtype: str, shape: dict, device: torch.device, steps: int, warmup: int,
-            peak: float | None = None) -> dict:
-    """One side-by-side cell: images/s, peak memory (GPU only) and MFU of training steps with `norm`."""
+            peak: float | None = None, profile_dir: Path | None = None) -> dict:
+    """One side-by-side cell: images/s, peak memory (GPU only) and MFU of training steps with `norm`; with
+    profile_dir, also the per-kernel times of a few more steps in profile_dir/<norm>-<mode>-<dtype>.txt."""
     torch._dynamo.reset()       # each cell compiles from scratch: no cache entries or recompile limits carried over
     kw = {k: v for k, v in shape.items() if k not in ("model", "batch")}
     model_name, batch = shape["model"], shape["batch"]
@@ -86,6 +90,9 @@ def measure(norm: str, mode: str, dtype: str, shape: dict, device: torch.device,
     sync()
     seconds = time.perf_counter() - start
     img_per_s = steps * batch / seconds
+    if profile_dir is not None:
+        name = re.sub(r"[^\w.-]+", "_", f"{norm}-{mode}-{dtype}")     # "erf|flat=0.5" -> "erf_flat_0.5"
+        _profile(step, device, Path(profile_dir) / f"{name}.txt")
     peak = peak_tflops(device, dtype, peak)
     return {
         "model": model_name if model_name != "vit" else f"vit-d{kw['depth']}-w{kw['embed_dim']}-{kw['img_size']}px",
@@ -99,6 +106,21 @@ def measure(norm: str, mode: str, dtype: str, shape: dict, device: torch.device,
         "device": device_name(device), "torch": torch.__version__, "timm": timm.__version__,
         "date": datetime.date.today().isoformat(),
     }
+
+
+def _profile(step, device: torch.device, path: Path, steps: int = 3, rows: int = 40) -> None:
+    """The kernels of `steps` training steps by their own time on the device (the CPU's ops on a CPU)."""
+    from torch.profiler import ProfilerActivity, profile
+    cuda = device.type == "cuda"
+    with profile(activities=[ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]) as prof:
+        for _ in range(steps):
+            step()
+        if cuda:
+            torch.cuda.synchronize()
+    table = prof.key_averages().table(sort_by="self_device_time_total" if cuda else "self_cpu_time_total",
+                                      row_limit=rows, max_name_column_width=90)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"# {path.stem}: {steps} training steps on {device_name(device)}\n{table}\n")
 
 
 def _kernels(norm: str, mode: str, device: torch.device) -> str | None:
@@ -189,7 +211,7 @@ MODES = ("eager", "eager-plain", "compiled")
 
 
 def run(norms, modes, dtypes, device, steps, warmup, shape, packing_ns=(), packing_seconds=10.0,
-        peak=None, progress=True, on_row=lambda rows: None) -> list[dict]:
+        peak=None, progress=True, on_row=lambda rows: None, profile_dir=None) -> list[dict]:
     """Every (mode, dtype, norm) cell, LayerNorm first in each mode, then packing; on_row(rows) after each cell."""
     rows = []
     for mode in modes:
@@ -197,7 +219,7 @@ def run(norms, modes, dtypes, device, steps, warmup, shape, packing_ns=(), packi
             baseline = () if mode == "eager-plain" else ("layernorm",)   # LayerNorm has no point-wise kernels
             for norm in (*baseline, *[n for n in norms if n != "layernorm"]):
                 with _plain_kernels(mode == "eager-plain"):
-                    rows.append(measure(norm, mode, dtype, shape, device, steps, warmup, peak))
+                    rows.append(measure(norm, mode, dtype, shape, device, steps, warmup, peak, profile_dir))
                 if progress:
                     r = rows[-1]
                     print(f"{r['norm']:<18} {mode:<11} {dtype:<4} {r['img_per_s']:9.1f} img/s", flush=True)
@@ -242,7 +264,7 @@ def main(args: argparse.Namespace) -> int:
     path = out / f"bench-{device.type}-{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
     save = functools.partial(write_json_atomic, path)     # after every cell: a killed bench keeps what it measured
     rows = run(norms, modes, dtypes, device, args.steps, args.warmup, shape, packing_ns, args.packing_seconds,
-               args.peak_tflops, on_row=save)
+               args.peak_tflops, on_row=save, profile_dir=args.profile)
     print(format_table(rows))
     print(f"records: {path}")
     return 0
@@ -260,3 +282,5 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--packing-seconds", type=float, default=10.0)
     p.add_argument("--peak-tflops", type=float, default=None, help="dense peak for MFU (default: by device name)")
     p.add_argument("--out", default=str(RESULTS_DIR))
+    p.add_argument("--profile", default=None, metavar="DIR",
+                   help="also write each cell's per-kernel times (torch.profiler, 3 steps) into DIR")

@@ -40,6 +40,17 @@ def test_cli_writes_records(tmp_path, monkeypatch):
     assert main(["bench", "--modes", "jit", "--out", str(tmp_path)]) == 2
 
 
+def test_profile_names_each_cells_kernels(tmp_path, monkeypatch):
+    """--profile: one kernel table per cell; erf's step runs aten::erf (plain ops on a CPU), LayerNorm's does not."""
+    monkeypatch.setattr(bench, "CPU_MODEL", TINY)
+    assert main(["bench", "--norms", "erf|flat=0.5", "--modes", "eager", "--dtypes", "fp32", "--steps", "1",
+                 "--warmup", "0", "--out", str(tmp_path), "--profile", str(tmp_path / "profiles")]) == 0
+    tables = {p.name: p.read_text() for p in (tmp_path / "profiles").iterdir()}
+    assert set(tables) == {"layernorm-eager-fp32.txt", "erf_flat_0.5-eager-fp32.txt"}
+    assert "aten::erf" in tables["erf_flat_0.5-eager-fp32.txt"] and "aten::erf" not in tables["layernorm-eager-fp32.txt"]
+    assert "aten::native_layer_norm" in tables["layernorm-eager-fp32.txt"]
+
+
 def test_compiled_layer_matches_eager():
     torch.manual_seed(0)
     layer = PointwiseNorm(8, "erf|hshift=0.5|flat=0.1", shift=0.0)

@@ -11,6 +11,7 @@ from lab.cli import main
 
 TINY = ["epochs=2", "data.train_size=128", "data.val_size=64"]  # a fraction of a second per cell
 SUBSET = ["layernorm", "erf", "erf|hshift=2"]
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _file(tmp_path, **changes):
@@ -22,20 +23,20 @@ def _file(tmp_path, **changes):
 
 
 def test_the_rounds_load_and_validate():
-    for name in ("round1", "round2"):
-        cal = calibrate.load(Path(__file__).resolve().parent.parent / "configs" / "calibration" / f"{name}.yaml")
-        assert cal.protocol == "proxy" and len(cal.variants) == 4 and len(cal.subset) == 14
+    rounds = {p.stem: calibrate.load(p) for p in (ROOT / "configs" / "calibration").glob("*.yaml")}
+    assert {"round1", "round2", "round3", "cpu1"} <= set(rounds)
+    for cal in rounds.values():
+        assert len(cal.subset) == 14 and cal.protocol == ("smoke" if cal.name.startswith("cpu") else "proxy")
     paper = calibrate.paper_values()
     assert paper["erf|hshift=2"] is None and paper["erf"] is not None and "layernorm" not in paper
 
 
 def test_report_summarises_the_committed_gpu_records_and_trains_nothing(tmp_path, monkeypatch):
     """The records fetched from the accelerator still match their round file (config hashes over proxy.yaml)."""
-    root = Path(__file__).resolve().parent.parent
     monkeypatch.setattr(lab.train, "run", lambda *a, **k: pytest.fail("--report must not train"))
     out = tmp_path / "calibration"
-    shutil.copytree(root / "ablations" / "results" / "calibration", out)
-    summary, errors = calibrate.calibrate(root / "configs" / "calibration" / "round2.yaml", out, report=True,
+    shutil.copytree(ROOT / "ablations" / "results" / "calibration", out)
+    summary, errors = calibrate.calibrate(ROOT / "configs" / "calibration" / "round2.yaml", out, report=True,
                                           progress=False)
     text = summary.read_text()
     assert errors is None and "NVIDIA H100" in text and "this call" not in text
