@@ -108,8 +108,8 @@ def measure(norm: str, mode: str, dtype: str, shape: dict, device: torch.device,
     }
 
 
-def _profile(step, device: torch.device, path: Path, steps: int = 3, rows: int = 40) -> None:
-    """The kernels of `steps` training steps by their own time on the device (the CPU's ops on a CPU)."""
+def _profile(step, device: torch.device, path: Path, steps: int = 3) -> None:
+    """Every kernel of `steps` training steps, by its own time on the device (the CPU's ops on a CPU)."""
     from torch.profiler import ProfilerActivity, profile
     cuda = device.type == "cuda"
     with profile(activities=[ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]) as prof:
@@ -118,7 +118,7 @@ def _profile(step, device: torch.device, path: Path, steps: int = 3, rows: int =
         if cuda:
             torch.cuda.synchronize()
     table = prof.key_averages().table(sort_by="self_device_time_total" if cuda else "self_cpu_time_total",
-                                      row_limit=rows, max_name_column_width=90)
+                                      row_limit=-1, max_name_column_width=90)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(f"# {path.stem}: {steps} training steps on {device_name(device)}\n{table}\n")
 
