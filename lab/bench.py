@@ -4,7 +4,8 @@ A training step is forward + backward + AdamW on random images (the data path is
 from torch's FlopCounterMode on one real step (matmuls and attention: what MFU conventionally counts); MFU divides the
 achieved FLOP/s by the device's dense peak for the dtype (PEAK_TFLOPS, or --peak-tflops). On a GPU the real ViT-B/16
 benchmark runs; on a CPU a small model stands in (for tests and a quick look; CPU numbers are never GPU results).
-Packing measures the aggregate images/s of N concurrent small-model runs on one device (the proxy sweep's `--jobs`).
+--proxy measures the proxy protocol's small model instead (the per-run speed of a calibration cell). Packing measures
+the aggregate images/s of N concurrent proxy-size runs on one device (the proxy sweep's `--jobs`), eager or compiled.
 --profile DIR writes, per cell, the time of each kernel over a few more steps (torch.profiler): where a norm's step
 differs from LayerNorm's.
 """
@@ -77,7 +78,7 @@ def measure(norm: str, mode: str, dtype: str, shape: dict, device: torch.device,
     with FlopCounterMode(display=False) as counter:
         _step_fn(model, optimizer, images, targets, dtype)()
     flops_per_image = counter.get_total_flops() / batch
-    step = _step_fn(torch.compile(model) if mode == "compiled" else model, optimizer, images, targets, dtype)
+    step = _step_fn(_compiled(model, mode), optimizer, images, targets, dtype)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for _ in range(warmup):
         step()
@@ -128,12 +129,17 @@ def _kernels(norm: str, mode: str, device: torch.device) -> str | None:
     from .layers import NORMALIZATIONS, fuses_on
     if norm in NORMALIZATIONS:
         return None
-    if mode == "compiled":
+    if mode in COMPILE_MODES:
         return "compiled-model"
     return "generated" if fuses_on(device.type) else "plain"
 
 
-def _packed_worker(shape, device, seconds, start_event, queue):
+def _compiled(model, mode: str):
+    """The model as `mode` runs it: torch.compile'd with its COMPILE_MODES mode, or as it is."""
+    return torch.compile(model, mode=COMPILE_MODES[mode]) if mode in COMPILE_MODES else model
+
+
+def _packed_worker(shape, device, mode, seconds, ready, queue):
     torch.set_num_threads(1)
     device = torch.device(device)
     kw = {k: v for k, v in shape.items() if k not in ("model", "batch")}
@@ -141,9 +147,10 @@ def _packed_worker(shape, device, seconds, start_event, queue):
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     images = torch.randn(shape["batch"], 3, shape["img_size"], shape["img_size"], device=device)
     targets = torch.randint(0, model.num_classes, (shape["batch"],), device=device)
-    step = _step_fn(model, optimizer, images, targets, "bf16" if device.type == "cuda" else "fp32")
-    step()
-    start_event.wait()
+    step = _step_fn(_compiled(model, mode), optimizer, images, targets, "bf16" if device.type == "cuda" else "fp32")
+    for _ in range(3):          # compile, record the CUDA graphs
+        step()
+    ready.wait()                # every worker warm: the clock starts for all at once
     done, end = 0, time.perf_counter() + seconds
     while time.perf_counter() < end:
         step()
@@ -153,21 +160,21 @@ def _packed_worker(shape, device, seconds, start_event, queue):
     queue.put(done * shape["batch"] / seconds)
 
 
-def packing(ns, shape: dict, device: torch.device, seconds: float) -> list[dict]:
-    """Aggregate images/s of N concurrent training processes sharing one device, for each N."""
+def packing(ns, shape: dict, device: torch.device, seconds: float, mode: str = "eager") -> list[dict]:
+    """Aggregate images/s of N concurrent training processes sharing one device, for each N; each runs `mode`."""
     ctx = mp.get_context("spawn")
     rows = []
     for n in ns:
-        start, queue = ctx.Event(), ctx.Queue()
-        procs = [ctx.Process(target=_packed_worker, args=(shape, str(device), seconds, start, queue)) for _ in range(n)]
+        ready, queue = ctx.Barrier(n + 1), ctx.Queue()
+        procs = [ctx.Process(target=_packed_worker, args=(shape, str(device), mode, seconds, ready, queue))
+                 for _ in range(n)]
         for p in procs:
             p.start()
-        time.sleep(2.0)          # let every worker build its model before the clock starts
-        start.set()
-        total = sum(queue.get(timeout=seconds + 300) for _ in procs)   # a dead worker raises, never hangs
+        ready.wait(timeout=600)     # a worker that dies while warming up breaks the barrier: an error, never a hang
+        total = sum(queue.get(timeout=seconds + 300) for _ in procs)
         for p in procs:
             p.join()
-        rows.append({"mode": "packing", "runs": n, "img_per_s": total, "batch": shape["batch"],
+        rows.append({"mode": "packing", "runs": n, "run_mode": mode, "img_per_s": total, "batch": shape["batch"],
                      "model": f"vit-d{shape['depth']}-w{shape['embed_dim']}-{shape['img_size']}px",
                      "device": device_name(device), "torch": torch.__version__, "timm": timm.__version__,
                      "date": datetime.date.today().isoformat()})
@@ -192,10 +199,17 @@ def format_table(rows: list[dict]) -> str:
                      f"{mem_text} | {mem_rel} | {mfu_text} |")
     packed = [r for r in rows if r["mode"] == "packing"]
     if packed:
-        lines += ["", "| concurrent runs | aggregate img/s | × one run |", "|---|---|---|"]
-        lines += [f"| {r['runs']} | {r['img_per_s']:.0f} | {r['img_per_s'] / packed[0]['img_per_s']:.2f} |"
-                  for r in packed]
+        one = {}      # each run mode's first row (N = 1 when measured): the "× one run" base
+        for r in packed:
+            one.setdefault(_run_mode(r), r)
+        lines += ["", "| concurrent runs | each run | aggregate img/s | × one run |", "|---|---|---|---|"]
+        lines += [f"| {r['runs']} | {_run_mode(r)} | {r['img_per_s']:.0f} | "
+                  f"{r['img_per_s'] / one[_run_mode(r)]['img_per_s']:.2f} |" for r in packed]
     return "\n".join(lines)
+
+
+def _run_mode(row: dict) -> str:
+    return row.get("run_mode", "eager")     # packing records before run modes existed ran eager
 
 
 def recorded(results_dir=RESULTS_DIR, device_type: str = "cuda") -> list[dict]:
@@ -206,12 +220,14 @@ def recorded(results_dir=RESULTS_DIR, device_type: str = "cuda") -> list[dict]:
     return sorted(rows, key=lambda r: (modes.index(r["mode"]), r.get("dtype") or "", r.get("norm") != "layernorm"))
 
 
-MODES = ("eager", "eager-plain", "compiled")
+COMPILE_MODES = {"compiled": "default", "compiled-graphs": "reduce-overhead"}
+"""torch.compile of the whole model, by its mode; reduce-overhead replays CUDA graphs (launch-bound small models)."""
+MODES = ("eager", "eager-plain", *COMPILE_MODES)
 """eager-plain: eager with the point-wise layer as plain torch ops, i.e. without the generated kernels (the before)."""
 
 
 def run(norms, modes, dtypes, device, steps, warmup, shape, packing_ns=(), packing_seconds=10.0,
-        peak=None, progress=True, on_row=lambda rows: None, profile_dir=None) -> list[dict]:
+        peak=None, progress=True, on_row=lambda rows: None, profile_dir=None, packing_mode="eager") -> list[dict]:
     """Every (mode, dtype, norm) cell, LayerNorm first in each mode, then packing; on_row(rows) after each cell."""
     rows = []
     for mode in modes:
@@ -228,7 +244,8 @@ def run(norms, modes, dtypes, device, steps, warmup, shape, packing_ns=(), packi
                     torch.cuda.empty_cache()
     if packing_ns:
         for n in packing_ns:
-            rows += packing([n], PROXY_MODEL if device.type == "cuda" else shape, device, packing_seconds)
+            rows += packing([n], PROXY_MODEL if device.type == "cuda" else shape, device, packing_seconds,
+                            packing_mode)
             on_row(rows)
     return rows
 
@@ -249,12 +266,13 @@ def main(args: argparse.Namespace) -> int:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     names = args.norms.split(",") if args.norms else SECTION3_VARIANTS + (DERF,)
     norms = [n if n == DERF else canonical_norm(n) for n in names]
-    shape = dict(GPU_MODEL if device.type == "cuda" else CPU_MODEL)
+    shape = dict(PROXY_MODEL if args.proxy else GPU_MODEL if device.type == "cuda" else CPU_MODEL)
     if args.batch:
         shape["batch"] = args.batch
     modes = [m for m in args.modes.split(",") if m]      # --modes "": packing only
     dtypes = args.dtypes.split(",")
-    for name, values, choices in (("--modes", modes, MODES), ("--dtypes", dtypes, ("bf16", "fp32"))):
+    for name, values, choices in (("--modes", modes, MODES), ("--dtypes", dtypes, ("bf16", "fp32")),
+                                  ("--packing-mode", [args.packing_mode], ("eager", *COMPILE_MODES))):
         bad = [v for v in values if v not in choices]
         if bad:
             raise ValueError(f"{name}: unknown value {bad[0]!r}; choose from {', '.join(choices)}")
@@ -264,7 +282,7 @@ def main(args: argparse.Namespace) -> int:
     path = out / f"bench-{device.type}-{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
     save = functools.partial(write_json_atomic, path)     # after every cell: a killed bench keeps what it measured
     rows = run(norms, modes, dtypes, device, args.steps, args.warmup, shape, packing_ns, args.packing_seconds,
-               args.peak_tflops, on_row=save, profile_dir=args.profile)
+               args.peak_tflops, on_row=save, profile_dir=args.profile, packing_mode=args.packing_mode)
     print(format_table(rows))
     print(f"records: {path}")
     return 0
@@ -272,7 +290,8 @@ def main(args: argparse.Namespace) -> int:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--norms", default=None, help="comma-separated specs or 'derf' (default: Section-3 variants, Derf)")
-    p.add_argument("--modes", default="eager,compiled", help='eager,eager-plain,compiled ("" with --packing: packing only)')
+    p.add_argument("--modes", default="eager,compiled",
+                   help='eager,eager-plain,compiled,compiled-graphs ("" with --packing: packing only)')
     p.add_argument("--dtypes", default="bf16,fp32", help="bf16,fp32")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=5)
@@ -280,6 +299,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None)
     p.add_argument("--packing", default="", help="e.g. 1,2,4,8: concurrent small-model runs on one device")
     p.add_argument("--packing-seconds", type=float, default=10.0)
+    p.add_argument("--packing-mode", default="eager", help="each packed run's step: eager, compiled, compiled-graphs")
+    p.add_argument("--proxy", action="store_true",
+                   help="the proxy's model (depth 12, width 192, 32 px, batch 256), not ViT-B/16 or the CPU one")
     p.add_argument("--peak-tflops", type=float, default=None, help="dense peak for MFU (default: by device name)")
     p.add_argument("--out", default=str(RESULTS_DIR))
     p.add_argument("--profile", default=None, metavar="DIR",

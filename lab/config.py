@@ -24,7 +24,8 @@ SHORTCUTS = {
 }
 """Short override names for the settings people change most (seed and device are top-level keys already)."""
 
-NOT_HASHED = ("seed", "device", "threads", "log_every", "checkpoint", "compile", "data.workers", "optim.micro_batch")
+NOT_HASHED = ("seed", "device", "threads", "log_every", "checkpoint", "compile", "compile_mode", "data.workers",
+              "optim.micro_batch")
 """Settings that do not change what is learned (where and how fast it runs), left out of config_hash.
 micro_batch only splits the effective batch into accumulation steps."""
 

@@ -94,11 +94,13 @@ class Embedded:
 
     def train_batches(self, epoch: int, start: int = 0):
         """Yield (update, [(x, target) per micro-batch]) from update `start` of `epoch`."""
-        n = len(self.train_y)
-        for u in range(start, self.steps_per_epoch):
+        n, plan = len(self.train_y), self.plan
+        # the epoch's indices go to the device in one copy: a copy per update would wait for the device every update
+        order = torch.stack([i for u in range(start, self.steps_per_epoch) for i in plan.micro_indices(n, epoch, u)])
+        order = order.to(self.device).view(-1, plan.accum, plan.micro)
+        for u, indices in enumerate(order, start):
             micro = []
-            for idx in self.plan.micro_indices(n, epoch, u):
-                idx = idx.to(self.device)
+            for idx in indices:
                 x = self._augment(self.train_x[idx].float().div_(255))
                 x, y = (x - self.mean) / self.std, self.train_y[idx]
                 if self.erase is not None:

@@ -44,6 +44,8 @@ from .models import build_model
 from .results import checkpoint_path, read_record, record_path, write_json_atomic
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+"""torch.compile's modes; reduce-overhead replays CUDA graphs (for small, launch-bound models like the proxy's)."""
 
 
 def run(cfg: dict, norm: str, out_dir, *, table: str | None = None, progress: bool = True) -> dict:
@@ -59,6 +61,8 @@ def run(cfg: dict, norm: str, out_dir, *, table: str | None = None, progress: bo
             return record
     if cfg.get("precision") not in PRECISIONS:
         raise ValueError(f"precision {cfg.get('precision')!r}: choose one of {', '.join(PRECISIONS)}")
+    if cfg["compile_mode"] not in COMPILE_MODES:
+        raise ValueError(f"compile_mode {cfg['compile_mode']!r}: choose one of {', '.join(COMPILE_MODES)}")
     rank, world, owned = _init_distributed()
     path.parent.mkdir(parents=True, exist_ok=True)
     threads = torch.get_num_threads()
@@ -102,7 +106,7 @@ class Trainer:
         self.ddp = torch.nn.parallel.DistributedDataParallel(
             self.model, device_ids=None if device.index is None else [device.index]) if world > 1 else None
         net = self.ddp or self.model
-        self.net = torch.compile(net) if cfg.get("compile") else net
+        self.net = torch.compile(net, mode=cfg["compile_mode"]) if cfg.get("compile") else net
         if rank:
             _seed_everything(self.seed + 1000 * rank)   # each rank its own augmentation stream
         self.state = {"step": 0, "history": [], "loss_curve": [], "initial_loss": None, "wall_s": 0.0,

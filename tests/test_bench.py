@@ -40,6 +40,29 @@ def test_cli_writes_records(tmp_path, monkeypatch):
     assert main(["bench", "--modes", "jit", "--out", str(tmp_path)]) == 2
 
 
+def test_compiled_modes_and_the_proxy_model(tmp_path, monkeypatch):
+    """compiled-graphs is torch.compile's reduce-overhead (CUDA graphs); --proxy benchmarks the proxy's model."""
+    seen = []
+    monkeypatch.setattr(torch, "compile", lambda model, mode: seen.append(mode) or model)
+    monkeypatch.setattr(bench, "PROXY_MODEL", {**TINY, "depth": 2})
+    assert main(["bench", "--proxy", "--norms", "erf", "--modes", "compiled,compiled-graphs", "--dtypes", "fp32",
+                 "--steps", "1", "--warmup", "0", "--out", str(tmp_path)]) == 0
+    rows = json.loads(next(tmp_path.glob("bench-cpu-*.json")).read_text())
+    assert seen == ["default", "default", "reduce-overhead", "reduce-overhead"]     # LayerNorm, then erf, per mode
+    assert {r["model"] for r in rows} == {"vit-d2-w16-16px"}
+    assert [r["pointwise_kernels"] for r in rows if r["norm"] == "erf"] == ["compiled-model"] * 2
+    assert main(["bench", "--packing", "1", "--packing-mode", "jit", "--out", str(tmp_path)]) == 2
+
+
+def test_packing_times_concurrent_runs_together():
+    """N spawned runs warm up, start at one barrier, and their images/s add up; the table compares with one run."""
+    rows = bench.packing([1, 2], TINY, torch.device("cpu"), seconds=1.0)
+    assert [(r["runs"], r["run_mode"]) for r in rows] == [(1, "eager"), (2, "eager")]
+    assert all(r["img_per_s"] > 0 for r in rows)
+    table = bench.format_table(rows)
+    assert "| 1 | eager |" in table and f"| {rows[1]['img_per_s'] / rows[0]['img_per_s']:.2f} |" in table
+
+
 def test_profile_names_each_cells_kernels(tmp_path, monkeypatch):
     """--profile: one kernel table per cell; erf's step runs aten::erf (plain ops on a CPU), LayerNorm's does not."""
     monkeypatch.setattr(bench, "CPU_MODEL", TINY)

@@ -78,10 +78,21 @@ def test_failure_rules(loss, gnorm, kind, words):
 
 @pytest.mark.parametrize("argv, word", [(["--protocol", "nonesuch", "--norm", "erf"], "nonesuch"),
                                         (["--protocol", "smoke", "--norm", "erff"], "erff"),
-                                        (["--protocol", "smoke", "--norm", "erf", "--set", "lrr=1"], "lrr")])
+                                        (["--protocol", "smoke", "--norm", "erf", "--set", "lrr=1"], "lrr"),
+                                        (["--protocol", "smoke", "--norm", "erf", "--set", "compile_mode=fast"],
+                                         "reduce-overhead")])
 def test_bad_input_exits_non_zero_naming_it(tmp_path, capsys, argv, word):
     assert cli.main(["train", *argv, "--out", str(tmp_path)]) != 0
     assert word in capsys.readouterr().err and not any(tmp_path.iterdir())
+
+
+def test_compile_mode_reaches_torch_compile(tmp_path, monkeypatch):
+    """compile_mode=reduce-overhead (CUDA graphs for the launch-bound proxy) is torch.compile's mode argument."""
+    seen = []
+    monkeypatch.setattr(torch, "compile", lambda net, mode: seen.append(mode) or net)
+    cfg = config.load("smoke", ["compile=true", "compile_mode=reduce-overhead"])
+    train.Trainer(cfg, "erf", tmp_path / "r.json", 0, 1, torch.device("cpu"))
+    assert seen == ["reduce-overhead"]
 
 
 @pytest.mark.slow
