@@ -4,7 +4,8 @@ Everything standard comes from timm/torch: optimizer parameter groups (no weight
 biases, α, s), per-update cosine schedule with warmup, Mixup/CutMix soft targets with label smoothing, drop path,
 model EMA, autocast, torch.compile, DDP. What is ours: the failure verdict, exact resume and the record.
 
-Failure is a result (status "failed", process exit 0), checked after every update on values all ranks agree on:
+Failure is a result (status "failed", process exit 0), checked after every update on values all ranks agree on
+(read once the next update is queued, so that the device never idles waiting for the verdict):
 - kind "nan":         the loss or the gradient norm is not finite (an fp16 overflow the GradScaler skips is not);
 - kind "diverged":    the gradient norm exceeds failure.max_grad_norm, or the train loss exceeds
                       failure.loss_factor x the loss of the first update (the untrained model's, about ln C);
@@ -115,41 +116,63 @@ class Trainer:
     # --- the loop ---------------------------------------------------------------------------------------------
     def fit(self, progress: bool, table) -> dict:
         self._resume()
-        t0, s0, mark = time.time(), self.state["step"], time.time()    # throughput base, wall-time mark
+        t0, s0 = time.time(), self.state["step"]      # throughput base
+        self.mark, self.checkpoint_due = time.time(), False       # wall time since, and rank 0's clock says save
         images, every = self.cfg["optim"]["batch_size"], self.cfg["checkpoint"]
         bar = tqdm(total=self.total, initial=s0, disable=not progress, desc=self.spec, unit="step",
                    dynamic_ncols=True, leave=False)
         while self.state["step"] < self.total and self.state["failure"] is None:
             epoch, start = divmod(self.state["step"], self.spe)
+            pending = None     # the update whose verdict is not read yet: read after the next one is queued
             for update, micro in self.data.train_batches(epoch, start):
                 step = epoch * self.spe + update
-                loss, gnorm = self._update(step, micro)
-                self.state["failure"] = self._check(step, loss, gnorm)
-                if self.state["failure"]:
+                queued = (step, self._update(step, micro))
+                if pending and not self._settle(*pending):
                     break
-                self.state["step"] = step + 1
-                self.state["epoch_losses"].append(loss)
-                self.state["epoch_gnorm"] = max(self.state["epoch_gnorm"], gnorm or 0.0)
-                window = self.state["window"]
-                window.append(loss)
-                if len(window) == self.cfg["log_every"] or update == self.spe - 1:
-                    self.state["loss_curve"].append([step + 1, sum(window) / len(window)])
-                    window.clear()
-                bar.update()
-                bar.set_postfix(loss=f"{loss:.3f}", lr=f"{self._lr():.2e}",
-                                img_s=f"{(step + 1 - s0) * images / max(time.time() - t0, 1e-9):.0f}", refresh=False)
-                if update == self.spe - 1:
+                pending = queued
+                last = update == self.spe - 1
+                save = bool(every["every_steps"] and (step + 1) % every["every_steps"] == 0) or self.checkpoint_due
+                if last or save:       # evaluation and checkpoints see settled updates only
+                    if not self._settle(*pending):
+                        break
+                    pending = None
+                if last:
                     self._end_epoch(epoch)
-                if (every["every_steps"] and (step + 1) % every["every_steps"] == 0) or \
-                        time.time() - mark > 60 * every["every_minutes"]:
-                    self.state["wall_s"] += time.time() - mark
-                    mark = time.time()
+                if save:
+                    self.state["wall_s"] += time.time() - self.mark
+                    self.mark, self.checkpoint_due = time.time(), False
                     self._save()
+                bar.update(self.state["step"] - bar.n)
+                curve = self.state["loss_curve"]
+                bar.set_postfix(loss=f"{curve[-1][1]:.3f}" if curve else "–", lr=f"{self._lr():.2e}",
+                                img_s=f"{(step + 1 - s0) * images / max(time.time() - t0, 1e-9):.0f}", refresh=False)
         bar.close()
-        self.state["wall_s"] += time.time() - mark
+        self.state["wall_s"] += time.time() - self.mark
         return self._finish(table)
 
-    def _update(self, step: int, micro) -> tuple[float, float]:
+    def _settle(self, step: int, values: torch.Tensor) -> bool:
+        """Read update `step`'s (loss, grad norm, checkpoint due), judge it, and book it; False when it is a failure."""
+        loss, gnorm, due = values.tolist()
+        self.checkpoint_due |= due > 0
+        if self.scaler.is_enabled() and math.isfinite(loss) and not math.isfinite(gnorm):
+            gnorm = None        # an fp16 overflow: the GradScaler skipped the step and lowered its scale
+        self.state["failure"] = self._check(step, loss, gnorm)
+        if self.state["failure"]:
+            return False
+        self.state["step"] = step + 1
+        self.state["epoch_losses"].append(loss)
+        self.state["epoch_gnorm"] = max(self.state["epoch_gnorm"], gnorm or 0.0)
+        window = self.state["window"]
+        window.append(loss)
+        if len(window) == self.cfg["log_every"] or (step + 1) % self.spe == 0:
+            self.state["loss_curve"].append([step + 1, sum(window) / len(window)])
+            window.clear()
+        return True
+
+    def _update(self, step: int, micro) -> torch.Tensor:
+        """Queue one update (no wait for the device); its (loss, grad norm, checkpoint due) as a device tensor for
+        _settle. A non-finite update is applied too: it ends the run as soon as _settle reads it. Whether a timed
+        checkpoint is due is rank 0's clock, all-reduced with the rest: ranks that disagree would deadlock in _save."""
         self.scheduler.step_update(step)
         self.model.train()
         total = torch.zeros((), device=self.device)
@@ -163,18 +186,16 @@ class Trainer:
         self.scaler.unscale_(self.optimizer)
         clip = self.cfg["optim"]["clip_grad"]
         gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip if clip else float("inf"))
-        values = torch.stack([total, gnorm.float()])
+        due = self.rank == 0 and time.time() - self.mark > 60 * self.cfg["checkpoint"]["every_minutes"]
+        values = torch.stack([total, gnorm.float(), total.new_full((), float(due))])
         if self.world > 1:
             dist.all_reduce(values)
             values /= self.world
-        loss, gnorm = values.tolist()
-        overflow = self.scaler.is_enabled() and math.isfinite(loss) and not math.isfinite(gnorm)
-        if overflow or (math.isfinite(loss) and math.isfinite(gnorm)):
-            self.scaler.step(self.optimizer)    # fp16: GradScaler skips an overflowed step and lowers its scale
-            self.scaler.update()
-            self.ema.update(self.model, step=step)
+        self.scaler.step(self.optimizer)    # fp16: GradScaler skips an overflowed step and lowers its scale
+        self.scaler.update()
+        self.ema.update(self.model, step=step)
         self.optimizer.zero_grad(set_to_none=True)
-        return loss, None if overflow else gnorm
+        return values
 
     def _check(self, step: int, loss: float, gnorm: float):
         """The failure verdict of one update (see the module docstring), or None."""
