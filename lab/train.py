@@ -92,8 +92,10 @@ class Trainer:
         self.pointwise = [mod for mod in self.model.modules() if isinstance(mod, PointwiseNorm)]
         self.ema = ModelEmaV3(self.model, decay=cfg["ema"]["decay"], use_warmup=cfg["ema"]["warmup"])
         o, s = cfg["optim"], cfg["schedule"]
+        fused = {"fused": True} if device.type == "cuda" and o["opt"] in ("adam", "adamw") else {}  # 1 kernel a step
         self.optimizer = create_optimizer_v2(self.model, opt=o["opt"], lr=o["lr"], weight_decay=o["weight_decay"],
-                                             betas=tuple(o["betas"]), eps=o["eps"], layer_decay=o["layer_decay"])
+                                             betas=tuple(o["betas"]), eps=o["eps"], layer_decay=o["layer_decay"],
+                                             **fused)
         self.spe = self.data.steps_per_epoch
         self.total = int(s["epochs"]) * self.spe
         warmup = min(round(s["warmup_epochs"] * self.spe), max(self.total - 1, 0))

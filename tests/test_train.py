@@ -112,6 +112,14 @@ def test_timed_checkpoints_follow_rank_0s_clock_and_see_settled_updates(tmp_path
     assert update(0, micro)[2] == 0                 # any other rank's clock is not asked
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_on_a_gpu_adamw_is_fused_and_a_cell_trains(tmp_path):
+    cfg = config.load("smoke", ["device=cuda", "precision=bf16"])
+    trainer = train.Trainer(cfg, "erf", tmp_path / "r.json", 0, 1, torch.device("cuda"))
+    assert trainer.optimizer.defaults["fused"]
+    assert train.run(cfg, "erf", tmp_path, progress=False)["status"] == "ok"
+
+
 @pytest.mark.slow
 def test_sigkill_and_rerun_ends_with_exactly_the_uninterrupted_metrics(tmp_path):
     overrides = ["epochs=4", "checkpoint.every_steps=3"]
