@@ -11,10 +11,12 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+import torch
 import yaml
 
-from . import ablations, config, results, sweep, tables
-from .layers import canonical_norm
+from . import ablations, config, data, results, sweep, tables
+from .layers import PointwiseNorm, canonical_norm
+from .models import from_config
 
 RESULTS_DIR = ablations.ABLATIONS_DIR / "results" / "calibration"
 KEYS = {"protocol", "seeds", "subset", "variants"}
@@ -152,6 +154,25 @@ def summary(cal: Calibration, planned: dict, wall_s: float | None, errors=None) 
                       f"{'n/a' if rho is None else f'{rho:.2f}'} (n={len(both)}) · erf − LayerNorm {gap} · "
                       f"{wall:.0f} s of training · config {config.config_hash(cells[0].cfg)}"]
     return "\n".join(lines) + "\n"
+
+
+def input_scales(protocol: str, overrides=None, images: int = 16) -> list[float]:
+    """The standard deviation of every point-wise layer's input x (before α: what α0 scales) in the protocol's model
+    at initialisation, over `images` embedded images at the protocol's resolution (normalised per channel; they stand
+    in for ImageNet in the paper protocol). Compares the scale erf sees in the proxy with the paper's ViT-B/16."""
+    cfg = config.load(protocol, overrides)
+    d = cfg["data"]
+    torch.manual_seed(cfg["seed"])
+    model = from_config(cfg, "erf", int(d["num_classes"])).eval()
+    pixels = data.generate(d["num_classes"], images, 1, d["img_size"], seed=d.get("seed", 0),
+                           **{k: d[k] for k in ("clutter", "noise") if k in d})[0].float().div_(255)
+    x = (pixels - pixels.mean((0, 2, 3), keepdim=True)) / pixels.std((0, 2, 3), keepdim=True)
+    stds = []
+    for layer in (m for m in model.modules() if isinstance(m, PointwiseNorm)):
+        layer.register_forward_hook(lambda mod, args, out: stds.append(args[0].float().std().item()))
+    with torch.no_grad():
+        model(x)
+    return stds
 
 
 def _alpha_range(runs) -> str:

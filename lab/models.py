@@ -30,6 +30,13 @@ def build_model(model: str = "vit_base_patch16_224", norm: str = "layernorm", al
     return timm.create_model(model, pretrained=False, **kwargs)
 
 
+def from_config(cfg: dict, norm: str, num_classes: int) -> nn.Module:
+    """The model of a run config (its `model` section at the data's resolution) with `norm`."""
+    kw = dict(cfg["model"])
+    name, alpha0 = kw.pop("name"), kw.pop("alpha0")
+    return build_model(name, norm=norm, alpha0=alpha0, img_size=cfg["data"]["img_size"], num_classes=num_classes, **kw)
+
+
 def count_norms(model: nn.Module) -> Counter:
     """How many modules of each norm class the model holds (to check a replacement was complete)."""
     kinds = (PointwiseNorm, *(n.func for n in NORMALIZATIONS.values()))

@@ -41,7 +41,7 @@ from tqdm import tqdm
 from . import data as data_mod
 from .config import config_hash
 from .layers import PointwiseNorm, canonical_norm
-from .models import build_model
+from .models import from_config
 from .results import checkpoint_path, read_record, record_path, write_json_atomic
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -85,10 +85,7 @@ class Trainer:
         self.seed = int(cfg["seed"])
         _seed_everything(self.seed)
         self.data = data_mod.build(cfg, device, rank, world)
-        m = dict(cfg["model"])
-        name, alpha0 = m.pop("name"), m.pop("alpha0")
-        model_kw = {"img_size": cfg["data"]["img_size"], "num_classes": self.data.num_classes, **m}
-        self.model = build_model(name, norm=spec, alpha0=alpha0, **model_kw).to(device)
+        self.model = from_config(cfg, spec, self.data.num_classes).to(device)
         self.pointwise = [mod for mod in self.model.modules() if isinstance(mod, PointwiseNorm)]
         self.ema = ModelEmaV3(self.model, decay=cfg["ema"]["decay"], use_warmup=cfg["ema"]["warmup"])
         o, s = cfg["optim"], cfg["schedule"]

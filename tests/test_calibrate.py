@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 import lab.train
-from lab import calibrate, results
+from lab import calibrate, config, results
 from lab.cli import main
 
 TINY = ["epochs=2", "data.train_size=128", "data.val_size=64"]  # a fraction of a second per cell
@@ -96,3 +96,11 @@ def test_bad_file_content_is_one_clear_error(tmp_path, changes, word):
     with pytest.raises(ValueError, match=word.replace("|", r"\|")):
         calibrate.calibrate(_file(tmp_path, **changes), tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists()
+
+
+def test_input_scales_measure_what_alpha0_multiplies():
+    """One std per point-wise layer (2 per block + the final one) of the input before α: the first layer's input, the
+    patch embedding, does not depend on α0; the later ones do (through the blocks)."""
+    base, scaled = calibrate.input_scales("smoke", images=4), calibrate.input_scales("smoke", ["alpha0=2"], images=4)
+    assert len(base) == 2 * config.load("smoke")["model"]["depth"] + 1 and all(s > 0 for s in base)
+    assert base[0] == scaled[0] and base[1:] != scaled[1:]
