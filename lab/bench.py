@@ -129,14 +129,14 @@ def _kernels(norm: str, mode: str, device: torch.device) -> str | None:
     from .layers import NORMALIZATIONS, fuses_on
     if norm in NORMALIZATIONS:
         return None
-    if mode in COMPILE_MODES:
+    if mode in COMPILED:
         return "compiled-model"
     return "generated" if fuses_on(device.type) else "plain"
 
 
 def _compiled(model, mode: str):
-    """The model as `mode` runs it: torch.compile'd with its COMPILE_MODES mode, or as it is."""
-    return torch.compile(model, mode=COMPILE_MODES[mode]) if mode in COMPILE_MODES else model
+    """The model as `mode` runs it: torch.compile'd in its COMPILED mode, or as it is."""
+    return torch.compile(model, mode=COMPILED[mode]) if mode in COMPILED else model
 
 
 def _packed_worker(shape, device, mode, seconds, ready, queue):
@@ -220,9 +220,9 @@ def recorded(results_dir=RESULTS_DIR, device_type: str = "cuda") -> list[dict]:
     return sorted(rows, key=lambda r: (modes.index(r["mode"]), r.get("dtype") or "", r.get("norm") != "layernorm"))
 
 
-COMPILE_MODES = {"compiled": "default", "compiled-graphs": "reduce-overhead"}
-"""torch.compile of the whole model, by its mode; reduce-overhead replays CUDA graphs (launch-bound small models)."""
-MODES = ("eager", "eager-plain", *COMPILE_MODES)
+COMPILED = {"compiled": "default", "compiled-graphs": "reduce-overhead"}
+"""The bench modes that torch.compile the whole model, and their torch.compile mode (reduce-overhead: CUDA graphs)."""
+MODES = ("eager", "eager-plain", *COMPILED)
 """eager-plain: eager with the point-wise layer as plain torch ops, i.e. without the generated kernels (the before)."""
 
 
@@ -272,7 +272,7 @@ def main(args: argparse.Namespace) -> int:
     modes = [m for m in args.modes.split(",") if m]      # --modes "": packing only
     dtypes = args.dtypes.split(",")
     for name, values, choices in (("--modes", modes, MODES), ("--dtypes", dtypes, ("bf16", "fp32")),
-                                  ("--packing-mode", [args.packing_mode], ("eager", *COMPILE_MODES))):
+                                  ("--packing-mode", [args.packing_mode], ("eager", *COMPILED))):
         bad = [v for v in values if v not in choices]
         if bad:
             raise ValueError(f"{name}: unknown value {bad[0]!r}; choose from {', '.join(choices)}")
