@@ -53,6 +53,12 @@ def _render(args):
     return 0
 
 
+def _fidelity(args):
+    from . import fidelity, results
+    print(fidelity.render(fidelity.measure(results.load_records(args.results), args.protocol)), end="")
+    return 0
+
+
 def _figures(args):
     from . import figures
     for path in figures.write_figures(args.out):
@@ -130,6 +136,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["md", "tex", "csv", "html"], default="md")
     p.add_argument("--protocol", default=None, help="only records of this protocol")
     p.set_defaults(handler=_render)
+
+    p = sub.add_parser("fidelity", help="how well a protocol's records over Tables 1–6 tell the paper's story")
+    p.add_argument("--results", default="results")
+    p.add_argument("--protocol", default=None, help="only records of this protocol")
+    p.set_defaults(handler=_fidelity)
 
     p = sub.add_parser("figures", help="write Figures 2–4 (PNG and PDF)")
     p.add_argument("--out", default="figures")

@@ -175,7 +175,7 @@ def execute(src, dst, parameters: dict, cwd=None):
 
 
 def _report_text(command, protocol, out, results, tables, ran, n_cells, wall, train_error) -> str:
-    from . import results as _results
+    from . import fidelity, results as _results
     lines = [f"# Reproduction of arXiv 2512.10938 Section 3 — protocol `{protocol}`", ""]
     if protocol == "smoke":
         lines += [SMOKE_BANNER, ""]
@@ -183,7 +183,8 @@ def _report_text(command, protocol, out, results, tables, ran, n_cells, wall, tr
     devices = sorted({str(r.get("device")) for r in records})
     lines += [f"- command: `{command}` · wall time {wall:.0f} s · {n_cells} unique cells",
               f"- results: `{_rel(results, out)}` ({len(records)} records; device: {', '.join(devices) or '—'})",
-              "", "## Notebooks", "", "| notebook | status | time |", "|---|---|---|"]
+              "", fidelity.render(fidelity.measure(records, protocol), caveat=False),
+              "## Notebooks", "", "| notebook | status | time |", "|---|---|---|"]
     lines += [f"| [{n}]({n}.ipynb) | {'ok' if e is None else '**failed**: ' + e} | {t:.0f} s |" for n, e, t in ran]
     if train_error:
         lines += ["", f"**{len(train_error.errors)} cell(s) raised** (see the notebooks' tracebacks):"]

@@ -170,7 +170,7 @@ def collect(name: str, records, protocol: str | None = None, *, metric: str = "t
     return TableResult(ablation, panels, protocol, config_hash, metric, seeds, baseline, notes)
 
 
-def _caveat(table: TableResult) -> str | None:
+def caveat(table: TableResult) -> str | None:
     """The protocol warning printed above the table (None for the paper's protocol or no results)."""
     if table.protocol == "smoke":
         return ("Note: smoke protocol: these numbers only exercise the machinery and are not comparable to the "
@@ -209,8 +209,8 @@ def _cell_text(r: CellResult) -> str:
 def _md(table: TableResult) -> str:
     ab = table.ablation
     out = [f"**{ab.title}.** {ab.caption}", ""]
-    if _caveat(table):
-        out += [f"> **{_caveat(table)}**", ""]
+    if caveat(table):
+        out += [f"> **{caveat(table)}**", ""]
     for panel, results in zip(ab.panels, table.panels):
         if panel.title:
             out += [f"*{panel.title}*", ""]
@@ -241,8 +241,8 @@ def _tex(table: TableResult) -> str:
     ab = table.ablation
     out = ["% lab.tables.render: needs \\usepackage{booktabs}", "\\begin{table}[t]", "\\centering", "\\small",
            f"\\caption{{{_tex_escape(ab.title)}. {_tex_escape(ab.caption)}}}", f"\\label{{tab:{ab.name}}}"]
-    if _caveat(table):
-        out.append(f"\\textbf{{{_tex_escape(_caveat(table))}}}\\par\\smallskip")
+    if caveat(table):
+        out.append(f"\\textbf{{{_tex_escape(caveat(table))}}}\\par\\smallskip")
     for panel, results in zip(ab.panels, table.panels):
         nr, nc = len(panel.row_header), len(panel.columns)
         if panel.title:
@@ -271,8 +271,8 @@ def _csv(table: TableResult) -> str:
     writer = csv.writer(buffer, lineterminator="\n")
     ab = table.ablation
     buffer.write(f"# {ab.title}. {ab.caption}\n")
-    if _caveat(table):
-        buffer.write(f"# {_caveat(table)}\n")
+    if caveat(table):
+        buffer.write(f"# {caveat(table)}\n")
     for panel, results in zip(ab.panels, table.panels):
         if panel.title:
             buffer.write(f"# {panel.title}\n")
@@ -293,8 +293,8 @@ def _html(table: TableResult) -> str:
     esc = html.escape
     ab = table.ablation
     out = [_HTML_STYLE, '<div class="lab-table">', f"<p><b>{esc(ab.title)}.</b> {esc(ab.caption)}</p>"]
-    if _caveat(table):
-        out.append(f'<p class="caveat"><b>{esc(_caveat(table))}</b></p>')
+    if caveat(table):
+        out.append(f'<p class="caveat"><b>{esc(caveat(table))}</b></p>')
     for panel, results in zip(ab.panels, table.panels):
         nc = len(panel.columns)
         out.append("<table>" + (f"<caption>{esc(panel.title)}</caption>" if panel.title else "") + "<thead>")

@@ -1,0 +1,133 @@
+"""How well one protocol's records tell the paper's story over Tables 1–6: the proxy issue's goals, measured.
+
+Train/fail agreement over every table cell, Spearman ρ per table and its mean, erf against LayerNorm, the grid's wall
+time by the records' own clocks, and how many seeds the reference cells have. Records are matched to cells as
+`lab.tables` does (one protocol, each table's config); every figure here is computed from them, none typed in.
+"""
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import numpy as np
+
+from . import ablations, tables
+
+# The goals of a proxy that tells the paper's story (issue #5): fraction of cells whose train/fail verdict agrees,
+# mean Spearman ρ over the tables, erf − LayerNorm top-1 (points), whole-grid wall time (minutes), seeds of NOISE_SPECS.
+GOALS = {"agreement": 0.95, "spearman": 0.6, "erf_gap": -1.0, "wall_min": 15.0, "seeds": 3}
+# LayerNorm and the λ = 0 cells of Tables 1, 3 and 5 (the plain bounded functions every perturbation starts from):
+# their spread over seeds is the noise against which a difference between cells is read.
+NOISE_SPECS = ("layernorm", "erf", "tanh", "arctan", "isru")
+
+
+@dataclass
+class Fidelity:
+    protocol: str | None
+    tables: dict                # table name -> TableResult
+    agreements: dict            # table name -> TableResult.agreement()
+    erf: tables.CellResult | None
+    layernorm: tables.CellResult | None
+    seeds: dict                 # NOISE_SPECS entry -> number of seeds with a record
+    wall_s: float | None        # first run's start to last run's end
+    run_s: float                # sum of the runs' own wall times
+    devices: list
+
+    @property
+    def cells(self) -> int:
+        return sum(a["cells"] for a in self.agreements.values())
+
+    @property
+    def agree(self) -> int:
+        return sum(a["agree"] for a in self.agreements.values())
+
+    @property
+    def run(self) -> int:
+        return sum(a["run"] for a in self.agreements.values())
+
+    @property
+    def mean_rho(self) -> float | None:
+        rhos = [a["spearman_rho"] for a in self.agreements.values() if a["spearman_rho"] is not None]
+        return float(np.mean(rhos)) if rhos else None
+
+    @property
+    def erf_gap(self) -> float | None:
+        means = [None if r is None else r.mean for r in (self.erf, self.layernorm)]
+        return None if None in means else means[0] - means[1]
+
+    def met(self) -> dict:
+        """Goal -> True / False, or None where there is nothing to judge yet."""
+        g, rhos = GOALS, [a["spearman_rho"] for a in self.agreements.values()]
+        return {"agreement": self.agree >= g["agreement"] * self.cells if self.run else None,
+                "spearman": None if None in rhos else self.mean_rho >= g["spearman"],
+                "erf_gap": None if self.erf_gap is None else self.erf_gap >= g["erf_gap"],
+                "wall_min": None if self.wall_s is None else self.wall_s <= 60 * g["wall_min"],
+                "seeds": min(self.seeds.values()) >= g["seeds"]}
+
+
+def measure(records, protocol: str | None = None) -> Fidelity:
+    """The goals' figures for `records` of one protocol (ValueError if several and `protocol` is None)."""
+    records = list(records)
+    collected = {name: tables.collect(name, records, protocol) for name in ablations.TABLES}
+    protocol = next((t.protocol for t in collected.values() if t.protocol is not None), protocol)
+    used = {}
+    for t in collected.values():
+        for r in [*t.results, *([t.baseline] if t.baseline else [])]:
+            used.update({(rec["spec"], rec.get("seed")): rec for rec in r.records})
+    by_spec = {}
+    for t in collected.values():
+        by_spec.update({r.cell.spec: r for r in t.results if r.run})
+        if t.baseline is not None:
+            by_spec["layernorm"] = t.baseline
+    seeds = {spec: len(by_spec[spec].records) if spec in by_spec else 0 for spec in NOISE_SPECS}
+    return Fidelity(protocol, collected, {name: t.agreement() for name, t in collected.items()}, by_spec.get("erf"), by_spec.get("layernorm"), seeds,
+                    _span_s(used.values()), sum(float(r.get("wall_s") or 0) for r in used.values()),
+                    sorted({str(r.get("device")) for r in used.values()}))
+
+
+def _span_s(records) -> float | None:
+    """Seconds from the first run's start (its `created` minus its `wall_s`) to the last run's `created`."""
+    spans = [(end - timedelta(seconds=float(r.get("wall_s") or 0)), end) for r in records
+             if (end := _time(r.get("created"))) is not None]
+    return (max(e for _, e in spans) - min(s for s, _ in spans)).total_seconds() if spans else None
+
+
+def _time(text) -> datetime | None:
+    try:
+        return datetime.fromisoformat(str(text))
+    except ValueError:
+        return None
+
+
+def render(f: Fidelity, *, caveat: bool = True) -> str:
+    """Markdown: one row per goal (target, measured, met; "–" where nothing can be judged yet, e.g. the mean ρ while
+    a table has none), then the provenance. `caveat`: warn when the protocol is not the paper's."""
+    met = {k: {True: "yes", False: "**no**", None: tables.MISSING}[v] for k, v in f.met().items()}
+    a, g = f.agreements, GOALS
+    rhos = ", ".join(f"{n} {_num(x['spearman_rho'], '.2f')} (n {x['spearman_n']})" for n, x in a.items())
+    gap = (tables.MISSING if f.erf_gap is None else
+           f"{_signed(f.erf_gap, '.1f')} (erf {f.erf.measured_text()}, LayerNorm {f.layernorm.measured_text()})")
+    wall = (tables.MISSING if f.wall_s is None else
+            f"{f.wall_s / 60:.1f} min, first start to last finish ({f.run_s / 60:.0f} run-minutes)")
+    seeds = ", ".join(f"{s} {n}" for s, n in f.seeds.items())
+    warning = next((c for t in f.tables.values() if (c := tables.caveat(t))), None) if caveat else None
+    lines = [f"**Fidelity to the paper — protocol {f.protocol or tables.MISSING}** "
+             f"(device: {', '.join(f.devices) or tables.MISSING})", ""]
+    lines += [f"> **{warning}**", ""] if warning else []
+    lines += ["| goal | target | measured | met |", "|---|---|---|---|",
+              f"| train/fail agrees with the paper | ≥ {g['agreement']:.0%} of {f.cells} cells | "
+              f"{f.agree}/{f.cells} ({f.agree / f.cells:.1%}; {f.run} run) | {met['agreement']} |",
+              f"| ranking: Spearman ρ, mean over tables | ≥ {g['spearman']} | {_num(f.mean_rho, '.2f')} ({rhos}) | "
+              f"{met['spearman']} |",
+              f"| erf − LayerNorm, top-1 points | ≥ {_signed(g['erf_gap'], '.0f')} | {gap} | {met['erf_gap']} |",
+              f"| whole grid, wall time | ≤ {g['wall_min']:.0f} min | {wall} | {met['wall_min']} |",
+              f"| seeds of LayerNorm and the λ = 0 cells | ≥ {g['seeds']} each | {seeds} | {met['seeds']} |"]
+    hashes = ", ".join(sorted({f"{t.config_hash}" for t in f.tables.values() if t.config_hash}))
+    return "\n".join(lines + ["", f"Config {hashes or tables.MISSING}; cells are counted per table, as the "
+                              "tables show them (a spec in two tables counts twice)."]) + "\n"
+
+
+def _signed(value: float, fmt: str) -> str:
+    return format(value, "+" + fmt).replace("-", "−")
+
+
+def _num(value, fmt: str) -> str:
+    return tables.MISSING if value is None else format(value, fmt)
