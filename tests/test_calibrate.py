@@ -104,3 +104,17 @@ def test_input_scales_measure_what_alpha0_multiplies():
     base, scaled = calibrate.input_scales("smoke", images=4), calibrate.input_scales("smoke", ["alpha0=2"], images=4)
     assert len(base) == 2 * config.load("smoke")["model"]["depth"] + 1 and all(s > 0 for s in base)
     assert base[0] == scaled[0] and base[1:] != scaled[1:]
+
+
+def test_the_gpu_session_script_calls_lab_as_its_cli_parses():
+    """ablations/gpu-session.sh runs on a device no test reaches: at least its lab commands must stay valid."""
+    import shlex
+    from lab.cli import build_parser
+    script = (Path(calibrate.__file__).parent.parent / "ablations" / "gpu-session.sh").read_text().replace("\\\n", " ")
+    calls = [shlex.split(line.split("-m lab", 1)[1].split(";;")[0]) for line in script.splitlines()
+             if "python3 -m lab " in line and not line.lstrip().startswith("#")]
+    assert {c[0] for c in calls} == {"bench", "calibrate", "sweep", "fidelity"}
+    for argv in calls:
+        args = build_parser().parse_args(argv)
+        if argv[0] == "calibrate":
+            calibrate.load(args.file)

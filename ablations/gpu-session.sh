@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# The next accelerator session's work (#5, #6), in stages that each fit one 10-minute device call:
+#   bash ablations/gpu-session.sh check    # GPU-only tests; one proxy run's speed eager/compiled/graphs; 8 packed
+#   bash ablations/gpu-session.sh round3   # configs/calibration/round3.yaml, 8 packed
+#   bash ablations/gpu-session.sh grid     # every cell of Tables 1–6 under proxy.yaml, then 2 more seeds of the
+#                                          # noise cells (lab.fidelity.NOISE_SPECS), then `lab fidelity`
+# A stage stops itself at STAGE_S seconds (default 540), writes $OUT/STAGE.log, and packs what it wrote under
+# ablations/results/ (run checkpoints aside) into $OUT/STAGE.tgz. Unpack that in the repo root before the next call:
+# the records travel back with the working tree, so the same stage run again trains only what is missing.
+# The device has torch and timm but not this project installed: the checkout goes on PYTHONPATH (../shared/gpu).
+set -uo pipefail
+stage=${1:-}
+case "$stage" in
+  check|round3|grid) ;;
+  *) echo "gpu-session.sh: unknown stage '$stage': choose check, round3 or grid" >&2; exit 2 ;;
+esac
+out=${OUT:-gpu-out}
+mkdir -p "$out"
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+started=$(date +%s)
+touch "$out/.start"
+
+step() {   # one command within what is left of STAGE_S; the stage fails if any step does (124: out of time)
+  local left=$(( ${STAGE_S:-540} - ($(date +%s) - started) ))
+  echo "== $* (${left} s left)"
+  (( left > 0 )) || { failed=124; echo "== skipped: out of time"; return; }
+  timeout "$left" "$@" || { failed=$?; echo "== exit $failed: $*"; }
+}
+
+run_stage() {
+  failed=0
+  case "$stage" in
+    check)
+      step python3 -m pytest -q -p no:cacheprovider -k "generated or gpu" tests/test_layers.py tests/test_train.py
+      step python3 -m lab bench --proxy --norms erf --modes eager,compiled,compiled-graphs --dtypes bf16
+      step python3 -m lab bench --modes "" --packing 1,8 --packing-mode compiled-graphs ;;
+    round3)
+      step python3 -m lab calibrate configs/calibration/round3.yaml --jobs 8 ;;
+    grid)
+      step python3 -m lab sweep all --protocol proxy --jobs 8 --results ablations/results/proxy
+      step python3 -m lab sweep all --protocol proxy --jobs 8 --results ablations/results/proxy --seeds 1,2 \
+        --specs layernorm,erf,tanh,arctan,isru
+      python3 -m lab fidelity --results ablations/results/proxy --protocol proxy ;;
+  esac
+  return "$failed"
+}
+
+run_stage 2>&1 | tee "$out/$stage.log"
+rc=${PIPESTATUS[0]}
+find ablations/results -type f -newer "$out/.start" ! -name '*.tmp' ! -name '*.ckpt' > "$out/new-files.txt"
+tar czf "$out/$stage.tgz" -T "$out/new-files.txt"
+rm -f "$out/.start"
+echo "$stage: exit $rc, $(wc -l < "$out/new-files.txt") files in $out/$stage.tgz"
+exit "$rc"
