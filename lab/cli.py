@@ -3,6 +3,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 TABLE_CHOICES = [f"table{i}" for i in range(1, 7)]
 
@@ -55,6 +56,8 @@ def _render(args):
 
 def _fidelity(args):
     from . import fidelity, results
+    if not Path(args.results).is_dir():
+        raise ValueError(f"--results {args.results}: no such directory (where `lab sweep --results` wrote records)")
     print(fidelity.render(fidelity.measure(results.load_records(args.results), args.protocol)), end="")
     return 0
 

@@ -86,3 +86,5 @@ def test_cli(tmp_path, capsys):
     assert cli.main(["fidelity", "--results", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert out.startswith("**Fidelity to the paper — protocol proxy**") and "layernorm 1, erf 1" in out
+    assert cli.main(["fidelity", "--results", str(tmp_path / "typo")]) == 2
+    assert "--results" in capsys.readouterr().err
