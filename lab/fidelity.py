@@ -68,19 +68,13 @@ def measure(records, protocol: str | None = None) -> Fidelity:
     records = list(records)
     collected = {name: tables.collect(name, records, protocol) for name in ablations.TABLES}
     protocol = next((t.protocol for t in collected.values() if t.protocol is not None), protocol)
-    used = {}
-    for t in collected.values():
-        for r in [*t.results, *([t.baseline] if t.baseline else [])]:
-            used.update({(rec["spec"], rec.get("seed")): rec for rec in r.records})
-    by_spec = {}
-    for t in collected.values():
-        by_spec.update({r.cell.spec: r for r in t.results if r.run})
-        if t.baseline is not None:
-            by_spec["layernorm"] = t.baseline
+    cells = [r for t in collected.values() for r in [*t.results, t.baseline] if r is not None and r.run]
+    by_spec = {r.cell.spec: r for r in cells}      # the LayerNorm baseline's cell spec is "layernorm"
+    used = {(rec["spec"], rec.get("seed")): rec for r in cells for rec in r.records}.values()
     seeds = {spec: len(by_spec[spec].records) if spec in by_spec else 0 for spec in NOISE_SPECS}
-    return Fidelity(protocol, collected, {name: t.agreement() for name, t in collected.items()}, by_spec.get("erf"), by_spec.get("layernorm"), seeds,
-                    _span_s(used.values()), sum(float(r.get("wall_s") or 0) for r in used.values()),
-                    sorted({str(r.get("device")) for r in used.values()}))
+    return Fidelity(protocol, collected, {name: t.agreement() for name, t in collected.items()}, by_spec.get("erf"),
+                    by_spec.get("layernorm"), seeds, _span_s(used), sum(float(r.get("wall_s") or 0) for r in used),
+                    sorted({str(r.get("device")) for r in used}))
 
 
 def _span_s(records) -> float | None:
@@ -120,7 +114,7 @@ def render(f: Fidelity, *, caveat: bool = True) -> str:
               f"| erf − LayerNorm, top-1 points | ≥ {_signed(g['erf_gap'], '.0f')} | {gap} | {met['erf_gap']} |",
               f"| whole grid, wall time | ≤ {g['wall_min']:.0f} min | {wall} | {met['wall_min']} |",
               f"| seeds of LayerNorm and the λ = 0 cells | ≥ {g['seeds']} each | {seeds} | {met['seeds']} |"]
-    hashes = ", ".join(sorted({f"{t.config_hash}" for t in f.tables.values() if t.config_hash}))
+    hashes = ", ".join(sorted({t.config_hash for t in f.tables.values() if t.config_hash}))
     return "\n".join(lines + ["", f"Config {hashes or tables.MISSING}; cells are counted per table, as the "
                               "tables show them (a spec in two tables counts twice)."]) + "\n"
 
