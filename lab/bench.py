@@ -7,7 +7,7 @@ benchmark runs; on a CPU a small model stands in (for tests and a quick look; CP
 --proxy measures the proxy protocol's small model instead (the per-run speed of a calibration cell). Packing measures
 the aggregate images/s of N concurrent proxy-size runs on one device (the proxy sweep's `--jobs`), eager or compiled.
 --profile DIR writes, per cell, the time of each kernel over a few more steps (torch.profiler): where a norm's step
-differs from LayerNorm's.
+differs from LayerNorm's. --traffic prints the bytes each norm's compiled kernels move instead (lab/traffic.py).
 """
 import argparse
 import contextlib
@@ -276,6 +276,11 @@ def main(args: argparse.Namespace) -> int:
         bad = [v for v in values if v not in choices]
         if bad:
             raise ValueError(f"{name}: unknown value {bad[0]!r}; choose from {', '.join(choices)}")
+    if args.traffic:
+        from . import traffic
+        print(traffic.format_table([traffic.traffic(norm, dtype) for dtype in dtypes
+                                    for norm in ("layernorm", *[n for n in norms if n != "layernorm"])]))
+        return 0
     packing_ns = [int(n) for n in args.packing.split(",")] if args.packing else []
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -306,3 +311,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=str(RESULTS_DIR))
     p.add_argument("--profile", default=None, metavar="DIR",
                    help="also write each cell's per-kernel times (torch.profiler, 3 steps) into DIR")
+    p.add_argument("--traffic", action="store_true",
+                   help="print inductor's count of the bytes each norm's compiled forward and backward move on an "
+                        "H100 (ViT-B/16 shape; needs no GPU, times nothing, writes no records)")
