@@ -4,6 +4,8 @@
 #   bash ablations/gpu-session.sh round3   # configs/calibration/round3.yaml, 8 packed
 #   bash ablations/gpu-session.sh grid     # every cell of Tables 1–6 under proxy.yaml, then 2 more seeds of the
 #                                          # noise cells (lab.fidelity.NOISE_SPECS), then `lab fidelity`
+#   bash ablations/gpu-session.sh bench    # #6: ViT-B/16 compiled, LayerNorm against Derf, sin, erf and the flat
+#                                          # zone (bf16, with per-kernel profiles), and Derf in fp32
 # A stage stops itself at STAGE_S seconds (default 540), writes $OUT/STAGE.log, and packs what it wrote under
 # ablations/results/ (run checkpoints aside) into $OUT/STAGE.tgz. Unpack that in the repo root before the next call:
 # the records travel back with the working tree, so the same stage run again trains only what is missing.
@@ -11,8 +13,8 @@
 set -uo pipefail
 stage=${1:-}
 case "$stage" in
-  check|round3|grid) ;;
-  *) echo "gpu-session.sh: unknown stage '$stage': choose check, round3 or grid" >&2; exit 2 ;;
+  check|round3|grid|bench) ;;
+  *) echo "gpu-session.sh: unknown stage '$stage': choose check, round3, grid or bench" >&2; exit 2 ;;
 esac
 out=${OUT:-gpu-out}
 mkdir -p "$out"
@@ -41,6 +43,10 @@ run_stage() {
       step python3 -m lab sweep all --protocol proxy --jobs 8 --results ablations/results/proxy --seeds 1,2 \
         --specs layernorm,erf,tanh,arctan,isru
       python3 -m lab fidelity --results ablations/results/proxy --protocol proxy ;;
+    bench)
+      step python3 -m lab bench --modes compiled --dtypes bf16 --norms "derf,sin,erf,erf|flat=0.5" --steps 40 \
+        --profile ablations/results/bench/profiles
+      step python3 -m lab bench --modes compiled --dtypes fp32 --norms derf --steps 15 ;;
   esac
   return "$failed"
 }

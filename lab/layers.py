@@ -35,13 +35,25 @@ def _forward(x, alpha, shift, weight, bias, fn: Pointwise) -> Tensor:
 
 
 def _backward(grad, x, alpha, shift, weight, fn: Pointwise):
-    """Every input's gradient from the output's: f(u) and f'(u) are recomputed from x, nothing else was kept."""
+    """Every input's gradient from the output's: f(u) and f'(u) are recomputed from x, nothing else was kept.
+
+    Written for inductor, which then fuses the whole backward into one kernel that reads grad and x once, as it does
+    LayerNorm's (row and column reductions together; `lab bench --traffic` counts it): the scalar gradients of α and s
+    are row sums and then a sum, γ enters each after grad·f'(u), and grad_x comes after them. Each of the three
+    matters: a full sum, γ inside the shared grad·f'(u) (with s), or grad_x first makes inductor store an
+    intermediate and read it back.
+    """
     u = _argument(x, alpha, shift)
     fu, dfu = fn.value_and_grad(u)
-    grad_u = grad * weight * dfu
-    grad_shift = None if shift is None else grad_u.sum().reshape(shift.shape)
-    return (grad_u * alpha, (grad_u * x).sum().reshape(alpha.shape), grad_shift, _per_channel(grad * fu),
-            _per_channel(grad))
+    grad_fu = grad * dfu                                  # ∂loss/∂u without γ
+
+    def total(t: Tensor) -> Tensor:
+        return (t * weight).sum(-1).sum()
+
+    grad_shift = None if shift is None else total(grad_fu).reshape(shift.shape)
+    grad_alpha = total(grad_fu * x).reshape(alpha.shape)
+    grad_x = grad_fu * (weight * alpha)
+    return grad_x, grad_alpha, grad_shift, _per_channel(grad * fu), _per_channel(grad)
 
 
 FUSED_DEVICE_TYPES = {"cuda"}

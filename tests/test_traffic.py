@@ -1,5 +1,8 @@
 """`lab bench --traffic`: inductor's byte count of each norm's compiled forward and backward for an H100, without one."""
-from lab import traffic
+from pathlib import Path
+
+from lab import layers, traffic
+from lab.bench import DERF, SECTION3_VARIANTS
 from lab.cli import main
 
 
@@ -14,3 +17,35 @@ def test_layernorm_forward_reads_its_inputs_once_and_writes_its_outputs_once():
     """x and the residual in, their sum (kept for backward) and the bf16 output out: 3.5 fp32 activations."""
     row = traffic.traffic("layernorm", "bf16")
     assert abs(row["forward_activations"] - 3.5) < 0.01 and row["forward_kernels"] == 1
+
+
+def test_every_pointwise_backward_moves_no_more_than_layernorms():
+    """The backward fuses into one pass over grad and x, as LayerNorm's does: Derf's learnable shift included."""
+    ln = traffic.traffic("layernorm", "bf16")
+    for norm in ("derf", "erf|flat=0.5", "sin"):
+        row = traffic.traffic(norm, "bf16")
+        assert row["forward_bytes"] <= ln["forward_bytes"], norm
+        assert row["backward_bytes"] <= 1.01 * ln["backward_bytes"], norm
+
+
+def test_the_count_sees_a_backward_that_does_not_fuse(monkeypatch):
+    """The same gradients with grad_x computed before the α reduction (the layer's earlier order): inductor then
+    stores an intermediate and reads grad and x again, and the count must show it."""
+    def grad_x_first(grad, x, alpha, shift, weight, fn):
+        fu, dfu = fn.value_and_grad(alpha * x)
+        grad_u = grad * weight * dfu
+        grad_x = grad_u * alpha
+        return grad_x, (grad_u * x).sum(), None, layers._per_channel(grad * fu), layers._per_channel(grad)
+
+    monkeypatch.setattr(layers, "_backward", grad_x_first)
+    ln, erf = traffic.traffic("layernorm", "bf16"), traffic.traffic("erf", "bf16")
+    assert erf["backward_bytes"] > 1.4 * ln["backward_bytes"]
+
+
+def test_readme_traffic_table_is_the_commands_output():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("### What the kernels move"):readme.index("## Layout")]
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    norms = ("layernorm", *SECTION3_VARIANTS, DERF)
+    rendered = traffic.format_table([traffic.traffic(norm, "bf16") for norm in norms]).splitlines()
+    assert rows and rows == [line for line in rendered if line.startswith("| `")]
