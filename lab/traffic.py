@@ -6,7 +6,9 @@ a residual sum; under bf16 autocast its output is cast for the next matmul), AOT
 as training does, and inductor generates their Triton kernels for an H100: its scheduler makes the real fusion
 decisions and counts the bytes each kernel reads and writes. Nothing is compiled by Triton or run. Traffic is given
 in activations (one fp32 tensor of the layer's input shape). LayerNorm's backward fuses into one kernel; a point-wise
-norm should move no more than it does. This explains `lab bench`'s GPU timings; it does not replace them.
+norm should move no more than it does. Bytes are not times: `lab bench` on a GPU times the kernels.
+It stands in for the GPU through inductor's private functions (checked on torch 2.11 and 2.14): a torch that renames
+one makes this fail loudly (mock's AttributeError).
 """
 import contextlib
 from types import SimpleNamespace
@@ -32,6 +34,8 @@ def _generating_for_h100():
     import torch.utils._triton as triton_utils
     from torch._inductor.runtime.hints import DeviceProperties
 
+    if torch.cuda.is_available():
+        torch.cuda.init()           # a real GPU's runtime is up before its functions are stood in for
     props = SimpleNamespace(**H100)
     hints = DeviceProperties(type="cuda", index=0, multi_processor_count=props.multi_processor_count, cc=90,
                              major=props.major, regs_per_multiprocessor=props.regs_per_multiprocessor,
