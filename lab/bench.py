@@ -182,13 +182,15 @@ def packing(ns, shape: dict, device: torch.device, seconds: float, mode: str = "
 
 
 def format_table(rows: list[dict]) -> str:
-    """Markdown table; each cell's speed and memory relative to LayerNorm of the same mode and dtype."""
-    base = {(r["mode"], r["dtype"]): r for r in rows if r.get("norm") == "layernorm"}
+    """Markdown table; each cell's speed and memory relative to LayerNorm of the same mode and dtype, measured on the
+    same day, device and torch (records of another session are not compared with each other)."""
+    session = lambda r, mode: (r.get("date"), r.get("device"), r.get("torch"), mode, r["dtype"])  # noqa: E731
+    base = {session(r, r["mode"]): r for r in rows if r.get("norm") == "layernorm"}
     lines = ["| norm | mode | dtype | img/s | × LN | peak GiB | × LN | MFU |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r["mode"] == "packing":
             continue
-        ln = base.get(("eager" if r["mode"] == "eager-plain" else r["mode"], r["dtype"]))
+        ln = base.get(session(r, "eager" if r["mode"] == "eager-plain" else r["mode"]))
         speed = f"{r['img_per_s'] / ln['img_per_s']:.3f}" if ln else "–"
         mem, mfu = r["peak_mem_gib"], r["mfu"]
         mem_rel = f"{mem / ln['peak_mem_gib']:.3f}" if ln and mem and ln["peak_mem_gib"] else "–"

@@ -27,6 +27,16 @@ def test_table_is_relative_to_layernorm():
     assert "| `erf` | eager | fp32 | 95.0 | 0.950 | 1.50 | 0.750 | – |" in table
 
 
+def test_each_session_is_relative_to_its_own_layernorm():
+    """A later GPU session's records sit beside the earlier ones: each row against LayerNorm of its own session."""
+    rows = [{"norm": n, "mode": "compiled", "dtype": "bf16", "img_per_s": v, "peak_mem_gib": 1.0, "mfu": None,
+             "date": day, "device": "H100", "torch": "2.11"}
+            for n, v, day in [("layernorm", 100.0, "d1"), ("erf", 95.0, "d1"), ("layernorm", 200.0, "d2"),
+                              ("erf", 210.0, "d2")]]
+    speeds = [line.split(" | ")[4] for line in bench.format_table(rows).splitlines() if line.startswith("| `erf`")]
+    assert speeds == ["0.950", "1.050"]
+
+
 def test_cli_writes_records(tmp_path, monkeypatch):
     monkeypatch.setattr(bench, "CPU_MODEL", TINY)
     assert main(["bench", "--norms", "derf", "--modes", "eager,eager-plain", "--dtypes", "bf16", "--steps", "1",
