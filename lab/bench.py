@@ -41,6 +41,11 @@ PEAK_TFLOPS = {  # dense tensor-core peaks from the vendors' data sheets (SXM pa
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "ablations" / "results" / "bench"
 
 
+def spec_and_shift(norm: str) -> tuple[str, float | None]:
+    """A bench norm name as the layer takes it: DERF is erf with s initialised to 0, any other name a spec without s."""
+    return ("erf", 0.0) if norm == DERF else (norm, None)
+
+
 def device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or 'cpu'})"
 
@@ -70,8 +75,8 @@ def measure(norm: str, mode: str, dtype: str, shape: dict, device: torch.device,
     kw = {k: v for k, v in shape.items() if k not in ("model", "batch")}
     model_name, batch = shape["model"], shape["batch"]
     torch.manual_seed(0)
-    norm_kw = {"norm": "erf", "shift": 0.0} if norm == DERF else {"norm": norm}
-    model = build_model(model_name, **norm_kw, **kw).to(device)
+    spec, shift = spec_and_shift(norm)
+    model = build_model(model_name, norm=spec, shift=shift, **kw).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
     images = torch.randn(batch, 3, shape["img_size"], shape["img_size"], device=device)
     targets = torch.randint(0, model.num_classes, (batch,), device=device)
@@ -184,13 +189,12 @@ def packing(ns, shape: dict, device: torch.device, seconds: float, mode: str = "
 def format_table(rows: list[dict]) -> str:
     """Markdown table; each cell's speed and memory relative to LayerNorm of the same mode and dtype, measured on the
     same day, device and torch (records of another session are not compared with each other)."""
-    session = lambda r, mode: (r.get("date"), r.get("device"), r.get("torch"), mode, r["dtype"])  # noqa: E731
-    base = {session(r, r["mode"]): r for r in rows if r.get("norm") == "layernorm"}
+    base = {_session(r, r["mode"]): r for r in rows if r.get("norm") == "layernorm"}
     lines = ["| norm | mode | dtype | img/s | × LN | peak GiB | × LN | MFU |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r["mode"] == "packing":
             continue
-        ln = base.get(session(r, "eager" if r["mode"] == "eager-plain" else r["mode"]))
+        ln = base.get(_session(r, "eager" if r["mode"] == "eager-plain" else r["mode"]))
         speed = f"{r['img_per_s'] / ln['img_per_s']:.3f}" if ln else "–"
         mem, mfu = r["peak_mem_gib"], r["mfu"]
         mem_rel = f"{mem / ln['peak_mem_gib']:.3f}" if ln and mem and ln["peak_mem_gib"] else "–"
@@ -208,6 +212,11 @@ def format_table(rows: list[dict]) -> str:
         lines += [f"| {r['runs']} | {_run_mode(r)} | {r['img_per_s']:.0f} | "
                   f"{r['img_per_s'] / one[_run_mode(r)]['img_per_s']:.2f} |" for r in packed]
     return "\n".join(lines)
+
+
+def _session(row: dict, mode: str) -> tuple:
+    """Which LayerNorm row a row is compared with: same day, device, torch, dtype, and `mode`."""
+    return row.get("date"), row.get("device"), row.get("torch"), mode, row["dtype"]
 
 
 def _run_mode(row: dict) -> str:

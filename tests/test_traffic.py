@@ -29,8 +29,8 @@ def test_every_pointwise_backward_moves_no_more_than_layernorms():
 
 
 def test_the_count_sees_a_backward_that_does_not_fuse(monkeypatch):
-    """The same gradients with grad_x computed before the α reduction (the layer's earlier order): inductor then
-    stores an intermediate and reads grad and x again, and the count must show it."""
+    """The layer's earlier backward (grad_x first, α's gradient a full sum), same gradients: inductor then stores an
+    intermediate and reads grad and x again, and the count must show it."""
     def grad_x_first(grad, x, alpha, shift, weight, fn):
         fu, dfu = fn.value_and_grad(alpha * x)
         grad_u = grad * weight * dfu
