@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The next accelerator session's work (#5, #6), in stages that each fit one 10-minute device call:
 #   bash ablations/gpu-session.sh check    # GPU-only tests; one proxy run's speed eager/compiled/graphs; 8 packed
-#   bash ablations/gpu-session.sh round3   # configs/calibration/round3.yaml, 8 packed
+#   bash ablations/gpu-session.sh round3   # one proxy epoch with CUDA graphs (stops the stage if that fails), then
+#                                          # configs/calibration/round3.yaml, 14 packed (one variant's 14 cells at once)
 #   bash ablations/gpu-session.sh grid     # every cell of Tables 1–6 under proxy.yaml, then 2 more seeds of the
 #                                          # noise cells (lab.fidelity.NOISE_SPECS), then `lab fidelity`
 #   bash ablations/gpu-session.sh bench    # #6: ViT-B/16 compiled, LayerNorm against Derf, sin, erf and the flat
@@ -23,10 +24,11 @@ started=$(date +%s)
 touch "$out/.start"
 
 step() {   # one command within what is left of STAGE_S; the stage fails if any step does (124: out of time)
-  local left=$(( ${STAGE_S:-540} - ($(date +%s) - started) ))
+  local left=$(( ${STAGE_S:-540} - ($(date +%s) - started) )) rc=0
   echo "== $* (${left} s left)"
-  (( left > 0 )) || { failed=124; echo "== skipped: out of time"; return; }
-  timeout "$left" "$@" || { failed=$?; echo "== exit $failed: $*"; }
+  (( left > 0 )) || { failed=124; echo "== skipped: out of time"; return 124; }
+  timeout "$left" "$@" || { rc=$?; failed=$rc; echo "== exit $rc: $*"; }
+  return "$rc"
 }
 
 run_stage() {
@@ -37,7 +39,9 @@ run_stage() {
       step python3 -m lab bench --proxy --norms erf --modes eager,compiled,compiled-graphs --dtypes bf16
       step python3 -m lab bench --modes "" --packing 1,8 --packing-mode compiled-graphs ;;
     round3)
-      step python3 -m lab calibrate configs/calibration/round3.yaml --jobs 8 ;;
+      step python3 -m lab train --protocol proxy --norm erf --out /tmp/preflight --quiet --set epochs=1 \
+        --set data.train_size=10000 --set optim.batch_size=256 --set compile=true --set compile_mode=reduce-overhead &&
+      step python3 -m lab calibrate configs/calibration/round3.yaml --jobs 14 ;;
     grid)
       step python3 -m lab sweep all --protocol proxy --jobs 8 --results ablations/results/proxy
       step python3 -m lab sweep all --protocol proxy --jobs 8 --results ablations/results/proxy --seeds 1,2 \

@@ -111,9 +111,9 @@ def test_the_gpu_session_script_calls_lab_as_its_cli_parses():
     import shlex
     from lab.cli import build_parser
     script = (Path(calibrate.__file__).parent.parent / "ablations" / "gpu-session.sh").read_text().replace("\\\n", " ")
-    calls = [shlex.split(line.split("-m lab", 1)[1].split(";;")[0]) for line in script.splitlines()
+    calls = [shlex.split(line.split("-m lab", 1)[1].split(";;")[0].split("&&")[0]) for line in script.splitlines()
              if "python3 -m lab " in line and not line.lstrip().startswith("#")]
-    assert {c[0] for c in calls} == {"bench", "calibrate", "sweep", "fidelity"}
+    assert {c[0] for c in calls} == {"train", "bench", "calibrate", "sweep", "fidelity"}
     for argv in calls:
         args = build_parser().parse_args(argv)
         if argv[0] == "calibrate":
