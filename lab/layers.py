@@ -85,8 +85,9 @@ def _has_triton() -> bool:
 
 def _use_fused(x: Tensor) -> bool:
     """On a fusing device, outside torch.compile's tracing and outside dispatch modes (FlopCounterMode, fake tensors),
-    in which compiled code cannot run."""
-    return fuses_on(x.device.type) and not torch.compiler.is_compiling() and not is_in_torch_dispatch_mode()
+    in which compiled code cannot run. Tracing is asked first: dynamo cannot trace `fuses_on`'s Triton probe, and a
+    graph break in every layer splits a compiled model (and its CUDA graphs) into pieces."""
+    return not torch.compiler.is_compiling() and fuses_on(x.device.type) and not is_in_torch_dispatch_mode()
 
 
 class _PointwiseAffine(torch.autograd.Function):

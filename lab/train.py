@@ -178,6 +178,8 @@ class Trainer:
         autocast = torch.autocast(self.device.type, dtype=self.dtype) if self.dtype else nullcontext()
         for i, (x, target) in enumerate(micro):
             sync = i == len(micro) - 1 or self.world == 1
+            if self.cfg.get("compile"):
+                torch.compiler.cudagraph_mark_step_begin()   # CUDA graphs (reduce-overhead) may reuse last step's memory
             with (nullcontext() if sync else self.ddp.no_sync()), autocast:
                 loss = self.criterion(self.net(x), target) / len(micro)
             self.scaler.scale(loss).backward()

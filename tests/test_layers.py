@@ -105,6 +105,19 @@ def test_a_compiled_model_traces_the_plain_expression(monkeypatch):
     assert x.grad is not None and torch.isfinite(x.grad).all()
 
 
+
+def test_a_compiled_model_is_one_graph_where_kernels_are_generated(monkeypatch):
+    """On a GPU the device probe cannot be traced (dynamo breaks the graph there, as torch 2.11 did in every layer,
+    which broke CUDA graphs): inside torch.compile the layer must not reach it."""
+    def untraceable_probe(device_type):
+        torch._dynamo.graph_break()
+        return True
+    monkeypatch.setattr(lab.layers, "fuses_on", untraceable_probe)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), PointwiseNorm(8, "erf"), torch.nn.Linear(8, 8))
+    x = torch.randn(2, 8, requires_grad=True)
+    torch.compile(model, fullgraph=True, backend="aot_eager")(x).sum().backward()   # fullgraph: a break raises
+    assert x.grad is not None
+
 def test_gradcheck():
     layer = PointwiseNorm(4, "erf|hshift=0.3|clip=0.9", shift=0.1).double()
     x = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
