@@ -187,14 +187,20 @@ def packing(ns, shape: dict, device: torch.device, seconds: float, mode: str = "
 
 
 def format_table(rows: list[dict]) -> str:
-    """Markdown table; each cell's speed and memory relative to LayerNorm of the same mode and dtype, measured on the
-    same day, device and torch (records of another session are not compared with each other)."""
-    base = {_session(r, r["mode"]): r for r in rows if r.get("norm") == "layernorm"}
-    lines = ["| norm | mode | dtype | img/s | × LN | peak GiB | × LN | MFU |", "|---|---|---|---|---|---|---|---|"]
+    """Markdown table; each cell's speed and memory relative to LayerNorm of the same mode and dtype, measured in the
+    same `lab bench` run where it has one (side by side), else on the same day, device and torch (records of another
+    session are not compared with each other)."""
+    base = {}
+    for r in rows:
+        if r.get("norm") == "layernorm":
+            base[_session(r, r["mode"])] = base[(r.get("record"), *_session(r, r["mode"]))] = r
+    lines = ["| norm | mode | dtype | img/s | × LN | peak GiB | × LN | MFU | date |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r["mode"] == "packing":
             continue
-        ln = base.get(_session(r, "eager" if r["mode"] == "eager-plain" else r["mode"]))
+        session = _session(r, "eager" if r["mode"] == "eager-plain" else r["mode"])
+        ln = base.get((r.get("record"), *session)) or base.get(session)
         speed = f"{r['img_per_s'] / ln['img_per_s']:.3f}" if ln else "–"
         mem, mfu = r["peak_mem_gib"], r["mfu"]
         mem_rel = f"{mem / ln['peak_mem_gib']:.3f}" if ln and mem and ln["peak_mem_gib"] else "–"
@@ -202,7 +208,7 @@ def format_table(rows: list[dict]) -> str:
         mfu_text = "–" if mfu is None else f"{100 * mfu:.1f}%"
         name = r["norm"].replace("|", r"\|")       # a bare | would split the markdown cell
         lines.append(f"| `{name}` | {r['mode']} | {r['dtype']} | {r['img_per_s']:.1f} | {speed} | "
-                     f"{mem_text} | {mem_rel} | {mfu_text} |")
+                     f"{mem_text} | {mem_rel} | {mfu_text} | {r.get('date', '–')} |")
     packed = [r for r in rows if r["mode"] == "packing"]
     if packed:
         one = {}      # each run mode's first row (N = 1 when measured): the "× one run" base
@@ -224,11 +230,13 @@ def _run_mode(row: dict) -> str:
 
 
 def recorded(results_dir=RESULTS_DIR, device_type: str = "cuda") -> list[dict]:
-    """The committed records of one device type, in the README's order: by mode, dtype, LayerNorm first, packing last."""
-    rows = [r for path in sorted(Path(results_dir).glob(f"bench-{device_type}-*.json"))
+    """The committed records of one device type, in the README's order: by mode, dtype, then record file (one `lab
+    bench` run each, in time order) with its LayerNorm first; packing last. Each row names its file as "record"."""
+    rows = [{**r, "record": path.name} for path in sorted(Path(results_dir).glob(f"bench-{device_type}-*.json"))
             for r in json.loads(path.read_text())]
     modes = [*MODES, "packing"]
-    return sorted(rows, key=lambda r: (modes.index(r["mode"]), r.get("dtype") or "", r.get("norm") != "layernorm"))
+    return sorted(rows, key=lambda r: (modes.index(r["mode"]), r.get("dtype") or "", r["record"],
+                                       r.get("norm") != "layernorm"))
 
 
 COMPILED = {"compiled": "default", "compiled-graphs": "reduce-overhead"}

@@ -37,6 +37,23 @@ def test_each_session_is_relative_to_its_own_layernorm():
     assert speeds == ["0.950", "1.050"]
 
 
+
+def test_rows_of_one_run_are_relative_to_that_runs_layernorm(tmp_path):
+    """Two `lab bench` runs of one session each measured LayerNorm beside their norms: each row against its own run's
+    (side by side); eager-plain, whose run has no LayerNorm, against the session's eager LayerNorm."""
+    row = lambda n, v, mode="compiled": {"norm": n, "mode": mode, "dtype": "bf16", "img_per_s": v,  # noqa: E731
+                                         "peak_mem_gib": 1.0, "mfu": None, "date": "d", "device": "H100",
+                                         "torch": "2.11"}
+    runs = {"bench-cuda-1.json": [row("layernorm", 100.0), row("erf", 99.0), row("layernorm", 50.0, "eager")],
+            "bench-cuda-2.json": [row("layernorm", 120.0), row("sin", 126.0)],
+            "bench-cuda-3.json": [row("tanh", 40.0, "eager-plain")]}
+    for name, rows in runs.items():
+        (tmp_path / name).write_text(json.dumps(rows))
+    table = bench.format_table(bench.recorded(tmp_path))
+    speeds = {line.split(" | ")[0][3:-1]: line.split(" | ")[4] for line in table.splitlines()
+              if line.startswith("| `") and "layernorm" not in line}
+    assert speeds == {"erf": "0.990", "sin": "1.050", "tanh": "0.800"}
+
 def test_cli_writes_records(tmp_path, monkeypatch):
     monkeypatch.setattr(bench, "CPU_MODEL", TINY)
     assert main(["bench", "--norms", "derf", "--modes", "eager,eager-plain", "--dtypes", "bf16", "--steps", "1",
