@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The next accelerator session's work (#5, #6), in stages that each fit one 10-minute device call:
 #   bash ablations/gpu-session.sh check    # GPU-only tests; one proxy run's speed eager/compiled/graphs; 8 packed
-#   bash ablations/gpu-session.sh round3   # one proxy epoch with CUDA graphs (stops the stage if that fails), then
-#                                          # configs/calibration/round3.yaml, 14 packed (one variant's 14 cells at once)
+#   bash ablations/gpu-session.sh round4   # one proxy epoch with CUDA graphs (stops the stage if that fails), then
+#                                          # configs/calibration/round4.yaml, 14 packed (one variant's 14 cells at once)
 #   bash ablations/gpu-session.sh grid     # every cell of Tables 1–6 under proxy.yaml, then 2 more seeds of the
 #                                          # noise cells (lab.fidelity.NOISE_SPECS), then `lab fidelity`
 #   bash ablations/gpu-session.sh bench    # #6: ViT-B/16 compiled, LayerNorm against Derf, sin, erf and the flat
@@ -14,8 +14,8 @@
 set -uo pipefail
 stage=${1:-}
 case "$stage" in
-  check|round3|grid|bench) ;;
-  *) echo "gpu-session.sh: unknown stage '$stage': choose check, round3, grid or bench" >&2; exit 2 ;;
+  check|round4|grid|bench) ;;
+  *) echo "gpu-session.sh: unknown stage '$stage': choose check, round4, grid or bench" >&2; exit 2 ;;
 esac
 out=${OUT:-gpu-out}
 mkdir -p "$out"
@@ -38,13 +38,13 @@ run_stage() {
       step python3 -m pytest -q -p no:cacheprovider -k "generated or gpu" tests/test_layers.py tests/test_train.py
       step python3 -m lab bench --proxy --norms erf --modes eager,compiled,compiled-graphs --dtypes bf16
       step python3 -m lab bench --modes "" --packing 1,8 --packing-mode compiled-graphs ;;
-    round3)
+    round4)
       step python3 -m lab train --protocol proxy --norm erf --out /tmp/preflight --quiet --set epochs=1 \
         --set data.train_size=10000 --set optim.batch_size=256 --set compile=true --set compile_mode=reduce-overhead &&
-      step python3 -m lab calibrate configs/calibration/round3.yaml --jobs 14 ;;
+      step python3 -m lab calibrate configs/calibration/round4.yaml --jobs 14 ;;
     grid)
-      step python3 -m lab sweep all --protocol proxy --jobs 8 --results ablations/results/proxy
-      step python3 -m lab sweep all --protocol proxy --jobs 8 --results ablations/results/proxy --seeds 1,2 \
+      step python3 -m lab sweep all --protocol proxy --jobs 14 --results ablations/results/proxy
+      step python3 -m lab sweep all --protocol proxy --jobs 14 --results ablations/results/proxy --seeds 1,2 \
         --specs layernorm,erf,tanh,arctan,isru
       python3 -m lab fidelity --results ablations/results/proxy --protocol proxy ;;
     bench)

@@ -24,7 +24,7 @@ def _file(tmp_path, **changes):
 
 def test_the_rounds_load_and_validate():
     rounds = {p.stem: calibrate.load(p) for p in (ROOT / "configs" / "calibration").glob("*.yaml")}
-    assert {"round1", "round2", "round3", "cpu1"} <= set(rounds)
+    assert {"round1", "round2", "round3", "round4", "cpu1"} <= set(rounds)
     for cal in rounds.values():
         assert len(cal.subset) == 14 and cal.protocol == ("smoke" if cal.name.startswith("cpu") else "proxy")
     paper = calibrate.paper_values()
