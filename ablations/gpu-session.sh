@@ -7,9 +7,10 @@
 #                                          # noise cells (lab.fidelity.NOISE_SPECS), then `lab fidelity`
 #   bash ablations/gpu-session.sh bench    # #6: ViT-B/16 compiled, LayerNorm against Derf, sin, erf and the flat
 #                                          # zone (bf16, with per-kernel profiles), and Derf in fp32
-# A stage stops itself at STAGE_S seconds (default 540), writes $OUT/STAGE.log, and packs what it wrote under
-# ablations/results/ (run checkpoints aside) into $OUT/STAGE.tgz. Unpack that in the repo root before the next call:
-# the records travel back with the working tree, so the same stage run again trains only what is missing.
+# A stage stops itself at STAGE_S seconds (default 540; its sweeps start no cell that would not finish by then),
+# writes $OUT/STAGE.log, and packs what it wrote under ablations/results/ (run checkpoints aside) into $OUT/STAGE.tgz.
+# Unpack that in the repo root before the next call: the records travel back with the working tree, so the same stage
+# run again trains only what is missing.
 # The device has torch and timm but not this project installed: the checkout goes on PYTHONPATH (../shared/gpu).
 set -uo pipefail
 stage=${1:-}
@@ -22,6 +23,11 @@ mkdir -p "$out"
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 started=$(date +%s)
 touch "$out/.start"
+
+left() {   # seconds left of STAGE_S, less a margin for writing the last records (at least 1): the sweeps' --deadline
+  local s=$(( ${STAGE_S:-540} - ($(date +%s) - started) - 15 ))
+  echo $(( s > 0 ? s : 1 ))
+}
 
 step() {   # one command within what is left of STAGE_S; the stage fails if any step does (124: out of time)
   local left=$(( ${STAGE_S:-540} - ($(date +%s) - started) )) rc=0
@@ -41,11 +47,11 @@ run_stage() {
     round4)
       step python3 -m lab train --protocol proxy --norm erf --out /tmp/preflight --quiet --set epochs=1 \
         --set data.train_size=10000 --set optim.batch_size=256 --set compile=true --set compile_mode=reduce-overhead &&
-      step python3 -m lab calibrate configs/calibration/round4.yaml --jobs 14 ;;
+      step python3 -m lab calibrate configs/calibration/round4.yaml --jobs 14 --deadline "$(left)" ;;
     grid)
-      step python3 -m lab sweep all --protocol proxy --jobs 14 --results ablations/results/proxy
+      step python3 -m lab sweep all --protocol proxy --jobs 14 --results ablations/results/proxy --deadline "$(left)"
       step python3 -m lab sweep all --protocol proxy --jobs 14 --results ablations/results/proxy --seeds 1,2 \
-        --specs layernorm,erf,tanh,arctan,isru
+        --specs layernorm,erf,tanh,arctan,isru --deadline "$(left)"
       python3 -m lab fidelity --results ablations/results/proxy --protocol proxy ;;
     bench)
       step python3 -m lab bench --modes compiled --dtypes bf16 --norms "derf,sin,erf,erf|flat=0.5" --steps 40 \

@@ -85,10 +85,11 @@ def load(path) -> Calibration:
 
 
 def calibrate(path, results_dir=RESULTS_DIR, *, jobs: int = 1, dry_run: bool = False, report: bool = False,
-              progress: bool = True):
+              progress: bool = True, deadline: float | None = None):
     """Train the subset under every variant in one pool (finished cells are skipped) and write the summary.
 
     report: train nothing, summarise the records present (e.g. fetched from the GPU machine that ran them).
+    deadline: seconds from now within which started cells should finish (see sweep.run_cells).
     Returns (summary path, None), or (summary path, sweep.CellErrors) when cells raised instead of producing a record
     (every other cell still ran). A dry run lists the cells that would run and returns (None, None).
     """
@@ -110,7 +111,7 @@ def calibrate(path, results_dir=RESULTS_DIR, *, jobs: int = 1, dry_run: bool = F
     errors = None
     try:
         if not report:
-            sweep.run_cells(cells, jobs=jobs, progress=progress, desc=f"calibrate {cal.name}")
+            sweep.run_cells(cells, jobs=jobs, progress=progress, desc=f"calibrate {cal.name}", deadline=deadline)
     except sweep.CellErrors as err:
         errors = err
     text = summary(cal, planned, None if report else time.time() - start, errors)

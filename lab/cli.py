@@ -20,6 +20,16 @@ def _train(args):
     return 0
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
+
+
 def _sweep(args):
     from . import sweep
     try:
@@ -29,7 +39,7 @@ def _sweep(args):
     specs = None if args.specs is None else [s.strip() for s in args.specs.split(",") if s.strip()]
     try:
         sweep.sweep(args.table, args.protocol, args.results, jobs=args.jobs, launcher=args.launcher, seeds=seeds,
-                    overrides=args.set, dry_run=args.dry_run, slurm=args.slurm, specs=specs)
+                    overrides=args.set, dry_run=args.dry_run, slurm=args.slurm, specs=specs, deadline=args.deadline)
     except sweep.CellErrors as err:
         print(f"lab sweep: {err}", file=sys.stderr)
         return 1
@@ -39,7 +49,7 @@ def _sweep(args):
 def _calibrate(args):
     from . import calibrate
     summary, errors = calibrate.calibrate(args.file, args.results or calibrate.RESULTS_DIR, jobs=args.jobs,
-                                          dry_run=args.dry_run, report=args.report)
+                                          dry_run=args.dry_run, report=args.report, deadline=args.deadline)
     if summary:
         print(summary.read_text(encoding="utf-8"), end="")
     if errors:
@@ -100,6 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="config override (lr, epochs, batch_size, seed, device, or a dotted path)")
 
+    def deadline(p):
+        p.add_argument("--deadline", type=_seconds, default=None, metavar="SECONDS",
+                       help="start no cell that would not finish within SECONDS (judged by the longest cell so far); "
+                            "the others wait for the next run")
+
     p = sub.add_parser("train", help="train one cell and write its result record")
     p.add_argument("--protocol", required=True, help="paper, proxy or smoke (configs/protocols/)")
     p.add_argument("--norm", required=True, help='layernorm, rmsnorm or a point-wise spec such as "erf|hshift=0.5"')
@@ -121,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                         "without submitting; run nothing")
     p.add_argument("--slurm", action="append", default=[], metavar="KEY=VALUE",
                    help="submitit SLURM parameter: partition=gpu, nodes=4, gpus_per_node=8, time=4320 (minutes), ...")
+    deadline(p)
     overrides(p)
     p.set_defaults(handler=_sweep)
 
@@ -131,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "(default: ablations/results/calibration)")
     p.add_argument("--dry-run", action="store_true", help="list the cells that would run; run nothing")
     p.add_argument("--report", action="store_true", help="train nothing: summarise the records present")
+    deadline(p)
     p.set_defaults(handler=_calibrate)
 
     p = sub.add_parser("render", help="render a table from result records beside the paper's values")

@@ -105,16 +105,21 @@ def union_cells(tables, protocol: str, results_dir, *, seeds=None, overrides=Non
 
 def sweep(table: str, protocol: str, results_dir="results", *, jobs: int = 1, launcher: str = "local", seeds=None,
           overrides=None, device: str | None = None, dry_run: bool = False, progress: bool = True,
-          limit: int | None = None, slurm: dict | None = None, specs=None) -> list[dict]:
+          limit: int | None = None, slurm: dict | None = None, specs=None,
+          deadline: float | None = None) -> list[dict]:
     """Train every missing cell of `table` ("all": of every table) plus the LayerNorm baseline, or only of `specs`,
     and return the records of all its cells.
 
     dry_run: local → only report what would run; slurm → write the sbatch script and pickles, submit nothing.
     `slurm`: submitit SlurmExecutor parameters (partition, time, nodes, ntasks_per_node, gpus_per_node, ...) as a dict
     or "key=value" strings; an unknown one is submitit's ValueError listing the valid ones.
+    deadline (local launcher): seconds from now within which started cells should finish (see run_cells).
     """
     if launcher not in LAUNCHERS:
         raise ValueError(f"launcher {launcher!r}: choose one of {', '.join(LAUNCHERS)}")
+    if deadline is not None and launcher != "local":
+        raise ValueError(f"deadline applies to the local launcher only, not {launcher!r} (SLURM jobs have their own "
+                         "time limit)")
     if int(jobs) < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
     from . import results
@@ -129,13 +134,36 @@ def sweep(table: str, protocol: str, results_dir="results", *, jobs: int = 1, la
         for cell in missing:
             _say(f"  would run {cell.spec} seed={cell.seed} -> {cell.path}", progress)
     else:
-        run_cells(missing, jobs=jobs, progress=progress, desc=table)
+        run_cells(missing, jobs=jobs, progress=progress, desc=table, deadline=deadline)
     return [results.read_record(c.path) for c in cells if c.path.exists()]
 
 
-def run_cells(cells, *, jobs: int = 1, progress: bool = True, desc: str = "cells") -> list[dict]:
-    """Run `cells` (skipping those whose record exists) in this process or a pool; raise CellErrors at the end."""
+class Deadline:
+    """Whether one more cell can start and still finish within `seconds` of now, judged by the longest cell finished
+    so far (the first ones always start): a run on a machine lent for a fixed time leaves for the next run the cells
+    it could only half train, and frees the machine sooner. seconds=None: no deadline."""
+
+    def __init__(self, seconds: float | None):
+        self.end = None if seconds is None else _now() + float(seconds)
+        self.longest = 0.0
+
+    def finished(self, started: float):
+        self.longest = max(self.longest, _now() - started)
+
+    def allows_another(self) -> bool:
+        return self.end is None or _now() + self.longest <= self.end
+
+
+_now = time.monotonic
+
+
+def run_cells(cells, *, jobs: int = 1, progress: bool = True, desc: str = "cells",
+              deadline: float | None = None) -> list[dict]:
+    """Run `cells` (skipping those whose record exists) in this process or a pool; raise CellErrors at the end.
+    deadline: seconds from now; a cell starts only if it should finish by then (see Deadline), the rest wait for the
+    next run."""
     cells = [c for c in dict.fromkeys(cells) if not c.path.exists()]
+    clock, left = Deadline(deadline), []
     records, errors = [], {}
     bar = tqdm(total=len(cells), desc=desc, unit="cell", disable=not progress or not cells, dynamic_ncols=True)
     try:
@@ -149,20 +177,29 @@ def run_cells(cells, *, jobs: int = 1, progress: bool = True, desc: str = "cells
                 bar.set_postfix_str(f"{cell.spec}: ERROR", refresh=False)
             bar.update()
         if jobs <= 1 or len(cells) <= 1:
-            for cell in cells:
+            for i, cell in enumerate(cells):
+                if not clock.allows_another():
+                    left = cells[i:]
+                    break
+                started = _now()
                 done(cell, _run_cell(cell))
+                clock.finished(started)
         else:
-            _run_pool(cells, min(jobs, len(cells)), done)
+            left = _run_pool(cells, min(jobs, len(cells)), done, clock)
     finally:
         bar.close()
+    if left:
+        _say(f"{desc}: {len(left)} cell(s) not started, they would not finish within the deadline "
+             f"({clock.longest:.0f} s a cell so far): run again to train them", progress)
     if errors:
         raise CellErrors(errors, records)
     return records
 
 
-def _run_pool(cells, jobs, done):
-    """At most `jobs` cells in flight, so a dead worker (segfault, OOM kill) implicates only those; retry them."""
-    queue, deaths = list(cells), {}
+def _run_pool(cells, jobs, done, clock: Deadline) -> list:
+    """At most `jobs` cells in flight, so a dead worker (segfault, OOM kill) implicates only those; retry them.
+    Returns the cells not started because `clock` said they would not finish in time."""
+    queue, deaths, left = list(cells), {}, []
     threads = max(1, (os.cpu_count() or 1) // jobs)
     while queue:
         with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
@@ -171,13 +208,21 @@ def _run_pool(cells, jobs, done):
             try:
                 while queue or running:
                     while queue and len(running) < jobs:
+                        if not clock.allows_another():
+                            left += queue
+                            queue.clear()
+                            break
                         cell = queue.pop(0)
-                        running[pool.submit(_run_cell, cell)] = cell
+                        running[pool.submit(_run_cell, cell)] = cell, _now()
+                    if not running:
+                        break
                     finished, _ = wait(running, return_when=FIRST_COMPLETED)
                     for future in finished:
-                        done(running.pop(future), future.result())
+                        cell, started = running.pop(future)
+                        clock.finished(started)
+                        done(cell, future.result())
             except BrokenProcessPool:
-                for cell in running.values():
+                for cell, _ in running.values():
                     deaths[cell] = deaths.get(cell, 0) + 1
                     if deaths[cell] >= MAX_WORKER_DEATHS:
                         done(cell, ("error", f"worker process died {deaths[cell]} times running this cell"))
@@ -186,6 +231,7 @@ def _run_pool(cells, jobs, done):
             except BaseException:
                 pool.shutdown(wait=False, cancel_futures=True)
                 raise
+    return left
 
 
 def _init_worker(threads: int, parent: int):

@@ -30,7 +30,8 @@ def test_cells_are_the_baseline_plus_the_table_times_seeds(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs, word", [({"table": "table9"}, "table9"), ({"protocol": "smok"}, "smok"),
-                                          ({"launcher": "pbs"}, "pbs"), ({"overrides": ["epochz=1"]}, "epochz")])
+                                          ({"launcher": "pbs"}, "pbs"), ({"overrides": ["epochz=1"]}, "epochz"),
+                                          ({"launcher": "slurm", "deadline": 60}, "deadline")])
 def test_bad_input_is_one_clear_error(tmp_path, kwargs, word):
     args = {"table": "table1", "protocol": "smoke", **kwargs}
     with pytest.raises(ValueError, match=word):
@@ -59,6 +60,35 @@ def test_finished_cells_are_skipped_and_a_crashing_cell_does_not_stop_the_others
     assert [c.spec for c in err.value.errors] == [crash.spec]
     assert [c.path.exists() for c in cells] == [c is not crash for c in cells]
 
+
+
+def test_a_deadline_starts_only_the_cells_that_would_finish_and_a_rerun_trains_the_rest(tmp_path, monkeypatch):
+    """Each fake cell takes 100 s of a fake clock: with 250 s, two start (the second when 100 + 100 <= 250), the
+    third would end at 300 and waits for the next run."""
+    clock = [0.0]
+
+    def fake_run(cfg, norm, out_dir, *, table=None, progress=True):
+        clock[0] += 100.0
+        record = {"spec": norm, "table": table, "status": "ok", "top1": 42.0, "seed": cfg["seed"]}
+        results.write_json_atomic(results.record_path(out_dir, norm, cfg), record)
+        return record
+
+    monkeypatch.setattr(lab.train, "run", fake_run)
+    monkeypatch.setattr(sweep, "_now", lambda: clock[0])
+    cells = sweep.table_cells("table1", "smoke", tmp_path, limit=4)
+    assert len(sweep.sweep("table1", "smoke", tmp_path, limit=4, progress=False, deadline=250)) == 2
+    assert [c.path.exists() for c in cells] == [True, True, False, False]
+    assert len(sweep.sweep("table1", "smoke", tmp_path, limit=4, progress=False)) == 4
+
+
+def test_a_deadline_holds_in_the_process_pool(tmp_path, monkeypatch):
+    """Two workers; the parent's clock runs 1000x fast, so the first finished cell took "thousands of seconds" and
+    no further cell fits in 1000: the first two train, the other two are left."""
+    start = time.monotonic()
+    monkeypatch.setattr(sweep, "_now", lambda: 1000 * (time.monotonic() - start))
+    cells = sweep.table_cells("table1", "smoke", tmp_path, overrides=TINY, limit=4)
+    sweep.sweep("table1", "smoke", tmp_path, overrides=TINY, limit=4, jobs=2, progress=False, deadline=1000)
+    assert [c.path.exists() for c in cells] == [True, True, False, False]
 
 def _complete_records(folder):
     """Every *.json under `folder` parses (lab.results writes atomically); returns how many there are."""
