@@ -5,8 +5,8 @@
 #                                          # configs/calibration/round4.yaml, 14 packed (one variant's 14 cells at once)
 #   bash ablations/gpu-session.sh grid     # every cell of Tables 1–6 under proxy.yaml, then 2 more seeds of the
 #                                          # noise cells (lab.fidelity.NOISE_SPECS), then `lab fidelity`
-#   bash ablations/gpu-session.sh bench    # #6: ViT-B/16 compiled, LayerNorm against Derf, sin, erf and the flat
-#                                          # zone (bf16, with per-kernel profiles), and Derf in fp32
+#   bash ablations/gpu-session.sh bench    # #6 (ViT-B/16): eager bf16 and fp32 with the generated kernels, now
+#                                          # specialised to the training shape; then MFU with inductor's autotuning
 # A stage stops itself at STAGE_S seconds (default 540; its sweeps start no cell that would not finish by then),
 # writes $OUT/STAGE.log, and packs what it wrote under ablations/results/ (run checkpoints aside) into $OUT/STAGE.tgz.
 # Unpack that in the repo root before the next call: the records travel back with the working tree, so the same stage
@@ -54,9 +54,8 @@ run_stage() {
         --specs layernorm,erf,tanh,arctan,isru --deadline "$(left)"
       python3 -m lab fidelity --results ablations/results/proxy --protocol proxy ;;
     bench)
-      step python3 -m lab bench --modes compiled --dtypes bf16 --norms "derf,sin,erf,erf|flat=0.5" --steps 40 \
-        --profile ablations/results/bench/profiles
-      step python3 -m lab bench --modes compiled --dtypes fp32 --norms derf --steps 15 ;;
+      step python3 -m lab bench --modes eager --dtypes bf16,fp32 --norms "derf,sin,erf,arcsinh|clip=1" --steps 20
+      step python3 -m lab bench --modes compiled-autotune --dtypes bf16 --norms derf --steps 25 ;;
   esac
   return "$failed"
 }

@@ -239,8 +239,10 @@ def recorded(results_dir=RESULTS_DIR, device_type: str = "cuda") -> list[dict]:
                                        r.get("norm") != "layernorm"))
 
 
-COMPILED = {"compiled": "default", "compiled-graphs": "reduce-overhead"}
-"""The bench modes that torch.compile the whole model, and their torch.compile mode (reduce-overhead: CUDA graphs)."""
+COMPILED = {"compiled": "default", "compiled-graphs": "reduce-overhead",
+            "compiled-autotune": "max-autotune-no-cudagraphs"}
+"""The bench modes that torch.compile the whole model, and their torch.compile mode (reduce-overhead: CUDA graphs;
+max-autotune-no-cudagraphs: inductor times its matmul and kernel configurations on the device, minutes per model)."""
 MODES = ("eager", "eager-plain", *COMPILED)
 """eager-plain: eager with the point-wise layer as plain torch ops, i.e. without the generated kernels (the before)."""
 
@@ -315,7 +317,8 @@ def main(args: argparse.Namespace) -> int:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--norms", default=None, help="comma-separated specs or 'derf' (default: Section-3 variants, Derf)")
     p.add_argument("--modes", default="eager,compiled",
-                   help='eager,eager-plain,compiled,compiled-graphs ("" with --packing: packing only)')
+                   help='eager,eager-plain,compiled,compiled-graphs,compiled-autotune '
+                        '("" with --packing: packing only)')
     p.add_argument("--dtypes", default="bf16,fp32", help="bf16,fp32")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=5)

@@ -64,11 +64,13 @@ torch.compile already traces, which fuses the plain expression itself) the plain
 
 @functools.cache
 def _fused(spec: str):
-    """(forward, backward) of `spec` compiled once per spec (dynamic shapes); the first call per dtype compiles."""
+    """(forward, backward) of `spec`, compiled on first use per dtype. Shapes are torch's automatic dynamic: the first
+    shape (training's) gets kernels specialised to it, a second shape (evaluation's) one kernel for all others. The
+    specialised backward is one pass over the activations; the dynamic one splits its row sums off into a second."""
     fn = pointwise(spec)
-    # one compiled entry per spec × dtype × (with/without s) shares two code objects: let more than 8 coexist
+    # entries per spec × dtype × (with/without s) × (first shape, any other) share two code objects: let them coexist
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-    compile = functools.partial(torch.compile, dynamic=True, fullgraph=True)
+    compile = functools.partial(torch.compile, fullgraph=True)
     return (compile(functools.partial(_forward, fn=fn)), compile(functools.partial(_backward, fn=fn)))
 
 

@@ -68,16 +68,18 @@ def test_cli_writes_records(tmp_path, monkeypatch):
 
 
 def test_compiled_modes_and_the_proxy_model(tmp_path, monkeypatch):
-    """compiled-graphs is torch.compile's reduce-overhead (CUDA graphs); --proxy benchmarks the proxy's model."""
+    """compiled-graphs is torch.compile's reduce-overhead (CUDA graphs), compiled-autotune its max-autotune without
+    them; --proxy benchmarks the proxy's model."""
     seen = []
     monkeypatch.setattr(torch, "compile", lambda model, mode: seen.append(mode) or model)
     monkeypatch.setattr(bench, "PROXY_MODEL", {**TINY, "depth": 2})
-    assert main(["bench", "--proxy", "--norms", "erf", "--modes", "compiled,compiled-graphs", "--dtypes", "fp32",
-                 "--steps", "1", "--warmup", "0", "--out", str(tmp_path)]) == 0
+    assert main(["bench", "--proxy", "--norms", "erf", "--modes", "compiled,compiled-graphs,compiled-autotune",
+                 "--dtypes", "fp32", "--steps", "1", "--warmup", "0", "--out", str(tmp_path)]) == 0
     rows = json.loads(next(tmp_path.glob("bench-cpu-*.json")).read_text())
-    assert seen == ["default", "default", "reduce-overhead", "reduce-overhead"]     # LayerNorm, then erf, per mode
+    assert seen == ["default", "default", "reduce-overhead", "reduce-overhead",     # LayerNorm, then erf, per mode
+                    "max-autotune-no-cudagraphs", "max-autotune-no-cudagraphs"]
     assert {r["model"] for r in rows} == {"vit-d2-w16-16px"}
-    assert [r["pointwise_kernels"] for r in rows if r["norm"] == "erf"] == ["compiled-model"] * 2
+    assert [r["pointwise_kernels"] for r in rows if r["norm"] == "erf"] == ["compiled-model"] * 3
     assert main(["bench", "--packing", "1", "--packing-mode", "jit", "--out", str(tmp_path)]) == 2
 
 
