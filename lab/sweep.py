@@ -138,6 +138,9 @@ def sweep(table: str, protocol: str, results_dir="results", *, jobs: int = 1, la
     return [results.read_record(c.path) for c in cells if c.path.exists()]
 
 
+_now = time.monotonic     # the deadline's clock (tests replace it)
+
+
 class Deadline:
     """Whether one more cell can start and still finish within `seconds` of now, judged by the longest cell finished
     so far (the first ones always start): a run on a machine lent for a fixed time leaves for the next run the cells
@@ -152,9 +155,6 @@ class Deadline:
 
     def allows_another(self) -> bool:
         return self.end is None or _now() + self.longest <= self.end
-
-
-_now = time.monotonic
 
 
 def run_cells(cells, *, jobs: int = 1, progress: bool = True, desc: str = "cells",

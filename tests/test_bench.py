@@ -37,7 +37,6 @@ def test_each_session_is_relative_to_its_own_layernorm():
     assert speeds == ["0.950", "1.050"]
 
 
-
 def test_rows_of_one_run_are_relative_to_that_runs_layernorm(tmp_path):
     """Two `lab bench` runs of one session each measured LayerNorm beside their norms: each row against its own run's
     (side by side); eager-plain, whose run has no LayerNorm, against the session's eager LayerNorm."""
@@ -53,6 +52,7 @@ def test_rows_of_one_run_are_relative_to_that_runs_layernorm(tmp_path):
     speeds = {line.split(" | ")[0][3:-1]: line.split(" | ")[4] for line in table.splitlines()
               if line.startswith("| `") and "layernorm" not in line}
     assert speeds == {"erf": "0.990", "sin": "1.050", "tanh": "0.800"}
+
 
 def test_cli_writes_records(tmp_path, monkeypatch):
     monkeypatch.setattr(bench, "CPU_MODEL", TINY)
