@@ -24,13 +24,18 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 started=$(date +%s)
 touch "$out/.start"
 
-left() {   # seconds left of STAGE_S, less a margin for writing the last records (at least 1): the sweeps' --deadline
-  local s=$(( ${STAGE_S:-540} - ($(date +%s) - started) - 15 ))
+remaining() {   # seconds left of STAGE_S
+  echo $(( ${STAGE_S:-540} - ($(date +%s) - started) ))
+}
+
+left() {   # what remains less a margin for writing the last records (at least 1): the sweeps' --deadline
+  local s=$(( $(remaining) - 15 ))
   echo $(( s > 0 ? s : 1 ))
 }
 
-step() {   # one command within what is left of STAGE_S; the stage fails if any step does (124: out of time)
-  local left=$(( ${STAGE_S:-540} - ($(date +%s) - started) )) rc=0
+step() {   # one command within what remains of STAGE_S; the stage fails if any step does (124: out of time)
+  local left rc=0
+  left=$(remaining)
   echo "== $* (${left} s left)"
   (( left > 0 )) || { failed=124; echo "== skipped: out of time"; return 124; }
   timeout "$left" "$@" || { rc=$?; failed=$rc; echo "== exit $rc: $*"; }

@@ -209,8 +209,8 @@ def _cell_text(r: CellResult) -> str:
 def _md(table: TableResult) -> str:
     ab = table.ablation
     out = [f"**{ab.title}.** {ab.caption}", ""]
-    if caveat(table):
-        out += [f"> **{caveat(table)}**", ""]
+    if note := caveat(table):
+        out += [f"> **{note}**", ""]
     for panel, results in zip(ab.panels, table.panels):
         if panel.title:
             out += [f"*{panel.title}*", ""]
@@ -241,8 +241,8 @@ def _tex(table: TableResult) -> str:
     ab = table.ablation
     out = ["% lab.tables.render: needs \\usepackage{booktabs}", "\\begin{table}[t]", "\\centering", "\\small",
            f"\\caption{{{_tex_escape(ab.title)}. {_tex_escape(ab.caption)}}}", f"\\label{{tab:{ab.name}}}"]
-    if caveat(table):
-        out.append(f"\\textbf{{{_tex_escape(caveat(table))}}}\\par\\smallskip")
+    if note := caveat(table):
+        out.append(f"\\textbf{{{_tex_escape(note)}}}\\par\\smallskip")
     for panel, results in zip(ab.panels, table.panels):
         nr, nc = len(panel.row_header), len(panel.columns)
         if panel.title:
@@ -271,8 +271,8 @@ def _csv(table: TableResult) -> str:
     writer = csv.writer(buffer, lineterminator="\n")
     ab = table.ablation
     buffer.write(f"# {ab.title}. {ab.caption}\n")
-    if caveat(table):
-        buffer.write(f"# {caveat(table)}\n")
+    if note := caveat(table):
+        buffer.write(f"# {note}\n")
     for panel, results in zip(ab.panels, table.panels):
         if panel.title:
             buffer.write(f"# {panel.title}\n")
@@ -293,8 +293,8 @@ def _html(table: TableResult) -> str:
     esc = html.escape
     ab = table.ablation
     out = [_HTML_STYLE, '<div class="lab-table">', f"<p><b>{esc(ab.title)}.</b> {esc(ab.caption)}</p>"]
-    if caveat(table):
-        out.append(f'<p class="caveat"><b>{esc(caveat(table))}</b></p>')
+    if note := caveat(table):
+        out.append(f'<p class="caveat"><b>{esc(note)}</b></p>')
     for panel, results in zip(ab.panels, table.panels):
         nc = len(panel.columns)
         out.append("<table>" + (f"<caption>{esc(panel.title)}</caption>" if panel.title else "") + "<thead>")
