@@ -3,12 +3,16 @@
 #   bash ablations/gpu-session.sh check    # GPU-only tests; one proxy run's speed eager/compiled/graphs; 8 packed
 #   bash ablations/gpu-session.sh round4   # one proxy epoch with CUDA graphs (stops the stage if that fails), then
 #                                          # configs/calibration/round4.yaml, 14 packed (one variant's 14 cells at once)
-#   bash ablations/gpu-session.sh grid     # every cell of Tables 1–6 under proxy.yaml, then 2 more seeds of the
-#                                          # noise cells (lab.fidelity.NOISE_SPECS), then `lab fidelity`
+#   bash ablations/gpu-session.sh grid [KEY=VALUE ...]
+#                                          # every cell of Tables 1–6 under proxy.yaml (with these overrides: a
+#                                          # calibration variant's list, e.g. round4's, before proxy.yaml adopts it),
+#                                          # then 2 more seeds of the noise cells (lab.fidelity.NOISE_SPECS), then
+#                                          # `lab fidelity`
 #   bash ablations/gpu-session.sh bench    # #6 (ViT-B/16): eager bf16 and fp32 with the generated kernels, now
 #                                          # specialised to the training shape; then MFU with inductor's autotuning
 # A stage stops itself at STAGE_S seconds (default 540; its sweeps start no cell that would not finish by then),
-# writes $OUT/STAGE.log, and packs what it wrote under ablations/results/ (run checkpoints aside) into $OUT/STAGE.tgz.
+# writes $OUT/STAGE.log (ending with the last lines of each cell it left unfinished: lab.results.log_path), and
+# packs what it wrote under ablations/results/ (run checkpoints aside, logs included) into $OUT/STAGE.tgz.
 # Unpack that in the repo root before the next call: the records travel back with the working tree, so the same stage
 # run again trains only what is missing.
 # The device has torch and timm but not this project installed: the checkout goes on PYTHONPATH (../shared/gpu).
@@ -18,6 +22,11 @@ case "$stage" in
   check|round4|grid|bench) ;;
   *) echo "gpu-session.sh: unknown stage '$stage': choose check, round4, grid or bench" >&2; exit 2 ;;
 esac
+sets=()
+for kv in "${@:2}"; do
+  [[ $stage == grid && $kv == *=* ]] || { echo "gpu-session.sh: '$kv': only grid takes arguments, KEY=VALUE" >&2; exit 2; }
+  sets+=(--set "$kv")
+done
 out=${OUT:-gpu-out}
 mkdir -p "$out"
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
@@ -42,6 +51,13 @@ step() {   # one command within what remains of STAGE_S; the stage fails if any 
   return "$rc"
 }
 
+unfinished() {   # the last lines of every cell this stage started and did not finish: how far, how fast, why
+  local log
+  find ablations/results -name '*.log' -newer "$out/.start" | sort | while read -r log; do
+    [[ -e ${log%.log}.json ]] || { echo "== unfinished: $log"; tail -n 3 "$log"; }
+  done
+}
+
 run_stage() {
   failed=0
   case "$stage" in
@@ -54,14 +70,16 @@ run_stage() {
         --set data.train_size=10000 --set optim.batch_size=256 --set compile=true --set compile_mode=reduce-overhead &&
       step python3 -m lab calibrate configs/calibration/round4.yaml --jobs 14 --deadline "$(left)" ;;
     grid)
-      step python3 -m lab sweep all --protocol proxy --jobs 14 --results ablations/results/proxy --deadline "$(left)"
+      step python3 -m lab sweep all --protocol proxy --jobs 14 --results ablations/results/proxy --deadline "$(left)" \
+        "${sets[@]}"
       step python3 -m lab sweep all --protocol proxy --jobs 14 --results ablations/results/proxy --seeds 1,2 \
-        --specs layernorm,erf,tanh,arctan,isru --deadline "$(left)"
+        --specs layernorm,erf,tanh,arctan,isru --deadline "$(left)" "${sets[@]}"
       python3 -m lab fidelity --results ablations/results/proxy --protocol proxy ;;
     bench)
       step python3 -m lab bench --modes eager --dtypes bf16,fp32 --norms "derf,sin,erf,arcsinh|clip=1" --steps 20
       step python3 -m lab bench --modes compiled-autotune --dtypes bf16 --norms derf --steps 25 ;;
   esac
+  unfinished
   return "$failed"
 }
 

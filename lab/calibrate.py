@@ -1,9 +1,11 @@
 """`lab calibrate FILE`: choose a one-GPU proxy protocol by training a small named subset of cells under several
 candidate config variants, all packed into one process pool, and showing how each variant agrees with the paper.
 
-FILE is plain YAML (configs/calibration/): `protocol`, `seeds` (optional: the config's own), `subset` (specs of
-Tables 1–6, or layernorm) and `variants` (name -> list of `lab train --set` overrides). Records go to
-RESULTS/<variant>/, so a re-run skips finished cells; the summary goes to RESULTS/summary-<file stem>.md.
+FILE is plain YAML (configs/calibration/): `protocol`, `seeds` (optional: the config's own), `base` (optional: the
+protocol's settings from this YAML file, relative to FILE, instead of configs/protocols/; a round pins the protocol as
+it was when it ran), `subset` (specs of Tables 1–6, or layernorm) and `variants` (name -> list of `lab train --set`
+overrides). Records go to RESULTS/<variant>/, so a re-run skips finished cells; the summary goes to
+RESULTS/summary-<file stem>.md.
 """
 import re
 import time
@@ -19,7 +21,7 @@ from .layers import PointwiseNorm, canonical_norm
 from .models import from_config
 
 RESULTS_DIR = ablations.ABLATIONS_DIR / "results" / "calibration"
-KEYS = {"protocol", "seeds", "subset", "variants"}
+KEYS = {"protocol", "seeds", "base", "subset", "variants"}
 REQUIRED = {"protocol", "subset", "variants"}
 
 
@@ -29,6 +31,7 @@ class Calibration:
     name: str
     path: Path
     protocol: str
+    base: Path | None       # the protocol's settings pinned for this round (None: configs/protocols/)
     seeds: list[int] | None
     subset: list[str]
     variants: dict[str, list[str]]
@@ -51,6 +54,12 @@ def load(path) -> Calibration:
         raise ValueError(f"calibration file {str(path)!r} not found (examples: configs/calibration/)")
     raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     ablations._check_keys(str(path), raw, KEYS, REQUIRED)
+    base = raw.get("base")
+    if base is not None:
+        base = path.parent / str(base)
+        if not base.is_file():
+            raise ValueError(f"{path}: base {raw['base']!r}: no such file beside {path.name} (a protocol YAML such as "
+                             f"{config.PROTOCOL_DIR / (str(raw['protocol']) + '.yaml')})")
     seeds = raw.get("seeds")
     if seeds is not None and (not isinstance(seeds, list) or not seeds
                               or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)):
@@ -77,10 +86,10 @@ def load(path) -> Calibration:
         if not isinstance(overrides, list):
             raise ValueError(f"{where}: {overrides!r}: expected a list of key=value overrides such as [lr=1e-3]")
         try:
-            config.load(raw["protocol"], overrides)
+            config.load(raw["protocol"], overrides, source=base)
         except ValueError as err:
             raise ValueError(f"{where}: {err}") from None
-    return Calibration(path.stem, path, raw["protocol"], seeds, list(dict.fromkeys(specs)),
+    return Calibration(path.stem, path, raw["protocol"], base, seeds, list(dict.fromkeys(specs)),
                        {str(name): list(o) for name, o in variants.items()})
 
 
@@ -98,7 +107,7 @@ def calibrate(path, results_dir=RESULTS_DIR, *, jobs: int = 1, dry_run: bool = F
         raise ValueError(f"jobs must be >= 1, got {jobs}")
     cal = load(path)
     planned = {name: sweep.plan(cal.subset, cal.protocol, Path(results_dir) / name, seeds=cal.seeds,
-                                overrides=overrides) for name, overrides in cal.variants.items()}
+                                overrides=overrides, source=cal.base) for name, overrides in cal.variants.items()}
     cells = [c for variant in planned.values() for c in variant]
     missing = [c for c in cells if not c.path.exists()]
     sweep._say(f"calibrate {cal.name} [{cal.protocol}]: {len(planned)} variants × {len(cal.subset)} specs × "

@@ -30,12 +30,17 @@ NOT_HASHED = ("seed", "device", "threads", "log_every", "checkpoint", "compile",
 micro_batch only splits the effective batch into accumulation steps."""
 
 
-def load(protocol: str, overrides: list[str] | dict | None = None) -> dict:
-    """The resolved config of `protocol` with `overrides` applied (a list of "key=value" strings or a dict)."""
+def load(protocol: str, overrides: list[str] | dict | None = None, *, source=None) -> dict:
+    """The resolved config of `protocol` with `overrides` applied (a list of "key=value" strings or a dict).
+
+    source: a YAML file to read the protocol's settings from instead of configs/protocols/NAME.yaml, the protocol
+    keeping its name: a calibration round stays pinned to the protocol as it was when the round ran (its records keep
+    their config hashes when the protocol later adopts a round's findings).
+    """
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}: choose one of {', '.join(PROTOCOLS)}"
                          f"{_hint(protocol, PROTOCOLS)}")
-    cfg = yaml.safe_load((PROTOCOL_DIR / f"{protocol}.yaml").read_text())
+    cfg = yaml.safe_load(Path(source or PROTOCOL_DIR / f"{protocol}.yaml").read_text())
     cfg["protocol"] = protocol
     items = overrides.items() if isinstance(overrides, dict) else [_split(o) for o in overrides or []]
     for key, value in items:

@@ -23,6 +23,12 @@ def checkpoint_path(record: Path) -> Path:
     return record.with_suffix(".ckpt")
 
 
+def log_path(record: Path) -> Path:
+    """A cell's training log, beside its record: one line per epoch and event, written as they happen, so a run that
+    hangs, dies or is killed still shows how far it got and how fast."""
+    return record.with_suffix(".log")
+
+
 def write_json_atomic(path, obj) -> Path:
     """Write `obj` as JSON atomically (see write_text_atomic)."""
     return write_text_atomic(path, json.dumps(obj, indent=1, allow_nan=True))

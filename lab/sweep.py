@@ -52,14 +52,15 @@ class CellErrors(RuntimeError):
 
 
 def plan(specs, protocol: str, results_dir, *, table: str | None = None, seeds=None, overrides=None,
-         device: str | None = None) -> list[Cell]:
-    """The cells for `specs` × `seeds` (seeds=None: the config's own seed), keyed by lab.results.record_path."""
+         device: str | None = None, source=None) -> list[Cell]:
+    """The cells for `specs` × `seeds` (seeds=None: the config's own seed), keyed by lab.results.record_path.
+    source: the protocol's settings from this file (see config.load)."""
     from . import config, results
     base = _overrides(overrides, device)
     seeds = [None] if seeds is None else [int(s) for s in seeds]
     cells = []
     for seed in seeds:
-        cfg = config.load(protocol, base + ([] if seed is None else [f"seed={seed}"]))
+        cfg = config.load(protocol, base + ([] if seed is None else [f"seed={seed}"]), source=source)
         for spec in dict.fromkeys(specs):
             cells.append(Cell(table, spec, int(cfg["seed"]), cfg, Path(results.record_path(results_dir, spec, cfg))))
     return cells
@@ -199,6 +200,7 @@ def run_cells(cells, *, jobs: int = 1, progress: bool = True, desc: str = "cells
 def _run_pool(cells, jobs, done, clock: Deadline) -> list:
     """At most `jobs` cells in flight, so a dead worker (segfault, OOM kill) implicates only those; retry them.
     Returns the cells not started because `clock` said they would not finish in time."""
+    from . import results
     queue, deaths, left = list(cells), {}, []
     threads = max(1, (os.cpu_count() or 1) // jobs)
     while queue:
@@ -225,7 +227,8 @@ def _run_pool(cells, jobs, done, clock: Deadline) -> list:
                 for cell, _ in running.values():
                     deaths[cell] = deaths.get(cell, 0) + 1
                     if deaths[cell] >= MAX_WORKER_DEATHS:
-                        done(cell, ("error", f"worker process died {deaths[cell]} times running this cell"))
+                        done(cell, ("error", f"worker process died {deaths[cell]} times running this cell; "
+                                             f"how far it got: {results.log_path(cell.path)}"))
                     else:
                         queue.insert(0, cell)
             except BaseException:

@@ -42,7 +42,7 @@ from . import data as data_mod
 from .config import config_hash
 from .layers import PointwiseNorm, canonical_norm
 from .models import from_config
-from .results import checkpoint_path, read_record, record_path, write_json_atomic
+from .results import checkpoint_path, log_path, read_record, record_path, write_json_atomic
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -81,7 +81,7 @@ def run(cfg: dict, norm: str, out_dir, *, table: str | None = None, progress: bo
 class Trainer:
     def __init__(self, cfg, spec, path, rank, world, device):
         self.cfg, self.spec, self.path, self.rank, self.world, self.device = cfg, spec, path, rank, world, device
-        self.ckpt = checkpoint_path(path)
+        self.ckpt, self.log_file, self.born = checkpoint_path(path), log_path(path), time.time()
         self.seed = int(cfg["seed"])
         _seed_everything(self.seed)
         self.data = data_mod.build(cfg, device, rank, world)
@@ -111,10 +111,27 @@ class Trainer:
             _seed_everything(self.seed + 1000 * rank)   # each rank its own augmentation stream
         self.state = {"step": 0, "history": [], "loss_curve": [], "initial_loss": None, "wall_s": 0.0,
                       "failure": None, "epoch_losses": [], "epoch_gnorm": 0.0, "window": []}
+        self._log(f"start {spec} · {cfg['protocol']}-{config_hash(cfg)} seed {self.seed} · {_device_name(device)} · "
+                  f"torch {torch.__version__} · {self.total} updates, {self.spe} an epoch"
+                  + (f" · compiled ({cfg['compile_mode']})" if cfg.get("compile") else ""))
+
+    def _log(self, line: str):
+        """Append one line to the cell's log (rank 0), stamped with the seconds since this process took the cell."""
+        if self.rank == 0:
+            with open(self.log_file, "a", encoding="utf-8") as f:
+                f.write(f"{time.time() - self.born:9.1f} s  {line}\n")
 
     # --- the loop ---------------------------------------------------------------------------------------------
     def fit(self, progress: bool, table) -> dict:
+        try:
+            return self._fit(progress, table)
+        except BaseException as err:        # a crash or Ctrl-C: the log says where the run stopped
+            self._log(f"stopped at update {self.state['step']}: {type(err).__name__}: {err}")
+            raise
+
+    def _fit(self, progress: bool, table) -> dict:
         self._resume()
+        self.epoch_mark = (time.time(), self.state["step"])    # the throughput of each epoch line
         t0, s0 = time.time(), self.state["step"]      # throughput base
         self.mark, self.checkpoint_due = time.time(), False       # wall time since, and rank 0's clock says save
         images, every = self.cfg["optim"]["batch_size"], self.cfg["checkpoint"]
@@ -224,11 +241,18 @@ class Trainer:
                  "lr": self._lr()}
         self.state["epoch_losses"], self.state["epoch_gnorm"] = [], 0.0
         every = self.cfg["eval"]["every_epochs"]
+        (then, step0), now = self.epoch_mark, time.time()
+        speed = (entry["step"] - step0) * self.cfg["optim"]["batch_size"] / max(now - then, 1e-9)
         if (every and (epoch + 1) % every == 0) or epoch + 1 == self.cfg["schedule"]["epochs"]:
             entry["val_top1"], entry["val_top1_ema"] = self._evaluate(self.model), self._evaluate(self.ema.module)
             if self.pointwise:   # how each layer's input scale α adapted (calibration reads it: saturation, drift)
                 entry["alpha"] = [round(m.alpha.item(), 5) for m in self.pointwise]
         self.state["history"].append(entry)
+        self._log(f"epoch {epoch + 1}/{self.cfg['schedule']['epochs']} · update {entry['step']} · loss "
+                  f"{entry['train_loss']:.4f} · grad norm ≤ {entry['grad_norm_max']:.3g} · lr {entry['lr']:.2e} · "
+                  f"{speed:.0f} img/s" + (f" · top-1 {entry['val_top1']:.2f} (EMA {entry['val_top1_ema']:.2f})"
+                                          if "val_top1" in entry else ""))
+        self.epoch_mark = time.time(), entry["step"]
 
     @torch.no_grad()
     def _evaluate(self, model) -> float:
@@ -263,6 +287,7 @@ class Trainer:
             tmp = self.ckpt.with_name(f".{self.ckpt.name}.tmp")
             torch.save(blob, tmp)
             os.replace(tmp, self.ckpt)
+            self._log(f"checkpoint at update {self.state['step']}")
         if self.world > 1:
             dist.barrier()
 
@@ -286,6 +311,7 @@ class Trainer:
         self.state = blob["state"]
         if blob["world"] == self.world:   # otherwise the run continues, but not bit for bit
             _set_rng_state(blob["rng"][self.rank])
+        self._log(f"resumed at update {self.state['step']} from {self.ckpt.name}")
 
     # --- the record -------------------------------------------------------------------------------------------
     def _finish(self, table) -> dict:
@@ -311,13 +337,16 @@ class Trainer:
             "history": st["history"], "loss_curve": st["loss_curve"],
             "config": cfg, "config_hash": config_hash(cfg), "seed": self.seed, "commit": _commit(),
             "versions": {"python": platform.python_version(), "torch": torch.__version__, "timm": timm.__version__},
-            "device": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else str(self.device),
+            "device": _device_name(self.device),
             "world_size": self.world, "steps": st["step"], "wall_s": round(st["wall_s"], 3),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         if self.rank == 0:
             write_json_atomic(self.path, record)
             self.ckpt.unlink(missing_ok=True)
+        self._log(f"failed: {failure['kind']} at update {failure['step']}: {failure['reason']}" if failure else
+                  f"finished: top-1 {record['top1']:.2f} (EMA {record['top1_ema']:.2f}) · {st['wall_s']:.0f} s of "
+                  f"training · {self.path.name}")
         if self.world > 1:
             dist.barrier()
         return {**record, "path": str(self.path)}
@@ -333,6 +362,10 @@ def _init_distributed() -> tuple[int, int, bool]:
     if owned:
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     return dist.get_rank(), world, owned
+
+
+def _device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else str(device)
 
 
 def _device(name: str, rank: int) -> torch.device:

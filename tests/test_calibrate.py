@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 import lab.train
-from lab import calibrate, config, results
+from lab import calibrate, config, results, sweep
 from lab.cli import main
 
 TINY = ["epochs=2", "data.train_size=128", "data.val_size=64"]  # a fraction of a second per cell
@@ -29,6 +29,37 @@ def test_the_rounds_load_and_validate():
         assert len(cal.subset) == 14 and cal.protocol == ("smoke" if cal.name.startswith("cpu") else "proxy")
     paper = calibrate.paper_values()
     assert paper["erf|hshift=2"] is None and paper["erf"] is not None and "layernorm" not in paper
+
+
+def test_every_committed_calibration_record_is_a_cell_of_its_round_file():
+    """A round's records keep matching its file when proxy.yaml adopts a finding: the rounds pin their `base`."""
+    records = ROOT / "ablations" / "results" / "calibration"
+    found = 0
+    for path in (ROOT / "configs" / "calibration").glob("*.yaml"):
+        cal = calibrate.load(path)
+        for name, overrides in cal.variants.items():
+            planned = {c.path.name for c in sweep.plan(cal.subset, cal.protocol, records / name, seeds=cal.seeds,
+                                                       overrides=overrides, source=cal.base)}
+            present = {p.name for p in (records / name).glob("*.json")}
+            assert present <= planned, (path.name, name, sorted(present - planned))
+            found += len(present)
+    assert found >= 100
+
+
+def test_proxy_yaml_is_the_round_3_variant_its_header_names():
+    cal = calibrate.load(ROOT / "configs" / "calibration" / "round3.yaml")
+    adopted = config.load(cal.protocol, cal.variants["r3-e80-graphs"], source=cal.base)
+    assert config.config_hash(config.load("proxy")) == config.config_hash(adopted)
+    assert "r3-e80-graphs" in (config.PROTOCOL_DIR / "proxy.yaml").read_text().split("\nseed:")[0]
+
+
+def test_a_base_file_replaces_the_protocols_settings_and_keeps_its_name(tmp_path):
+    smoke = yaml.safe_load((config.PROTOCOL_DIR / "smoke.yaml").read_text())
+    (tmp_path / "old-smoke.yaml").write_text(yaml.safe_dump({**smoke, "seed": 7, "precision": "bf16"}))
+    cal = calibrate.load(_file(tmp_path, base="old-smoke.yaml"))
+    cells = sweep.plan(["erf"], cal.protocol, tmp_path, overrides=cal.variants["A"], source=cal.base)
+    assert cells[0].cfg["protocol"] == "smoke" and cells[0].cfg["precision"] == "bf16" and cells[0].seed == 7
+    assert cells[0].cfg["schedule"]["epochs"] == 2       # the variant's overrides apply on top of the base
 
 
 def test_report_summarises_the_committed_gpu_records_and_trains_nothing(tmp_path, monkeypatch):
@@ -91,6 +122,7 @@ def test_dry_run_lists_the_cells_and_runs_nothing(tmp_path, capsys):
     ({"extra": 1}, "extra"), ({"protocol": "smok"}, "smok"), ({"seeds": ["x"]}, "seeds"),
     ({"subset": ["erf", "erff"]}, "erff"), ({"subset": ["erf|hshift=7"]}, "erf|hshift=7"),
     ({"variants": {"A": ["epochz=1"]}}, "epochz"), ({"variants": {"a/b": TINY}}, "a/b"),
+    ({"base": "nowhere.yaml"}, "nowhere.yaml"),
 ])
 def test_bad_file_content_is_one_clear_error(tmp_path, changes, word):
     with pytest.raises(ValueError, match=word.replace("|", r"\|")):
@@ -112,6 +144,7 @@ def test_the_gpu_session_script_calls_lab_as_its_cli_parses():
     from lab.cli import build_parser
     script = (Path(calibrate.__file__).parent.parent / "ablations" / "gpu-session.sh").read_text().replace("\\\n", " ")
     script = script.replace('"$(left)"', "60")       # the seconds the stage has left, as the shell would fill them in
+    script = script.replace('"${sets[@]}"', "--set epochs=1")    # the grid's overrides, given
     calls = [shlex.split(line.split("-m lab", 1)[1].split(";;")[0].split("&&")[0]) for line in script.splitlines()
              if "python3 -m lab " in line and not line.lstrip().startswith("#")]
     assert {c[0] for c in calls} == {"train", "bench", "calibrate", "sweep", "fidelity"}

@@ -39,6 +39,10 @@ def test_smoke_cell_learns_and_writes_a_complete_record(tmp_path):
     assert saved["loss_curve"][0][1] > saved["loss_curve"][-1][1]
     assert set(saved["versions"]) == {"python", "torch", "timm"} and saved["device"] == "cpu"
     assert not list(tmp_path.glob("*.ckpt")) and seconds < 20
+    log = results.log_path(path).read_text().splitlines()   # one line per epoch and event, as they happen
+    assert log[0].split("s  ", 1)[1].startswith("start erf · smoke-") and "finished: top-1" in log[-1]
+    epochs = [line for line in log if " epoch " in line]
+    assert len(epochs) == 8 and "epoch 8/8 · update" in epochs[-1] and "img/s · top-1" in epochs[-1]
     # a finished cell is not trained again
     assert train.run(config.load("smoke"), "erf", tmp_path, progress=False)["created"] == saved["created"]
 
@@ -50,6 +54,17 @@ def test_divergence_is_a_failed_record_and_exit_code_0(tmp_path, capsys):
     assert record["status"] == "failed" and record["top1"] is None
     assert record["failure"]["kind"] in ("nan", "diverged") and record["failure"]["reason"]
     assert record["failure"]["step"] < 20 and "failed at step" in capsys.readouterr().out
+    assert f"failed: {record['failure']['kind']} at update" in results.log_path(Path(record["path"])).read_text()
+
+
+def test_a_crash_is_the_last_line_of_the_log(tmp_path, monkeypatch):
+    def crash(self, epoch):
+        raise RuntimeError("out of memory (simulated)")
+    monkeypatch.setattr(train.Trainer, "_end_epoch", crash)
+    with pytest.raises(RuntimeError, match="simulated"):
+        train.run(config.load("smoke"), "erf", tmp_path, progress=False)
+    [log] = tmp_path.glob("*.log")
+    assert "stopped at update 16: RuntimeError: out of memory (simulated)" in log.read_text().splitlines()[-1]
 
 
 def test_a_run_that_never_leaves_chance_is_failed_no_learning(tmp_path):
@@ -144,6 +159,9 @@ def test_sigkill_and_rerun_ends_with_exactly_the_uninterrupted_metrics(tmp_path)
     for key in ("status", "top1", "top1_ema", "history", "loss_curve"):
         assert resumed[key] == clean[key], key
     assert not ckpt.exists()
+    log = results.log_path(Path(resumed["path"])).read_text()     # the killed attempt's lines, then the resumed one's
+    assert log.count("start erf") == 2 and "resumed at update" in log
+    assert log.splitlines()[-1].split("s  ", 1)[1].startswith("finished" if resumed["status"] == "ok" else "failed")
 
 
 @pytest.mark.slow
