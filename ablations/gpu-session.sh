@@ -8,8 +8,11 @@
 #                                          # calibration variant's list, e.g. round4's, before proxy.yaml adopts it),
 #                                          # then 2 more seeds of the noise cells (lab.fidelity.NOISE_SPECS), then
 #                                          # `lab fidelity`
-#   bash ablations/gpu-session.sh bench    # #6 (ViT-B/16): eager bf16 and fp32 with the generated kernels, now
-#                                          # specialised to the training shape; then MFU with inductor's autotuning
+#   bash ablations/gpu-session.sh bench    # #6 (ViT-B/16): the variants below or near 1.00× LayerNorm compiled,
+#                                          # timed in 5 interleaved rounds; eager bf16 and fp32 with the generated
+#                                          # kernels, now specialised to the training shape
+#   bash ablations/gpu-session.sh mfu      # #6: LayerNorm and Derf compiled with inductor's autotuning (MFU goal)
+#   bash ablations/gpu-session.sh fp32     # #6: six Section-3 variants compiled in fp32 (Derf's is measured)
 # A stage stops itself at STAGE_S seconds (default 540; its sweeps start no cell that would not finish by then),
 # writes $OUT/STAGE.log (ending with the last lines of each cell it left unfinished: lab.results.log_path), and
 # packs what it wrote under ablations/results/ (run checkpoints aside, logs included) into $OUT/STAGE.tgz.
@@ -19,8 +22,8 @@
 set -uo pipefail
 stage=${1:-}
 case "$stage" in
-  check|round4|grid|bench) ;;
-  *) echo "gpu-session.sh: unknown stage '$stage': choose check, round4, grid or bench" >&2; exit 2 ;;
+  check|round4|grid|bench|mfu|fp32) ;;
+  *) echo "gpu-session.sh: unknown stage '$stage': choose check, round4, grid, bench, mfu or fp32" >&2; exit 2 ;;
 esac
 sets=()
 for kv in "${@:2}"; do
@@ -76,8 +79,14 @@ run_stage() {
         --specs layernorm,erf,tanh,arctan,isru --deadline "$(left)" "${sets[@]}"
       python3 -m lab fidelity --results ablations/results/proxy --protocol proxy ;;
     bench)
-      step python3 -m lab bench --modes eager --dtypes bf16,fp32 --norms "derf,sin,erf,arcsinh|clip=1" --steps 20
+      step python3 -m lab bench --modes compiled --dtypes bf16 --rounds 5 --steps 20 \
+        --norms "derf,sin,arcsinh|clip=1,erf|blend=0.1,erf"
+      step python3 -m lab bench --modes eager --dtypes bf16,fp32 --norms "derf,sin,erf,arcsinh|clip=1" --steps 20 ;;
+    mfu)
       step python3 -m lab bench --modes compiled-autotune --dtypes bf16 --norms derf --steps 25 ;;
+    fp32)
+      step python3 -m lab bench --modes compiled --dtypes fp32 --steps 10 --warmup 3 \
+        --norms "sin,arcsinh|clip=1,erf|blend=0.1,erf|flat=0.5,erf|hshift=0.5,erf|neg" ;;
   esac
   unfinished
   return "$failed"

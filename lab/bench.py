@@ -8,6 +8,9 @@ benchmark runs; on a CPU a small model stands in (for tests and a quick look; CP
 the aggregate images/s of N concurrent proxy-size runs on one device (the proxy sweep's `--jobs`), eager or compiled.
 --profile DIR writes, per cell, the time of each kernel over a few more steps (torch.profiler): where a norm's step
 differs from LayerNorm's. --traffic prints the bytes each norm's compiled kernels move instead (lab/traffic.py).
+--rounds K builds every norm of a (mode, dtype) once and times them in K interleaved rounds, each starting one norm
+later: the device's drift (clocks, temperature) is then spread over all norms instead of landing on whichever is timed
+at that moment, and each round's ratio to LayerNorm shows whether a sub-percent difference exceeds it.
 """
 import argparse
 import contextlib
@@ -17,6 +20,7 @@ import json
 import multiprocessing as mp
 import platform
 import re
+import statistics
 import time
 from pathlib import Path
 
@@ -72,46 +76,117 @@ def measure(norm: str, mode: str, dtype: str, shape: dict, device: torch.device,
     """One side-by-side cell: images/s, peak memory (GPU only) and MFU of training steps with `norm`; with
     profile_dir, also the per-kernel times of a few more steps in profile_dir/<norm>-<mode>-<dtype>.txt."""
     torch._dynamo.reset()       # each cell compiles from scratch: no cache entries or recompile limits carried over
-    kw = {k: v for k, v in shape.items() if k not in ("model", "batch")}
-    model_name, batch = shape["model"], shape["batch"]
-    torch.manual_seed(0)
-    spec, shift = spec_and_shift(norm)
-    model = build_model(model_name, norm=spec, shift=shift, **kw).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
-    images = torch.randn(batch, 3, shape["img_size"], shape["img_size"], device=device)
-    targets = torch.randint(0, model.num_classes, (batch,), device=device)
-    with FlopCounterMode(display=False) as counter:
-        _step_fn(model, optimizer, images, targets, dtype)()
-    flops_per_image = counter.get_total_flops() / batch
-    step = _step_fn(_compiled(model, mode), optimizer, images, targets, dtype)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    for _ in range(warmup):
-        step()
-    sync()
+    step, flops_per_image, _ = _setup(norm, mode, dtype, shape, device)
+    _seconds(step, warmup, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    img_per_s = steps * shape["batch"] / _seconds(step, steps, device)
+    if profile_dir is not None:
+        _profile_cell(step, norm, mode, dtype, device, profile_dir)
+    mem = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+    return _record(norm, mode, dtype, shape, device, steps, img_per_s, mem, flops_per_image, peak)
+
+
+def measure_rounds(norms, mode: str, dtype: str, shape: dict, device: torch.device, steps: int, warmup: int,
+                   rounds: int, peak: float | None = None, profile_dir: Path | None = None) -> list[dict]:
+    """Every norm of one (mode, dtype) built once and timed in `rounds` interleaved rounds, round r starting at norm
+    r mod N: one record per norm, its images/s the median over rounds, its "rounds" each round's images/s and, beside
+    LayerNorm, its "ratio_rounds" each round's images/s over LayerNorm's of the same round."""
+    torch._dynamo.reset()       # the group compiles from scratch; its models stay compiled side by side
+    cuda = device.type == "cuda"
+    allocated = functools.partial(torch.cuda.memory_allocated, device) if cuda else (lambda: 0)
+    cells, inputs = [], None
+    # the N compiled models share their code objects: each may have as many cache entries as one model alone
+    limit = max(getattr(torch._dynamo.config, _RECOMPILE_LIMIT), 8 * len(norms))
+    with torch._dynamo.config.patch(**{_RECOMPILE_LIMIT: limit}):
+        for norm in norms:
+            before = allocated() - sum(t.nbytes for t in inputs or ())   # the shared inputs count for each norm
+            step, flops_per_image, inputs = _setup(norm, mode, dtype, shape, device, inputs)
+            _seconds(step, warmup, device)
+            # its own persistent bytes: parameters and AdamW state (the gradients are set to None after each step)
+            cells.append({"norm": norm, "step": step, "flops": flops_per_image, "bytes": allocated() - before,
+                          "rounds": []})
+        for r in range(rounds):
+            for cell in cells[r % len(cells):] + cells[:r % len(cells)]:
+                if cuda and r == 0:
+                    torch.cuda.reset_peak_memory_stats(device)
+                    idle = allocated()
+                cell["rounds"].append(steps * shape["batch"] / _seconds(cell["step"], steps, device))
+                if cuda and r == 0:
+                    cell["bytes"] += torch.cuda.max_memory_allocated(device) - idle     # its step's transient peak
+        if profile_dir is not None:
+            for cell in cells:
+                _profile_cell(cell["step"], cell["norm"], mode, dtype, device, profile_dir)
+    ln = next((c["rounds"] for c in cells if c["norm"] == "layernorm"), None)
+    # persistent + transient bytes: the peak that a standalone `measure` of the norm reports (max_memory_allocated)
+    return [{**_record(c["norm"], mode, dtype, shape, device, steps, statistics.median(c["rounds"]),
+                       c["bytes"] if cuda else None, c["flops"], peak),
+             "rounds": c["rounds"], **({"ratio_rounds": [v / b for v, b in zip(c["rounds"], ln)]} if ln else {})}
+            for c in cells]
+
+
+_RECOMPILE_LIMIT = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
+"""Dynamo's limit of cache entries per code object (cache_size_limit in older torch); the 9th differently-normed
+model of a group would otherwise run eager."""
+
+
+def _setup(norm: str, mode: str, dtype: str, shape: dict, device: torch.device, inputs=None):
+    """A norm's training step (model, fused AdamW on a GPU, `mode`'s compilation), its FLOPs per image (counted on one
+    eager step) and its (images, targets): `inputs`, else new ones drawn after the model."""
+    kw = _model_kwargs(shape)
+    torch.manual_seed(0)
+    spec, shift = spec_and_shift(norm)
+    model = build_model(shape["model"], norm=spec, shift=shift, **kw).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
+    images, targets = inputs or _inputs(shape, model.num_classes, device)
+    with FlopCounterMode(display=False) as counter:
+        _step_fn(model, optimizer, images, targets, dtype)()
+    step = _step_fn(_compiled(model, mode), optimizer, images, targets, dtype)
+    return step, counter.get_total_flops() / shape["batch"], (images, targets)
+
+
+def _model_kwargs(shape: dict) -> dict:
+    return {k: v for k, v in shape.items() if k not in ("model", "batch")}
+
+
+def _inputs(shape: dict, num_classes: int, device: torch.device):
+    """Random images and labels of one batch."""
+    images = torch.randn(shape["batch"], 3, shape["img_size"], shape["img_size"], device=device)
+    return images, torch.randint(0, num_classes, (shape["batch"],), device=device)
+
+
+def _seconds(step, steps: int, device: torch.device) -> float:
+    """Wall time of `steps` training steps, the device idle before and after."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync()
     start = time.perf_counter()
     for _ in range(steps):
         step()
     sync()
-    seconds = time.perf_counter() - start
-    img_per_s = steps * batch / seconds
-    if profile_dir is not None:
-        name = re.sub(r"[^\w.-]+", "_", f"{norm}-{mode}-{dtype}")     # "erf|flat=0.5" -> "erf_flat_0.5"
-        _profile(step, device, Path(profile_dir) / f"{name}.txt")
+    return time.perf_counter() - start
+
+
+def _record(norm, mode, dtype, shape, device, steps, img_per_s, mem_bytes, flops_per_image, peak) -> dict:
+    """A bench record: `mem_bytes` the peak allocated memory (None on a CPU), MFU against the dtype's peak."""
+    kw, model_name = _model_kwargs(shape), shape["model"]
     peak = peak_tflops(device, dtype, peak)
     return {
         "model": model_name if model_name != "vit" else f"vit-d{kw['depth']}-w{kw['embed_dim']}-{kw['img_size']}px",
-        "norm": norm, "mode": mode, "dtype": dtype, "batch": batch, "steps": steps,
+        "norm": norm, "mode": mode, "dtype": dtype, "batch": shape["batch"], "steps": steps,
         "pointwise_kernels": _kernels(norm, mode, device),
         "img_per_s": img_per_s,
-        "peak_mem_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+        "peak_mem_gib": mem_bytes / 2**30 if mem_bytes is not None else None,
         "gflop_per_img": flops_per_image / 1e9,
         "mfu": flops_per_image * img_per_s / (peak * 1e12) if peak else None,
         "peak_tflops": peak,
         "device": device_name(device), "torch": torch.__version__, "timm": timm.__version__,
         "date": datetime.date.today().isoformat(),
     }
+
+
+def _profile_cell(step, norm: str, mode: str, dtype: str, device: torch.device, profile_dir: Path) -> None:
+    name = re.sub(r"[^\w.-]+", "_", f"{norm}-{mode}-{dtype}")     # "erf|flat=0.5" -> "erf_flat_0.5"
+    _profile(step, device, Path(profile_dir) / f"{name}.txt")
 
 
 def _profile(step, device: torch.device, path: Path, steps: int = 3) -> None:
@@ -147,11 +222,9 @@ def _compiled(model, mode: str):
 def _packed_worker(shape, device, mode, seconds, ready, queue):
     torch.set_num_threads(1)
     device = torch.device(device)
-    kw = {k: v for k, v in shape.items() if k not in ("model", "batch")}
-    model = build_model(shape["model"], norm="erf", **kw).to(device)
+    model = build_model(shape["model"], norm="erf", **_model_kwargs(shape)).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    images = torch.randn(shape["batch"], 3, shape["img_size"], shape["img_size"], device=device)
-    targets = torch.randint(0, model.num_classes, (shape["batch"],), device=device)
+    images, targets = _inputs(shape, model.num_classes, device)
     step = _step_fn(_compiled(model, mode), optimizer, images, targets, "bf16" if device.type == "cuda" else "fp32")
     for _ in range(3):          # compile, record the CUDA graphs
         step()
@@ -202,6 +275,9 @@ def format_table(rows: list[dict]) -> str:
         session = _session(r, "eager" if r["mode"] == "eager-plain" else r["mode"])
         ln = base.get((r.get("record"), *session)) or base.get(session)
         speed = f"{r['img_per_s'] / ln['img_per_s']:.3f}" if ln else "–"
+        if "ratio_rounds" in r:     # interleaved rounds: the median of each round's ratio, and its spread
+            ratios = r["ratio_rounds"]
+            speed = f"{statistics.median(ratios):.3f} ({min(ratios):.3f}–{max(ratios):.3f})"
         mem, mfu = r["peak_mem_gib"], r["mfu"]
         mem_rel = f"{mem / ln['peak_mem_gib']:.3f}" if ln and mem and ln["peak_mem_gib"] else "–"
         mem_text = "–" if mem is None else f"{mem:.2f}"
@@ -248,18 +324,25 @@ MODES = ("eager", "eager-plain", *COMPILED)
 
 
 def run(norms, modes, dtypes, device, steps, warmup, shape, packing_ns=(), packing_seconds=10.0,
-        peak=None, progress=True, on_row=lambda rows: None, profile_dir=None, packing_mode="eager") -> list[dict]:
-    """Every (mode, dtype, norm) cell, LayerNorm first in each mode, then packing; on_row(rows) after each cell."""
+        peak=None, progress=True, on_row=lambda rows: None, profile_dir=None, packing_mode="eager",
+        rounds=1) -> list[dict]:
+    """Every (mode, dtype, norm) cell, LayerNorm first in each mode, then packing; on_row(rows) after each cell, or
+    with rounds > 1 after each (mode, dtype), whose norms are timed in interleaved rounds (measure_rounds)."""
     rows = []
     for mode in modes:
         for dtype in dtypes:
             baseline = () if mode == "eager-plain" else ("layernorm",)   # LayerNorm has no point-wise kernels
-            for norm in (*baseline, *[n for n in norms if n != "layernorm"]):
+            group = [*baseline, *[n for n in norms if n != "layernorm"]]
+            for cell in ([[norm] for norm in group] if rounds == 1 else [group]):
                 with _plain_kernels(mode == "eager-plain"):
-                    rows.append(measure(norm, mode, dtype, shape, device, steps, warmup, peak, profile_dir))
-                if progress:
-                    r = rows[-1]
-                    print(f"{r['norm']:<18} {mode:<11} {dtype:<4} {r['img_per_s']:9.1f} img/s", flush=True)
+                    new = ([measure(cell[0], mode, dtype, shape, device, steps, warmup, peak, profile_dir)]
+                           if rounds == 1 else
+                           measure_rounds(cell, mode, dtype, shape, device, steps, warmup, rounds, peak, profile_dir))
+                rows += new
+                for r in new if progress else ():
+                    ratios = r.get("ratio_rounds")
+                    spread = f"  × LN {min(ratios):.3f}–{max(ratios):.3f}" if ratios else ""
+                    print(f"{r['norm']:<18} {mode:<11} {dtype:<4} {r['img_per_s']:9.1f} img/s{spread}", flush=True)
                 on_row(rows)
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
@@ -297,6 +380,8 @@ def main(args: argparse.Namespace) -> int:
         bad = [v for v in values if v not in choices]
         if bad:
             raise ValueError(f"{name}: unknown value {bad[0]!r}; choose from {', '.join(choices)}")
+    if args.rounds < 1:
+        raise ValueError(f"--rounds: expected a positive number of rounds, got {args.rounds}")
     if args.traffic:
         from . import traffic
         print(traffic.format_table([traffic.traffic(norm, dtype) for dtype in dtypes
@@ -308,7 +393,8 @@ def main(args: argparse.Namespace) -> int:
     path = out / f"bench-{device.type}-{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
     save = functools.partial(write_json_atomic, path)     # after every cell: a killed bench keeps what it measured
     rows = run(norms, modes, dtypes, device, args.steps, args.warmup, shape, packing_ns, args.packing_seconds,
-               args.peak_tflops, on_row=save, profile_dir=args.profile, packing_mode=args.packing_mode)
+               args.peak_tflops, on_row=save, profile_dir=args.profile, packing_mode=args.packing_mode,
+               rounds=args.rounds)
     print(format_table(rows))
     print(f"records: {path}")
     return 0
@@ -322,6 +408,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtypes", default="bf16,fp32", help="bf16,fp32")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=1, metavar="K",
+                   help="build each (mode, dtype)'s norms once and time them in K interleaved rounds, one norm later "
+                        "each round: records each round's images/s and ratio to LayerNorm, apart from the drift")
     p.add_argument("--batch", type=int, default=None, help="default 256 on a GPU (ViT-B/16), 16 on a CPU")
     p.add_argument("--device", default=None)
     p.add_argument("--packing", default="", help="e.g. 1,2,4,8: concurrent small-model runs on one device")

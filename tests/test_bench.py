@@ -1,6 +1,7 @@
 """`lab bench` on the CPU stand-in model, and the layer under torch.compile (what the GPU benchmark relies on)."""
 import json
 import re
+import statistics
 
 import pytest
 import torch
@@ -81,6 +82,70 @@ def test_compiled_modes_and_the_proxy_model(tmp_path, monkeypatch):
     assert {r["model"] for r in rows} == {"vit-d2-w16-16px"}
     assert [r["pointwise_kernels"] for r in rows if r["norm"] == "erf"] == ["compiled-model"] * 3
     assert main(["bench", "--packing", "1", "--packing-mode", "jit", "--out", str(tmp_path)]) == 2
+
+
+def test_rounds_record_each_rounds_speed_and_ratio_to_layernorm():
+    """--rounds K: every norm of a (mode, dtype) timed K times; img/s the median, each round's ratio to LayerNorm."""
+    rows = bench.run(["erf", "derf"], ["eager"], ["fp32"], torch.device("cpu"), steps=1, warmup=0, shape=TINY,
+                     progress=False, rounds=3)
+    ln, erf, derf = rows
+    assert [r["norm"] for r in rows] == ["layernorm", "erf", "derf"]
+    assert all(len(r["rounds"]) == 3 and r["img_per_s"] == statistics.median(r["rounds"]) for r in rows)
+    assert ln["ratio_rounds"] == [1.0] * 3
+    assert erf["ratio_rounds"] == [e / b for e, b in zip(erf["rounds"], ln["rounds"])]
+    assert derf["steps"] == 1 and derf["peak_mem_gib"] is None and derf["gflop_per_img"] > 0
+
+
+def test_each_round_starts_one_norm_later(monkeypatch):
+    """Round r times the norms from index r mod N on: no norm is always timed first or last."""
+    setup, seconds, timed = bench._setup, bench._seconds, []
+
+    def tagged_setup(norm, *args, **kwargs):
+        step, *rest = setup(norm, *args, **kwargs)
+        step.norm = norm
+        return step, *rest
+
+    def logged_seconds(step, steps, device):
+        if steps == 2:          # the timed steps, not the warm-up
+            timed.append(step.norm)
+        return seconds(step, steps, device)
+
+    monkeypatch.setattr(bench, "_setup", tagged_setup)
+    monkeypatch.setattr(bench, "_seconds", logged_seconds)
+    bench.run(["erf", "derf", "tanh"], ["eager"], ["fp32"], torch.device("cpu"), steps=2, warmup=1, shape=TINY,
+              progress=False, rounds=5)
+    group = ["layernorm", "erf", "derf", "tanh"]
+    assert [timed[4 * r:4 * r + 4] for r in range(5)] == [group[r % 4:] + group[:r % 4] for r in range(5)]
+
+
+def test_rounds_build_each_model_once_per_group(monkeypatch):
+    """The models of a (mode, dtype) are built once and kept for all rounds; eager-plain has no LayerNorm to divide
+    by."""
+    built, saves = [], []
+    build = bench.build_model
+    monkeypatch.setattr(bench, "build_model", lambda *a, **kw: built.append(kw["norm"]) or build(*a, **kw))
+    rows = bench.run(["derf"], ["eager", "eager-plain"], ["fp32"], torch.device("cpu"), steps=1, warmup=0,
+                     shape=TINY, progress=False, rounds=3, on_row=lambda rows: saves.append(len(rows)))
+    assert built == ["layernorm", "erf", "erf"]          # Derf's spec is erf (with s)
+    assert saves == [2, 3]                               # after each (mode, dtype)
+    assert [(r["mode"], len(r["rounds"]), "ratio_rounds" in r) for r in rows] == [
+        ("eager", 3, True), ("eager", 3, True), ("eager-plain", 3, False)]
+
+
+def test_rounds_must_be_positive(tmp_path, capsys):
+    out = tmp_path / "records"
+    assert main(["bench", "--norms", "erf", "--modes", "eager", "--dtypes", "fp32", "--rounds", "0",
+                 "--out", str(out)]) == 2
+    assert "--rounds" in capsys.readouterr().err and not out.exists()
+
+
+def test_table_shows_the_median_ratio_of_the_rounds_and_its_spread():
+    rows = [{"norm": n, "mode": "eager", "dtype": "fp32", "img_per_s": v, "peak_mem_gib": None, "mfu": None,
+             "rounds": [v] * 3, "ratio_rounds": ratios}
+            for n, v, ratios in [("layernorm", 100.0, [1.0] * 3), ("erf", 100.5, [1.009, 0.998, 1.004])]]
+    table = bench.format_table(rows)
+    assert "| `erf` | eager | fp32 | 100.5 | 1.004 (0.998–1.009) | – | – | – |" in table
+    assert "| `layernorm` | eager | fp32 | 100.0 | 1.000 (1.000–1.000) |" in table
 
 
 def test_packing_times_concurrent_runs_together():
