@@ -241,8 +241,8 @@ class Trainer:
                  "lr": self._lr()}
         self.state["epoch_losses"], self.state["epoch_gnorm"] = [], 0.0
         every = self.cfg["eval"]["every_epochs"]
-        (then, step0), now = self.epoch_mark, time.time()
-        speed = (entry["step"] - step0) * self.cfg["optim"]["batch_size"] / max(now - then, 1e-9)
+        then, step0 = self.epoch_mark      # this epoch's training alone: the mark is set after the last evaluation
+        speed = (entry["step"] - step0) * self.cfg["optim"]["batch_size"] / max(time.time() - then, 1e-9)
         if (every and (epoch + 1) % every == 0) or epoch + 1 == self.cfg["schedule"]["epochs"]:
             entry["val_top1"], entry["val_top1_ema"] = self._evaluate(self.model), self._evaluate(self.ema.module)
             if self.pointwise:   # how each layer's input scale α adapted (calibration reads it: saturation, drift)
