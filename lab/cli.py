@@ -89,7 +89,8 @@ def _audit(args):
 def _reproduce(args):
     from . import reproduce
     try:
-        report = reproduce.reproduce(args.protocol, args.out, jobs=args.jobs, overrides=args.set)
+        report = reproduce.reproduce(args.protocol, args.out, jobs=args.jobs, overrides=args.set,
+                                     results_dir=args.results, train=not args.no_train)
     except RuntimeError as err:  # some notebook or cell failed; the report says which, the rest still ran
         print(f"lab reproduce: {err}", file=sys.stderr)
         return 1
@@ -175,6 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--protocol", required=True)
     p.add_argument("--out", default="reproduction")
     p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--results", default=None, help="the records' folder (default: OUT/results)")
+    p.add_argument("--no-train", action="store_true",
+                   help="train nothing: render the records present (a grid trained elsewhere), missing cells as –")
     overrides(p)
     p.set_defaults(handler=_reproduce)
 

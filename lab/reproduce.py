@@ -45,11 +45,13 @@ class Report:
 
 def table_report(table: str, protocol: str = "smoke", results_dir="results", out_dir="reproduction", *,
                  jobs: int = 1, device: str | None = None, data_path: str | None = None, seeds=None, overrides=None,
-                 limit: int | None = None, progress: bool = True) -> Report:
-    """Sweep `table` (finished cells are skipped), render it (md, tex, csv) beside the paper and draw its figures."""
+                 limit: int | None = None, progress: bool = True, train: bool = True) -> Report:
+    """Sweep `table` (finished cells are skipped), render it (md, tex, csv) beside the paper and draw its figures.
+    train=False: render the records present (e.g. a grid fetched from a GPU) and train nothing."""
     from . import figures, tables
     records = _sweep.sweep(table, protocol, results_dir, jobs=jobs, seeds=seeds, device=device, limit=limit,
-                           overrides=_with_data_path(overrides, data_path), progress=progress)
+                           overrides=_with_data_path(overrides, data_path), progress=progress and train,
+                           dry_run=not train)     # not training: the table's – marks what is missing
     out = Path(out_dir)
     (out / "tables").mkdir(parents=True, exist_ok=True)
     files = []
@@ -64,12 +66,14 @@ def table_report(table: str, protocol: str = "smoke", results_dir="results", out
 
 
 def demo_report(specs=("erf", "linear"), protocol: str = "smoke", results_dir="results", *,
-                device: str | None = None, overrides=None, progress: bool = True) -> Report:
-    """Train a few specs side by side (e.g. one that trains, one that fails): verdicts and train loss per epoch."""
+                device: str | None = None, overrides=None, progress: bool = True, train: bool = True) -> Report:
+    """Train a few specs side by side (e.g. one that trains, one that fails): verdicts and train loss per epoch.
+    train=False: only the specs whose records are present."""
     from . import results
     cells = _sweep.plan(specs, protocol, results_dir, overrides=overrides, device=device)
-    _sweep.run_cells(cells, progress=progress, desc="demo")
-    records = [results.read_record(c.path) for c in cells]
+    if train:
+        _sweep.run_cells(cells, progress=progress, desc="demo")
+    records = [results.read_record(c.path) for c in cells if c.path.exists()]
     lines = ["| spec | status | top-1 (%) | chance (%) | failure |", "|---|---|---|---|---|"]
     for r in records:
         failure = r.get("failure") or {}
@@ -98,10 +102,12 @@ def figures_report(out_dir="reproduction", which=("figure2", "figure3", "figure4
 
 def reproduce(protocol: str, out_dir="reproduction", *, jobs: int = 2, overrides=None, device: str | None = None,
               data_path: str | None = None, seeds=None, results_dir=None, notebooks=NOTEBOOKS,
-              limit: int | None = None, progress: bool = True) -> Path:
+              limit: int | None = None, progress: bool = True, train: bool = True) -> Path:
     """Train all tables' cells once, execute `notebooks` into OUT/, write OUT/REPORT.md; return its path.
 
-    A failing notebook is recorded in the report and the others still run; then RuntimeError names the failures.
+    results_dir: where the records are (default OUT/results). train=False: train nothing, render the records present
+    (a grid trained elsewhere; its missing cells show as not run). A failing notebook is recorded in the report and
+    the others still run; then RuntimeError names the failures.
     """
     from . import ablations, config
     config.load(protocol, _sweep._overrides(_with_data_path(overrides, data_path), device))  # bad input fails here
@@ -117,17 +123,19 @@ def reproduce(protocol: str, out_dir="reproduction", *, jobs: int = 2, overrides
     cells = _sweep.union_cells(tables, protocol, results, seeds=seeds, overrides=_with_data_path(overrides, data_path),
                                device=device, limit=limit)
     train_error = None
+    missing = sum(not c.path.exists() for c in cells)
     _say(f"reproduce [{protocol}]: {len(cells)} unique cells over {len(tables)} tables, "
-         f"{sum(not c.path.exists() for c in cells)} to train, jobs={jobs} → {out}")
+         + (f"{missing} to train, jobs={jobs}" if train else f"{missing} missing, training none") + f" → {out}")
     try:
-        _sweep.run_cells(cells, jobs=jobs, progress=progress, desc="cells")
+        if train:
+            _sweep.run_cells(cells, jobs=jobs, progress=progress, desc="cells")
     except _sweep.CellErrors as err:
         train_error = err
         _say(str(err))
 
     params = dict(protocol=protocol, results_dir=str(results), out_dir=str(out), jobs=jobs, device=device,
                   data_path=data_path, seeds=None if seeds is None else list(seeds),
-                  overrides=_sweep._overrides(overrides, None), limit=limit)
+                  overrides=_sweep._overrides(overrides, None), limit=limit, train=train)
     todo = [(NOTEBOOK_DIR / f"{n}.ipynb", out / f"{n}.ipynb", params, out) for n in notebooks]
     spawn = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(min(jobs, len(todo)), mp_context=spawn) if jobs > 1 else nullcontext() as pool:
@@ -138,7 +146,8 @@ def reproduce(protocol: str, out_dir="reproduction", *, jobs: int = 2, overrides
                  + ("" if error is None else f" — {error}"))
 
     report = out / "REPORT.md"
-    command = " ".join(["lab reproduce --protocol", protocol, f"--jobs {jobs}",
+    command = " ".join(["lab reproduce --protocol", protocol, f"--jobs {jobs}", *([] if train else ["--no-train"]),
+                        *([f"--results {results_dir}"] if results_dir else []),
                         *(f"--set {o}" for o in _with_data_path(overrides, data_path))])
     report.write_text(_report_text(command, protocol, out, results, tables, ran, len(cells), time.time() - start,
                                    train_error))

@@ -42,3 +42,17 @@ def test_a_bad_parameter_fails_the_notebook_with_labs_message(tmp_path):
     with pytest.raises(ValueError, match="08_nope"):
         reproduce.reproduce("smoke", tmp_path / "never", notebooks=["08_nope"])
     assert not (tmp_path / "never").exists()
+
+
+def test_no_train_renders_the_records_present_and_trains_nothing(tmp_path):
+    """A grid trained elsewhere (a GPU) is rendered here without training its missing cells."""
+    from lab import config, results, train
+    res = tmp_path / "results"
+    train.run(config.load("smoke", TINY), "erf", res, table="table1", progress=False)
+    report = reproduce.reproduce("smoke", tmp_path / "out", overrides=TINY, results_dir=res, train=False,
+                                 notebooks=("00_four_principles", "01_table1"), progress=False)
+    assert [p.name for p in res.glob("*.json")] == [results.record_path(res, "erf", config.load("smoke", TINY)).name]
+    text = report.read_text()
+    assert "--no-train" in text and "| [01_table1](01_table1.ipynb) | ok" in text
+    table = (tmp_path / "out" / "tables" / "table1.md").read_text()
+    assert "2 of 54 cells run" in table and "| – (×) |" in table     # erf at λ = 0 (two rows); the rest not run
