@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The next accelerator session's work (#5, #6), in stages that each fit one 10-minute device call:
 #   bash ablations/gpu-session.sh check    # GPU-only tests; one proxy run's speed eager/compiled/graphs; 8 packed
+#                                          # processes against 8 and 14 runs in one process (graphs on streams)
 #   bash ablations/gpu-session.sh round4   # one proxy epoch with CUDA graphs (stops the stage if that fails), then
 #                                          # configs/calibration/round4.yaml, 14 packed (one variant's 14 cells at once)
 #   bash ablations/gpu-session.sh grid [KEY=VALUE ...]
@@ -65,9 +66,11 @@ run_stage() {
   failed=0
   case "$stage" in
     check)
-      step python3 -m pytest -q -p no:cacheprovider -k "generated or gpu" tests/test_layers.py tests/test_train.py
+      step python3 -m pytest -q -p no:cacheprovider -k "generated or gpu" tests/test_layers.py tests/test_train.py \
+        tests/test_bench.py
       step python3 -m lab bench --proxy --norms erf --modes eager,compiled,compiled-graphs --dtypes bf16
-      step python3 -m lab bench --modes "" --packing 1,8 --packing-mode compiled-graphs ;;
+      step python3 -m lab bench --modes "" --packing 1,8 --packing-mode compiled-graphs
+      step python3 -m lab bench --modes "" --packing 1,8,14 --packing-mode graphed-streams ;;
     round4)
       step python3 -m lab train --protocol proxy --norm erf --out /tmp/preflight --quiet --set epochs=1 \
         --set data.train_size=10000 --set optim.batch_size=256 --set compile=true --set compile_mode=reduce-overhead &&

@@ -252,11 +252,67 @@ def packing(ns, shape: dict, device: torch.device, seconds: float, mode: str = "
         total = sum(queue.get(timeout=seconds + 300) for _ in procs)
         for p in procs:
             p.join()
-        rows.append({"mode": "packing", "runs": n, "run_mode": mode, "img_per_s": total, "batch": shape["batch"],
-                     "model": f"vit-d{shape['depth']}-w{shape['embed_dim']}-{shape['img_size']}px",
-                     "device": device_name(device), "torch": torch.__version__, "timm": timm.__version__,
-                     "date": datetime.date.today().isoformat()})
+        rows.append(_packing_row(n, mode, total, shape, device))
     return rows
+
+
+def packing_streams(ns, shape: dict, device: torch.device, seconds: float) -> list[dict]:
+    """Aggregate images/s of N runs in this one process, for each N: each run's whole training step (forward,
+    backward, AdamW) captured as one CUDA graph, and the N graphs replayed round-robin on N streams. Unlike N
+    processes, whose kernels the GPU time-slices, kernels of one process's streams can run at once: is that the way
+    to fill an H100 with the proxy's small models? CUDA only."""
+    rows = []
+    for n in ns:
+        runs = [_graphed_step(shape, device) for _ in range(n)]
+        streams = [torch.cuda.Stream(device) for _ in range(n)]
+        torch.cuda.synchronize(device)
+        done, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            for (graph, _), stream in zip(runs, streams):
+                with torch.cuda.stream(stream):
+                    graph.replay()
+            done += 1
+        torch.cuda.synchronize(device)
+        rows.append(_packing_row(n, STREAMS, done * n * shape["batch"] / (time.perf_counter() - start), shape,
+                                 device))
+        del runs
+        torch.cuda.empty_cache()
+    return rows
+
+
+def _graphed_step(shape: dict, device: torch.device) -> tuple:
+    """One proxy-size run's training step captured whole (PyTorch's whole-network capture: warm-up on a side stream,
+    capturable AdamW, autocast without its cast cache), on random images kept in the graph's static inputs. Returns
+    the graph and the tensors' owners, which must outlive it: the graph writes to their memory."""
+    model = build_model(shape["model"], norm="erf", **_model_kwargs(shape)).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, capturable=True)
+    images, targets = _inputs(shape, model.num_classes, device)
+
+    def step():
+        with torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False):
+            loss = torch.nn.functional.cross_entropy(model(images), targets)
+        loss.backward()
+        optimizer.step()
+
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(3):     # the layer's generated kernels compile here, outside the capture
+            optimizer.zero_grad(set_to_none=True)
+            step()
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    optimizer.zero_grad(set_to_none=True)
+    with torch.cuda.graph(graph):
+        step()
+    return graph, (model, optimizer, images, targets)
+
+
+def _packing_row(n: int, run_mode: str, img_per_s: float, shape: dict, device: torch.device) -> dict:
+    return {"mode": "packing", "runs": n, "run_mode": run_mode, "img_per_s": img_per_s, "batch": shape["batch"],
+            "model": f"vit-d{shape['depth']}-w{shape['embed_dim']}-{shape['img_size']}px",
+            "device": device_name(device), "torch": torch.__version__, "timm": timm.__version__,
+            "date": datetime.date.today().isoformat()}
 
 
 def format_table(rows: list[dict]) -> str:
@@ -319,6 +375,8 @@ COMPILED = {"compiled": "default", "compiled-graphs": "reduce-overhead",
             "compiled-autotune": "max-autotune-no-cudagraphs"}
 """The bench modes that torch.compile the whole model, and their torch.compile mode (reduce-overhead: CUDA graphs;
 max-autotune-no-cudagraphs: inductor times its matmul and kernel configurations on the device, minutes per model)."""
+STREAMS = "graphed-streams"
+"""The packing mode of N runs in one process, each step one CUDA graph, on N streams (packing_streams)."""
 MODES = ("eager", "eager-plain", *COMPILED)
 """eager-plain: eager with the point-wise layer as plain torch ops, i.e. without the generated kernels (the before)."""
 
@@ -347,9 +405,9 @@ def run(norms, modes, dtypes, device, steps, warmup, shape, packing_ns=(), packi
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
     if packing_ns:
+        measure_packing = packing_streams if packing_mode == STREAMS else functools.partial(packing, mode=packing_mode)
         for n in packing_ns:
-            rows += packing([n], PROXY_MODEL if device.type == "cuda" else shape, device, packing_seconds,
-                            packing_mode)
+            rows += measure_packing([n], PROXY_MODEL if device.type == "cuda" else shape, device, packing_seconds)
             on_row(rows)
     return rows
 
@@ -376,10 +434,12 @@ def main(args: argparse.Namespace) -> int:
     modes = [m for m in args.modes.split(",") if m]      # --modes "": packing only
     dtypes = args.dtypes.split(",")
     for name, values, choices in (("--modes", modes, MODES), ("--dtypes", dtypes, ("bf16", "fp32")),
-                                  ("--packing-mode", [args.packing_mode], ("eager", *COMPILED))):
+                                  ("--packing-mode", [args.packing_mode], ("eager", *COMPILED, STREAMS))):
         bad = [v for v in values if v not in choices]
         if bad:
             raise ValueError(f"{name}: unknown value {bad[0]!r}; choose from {', '.join(choices)}")
+    if args.packing and args.packing_mode == STREAMS and device.type != "cuda":
+        raise ValueError(f"--packing-mode {STREAMS}: CUDA graphs and streams need a CUDA device, not {device.type}")
     if args.rounds < 1:
         raise ValueError(f"--rounds: expected a positive number of rounds, got {args.rounds}")
     if args.traffic:
@@ -415,7 +475,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None)
     p.add_argument("--packing", default="", help="e.g. 1,2,4,8: concurrent small-model runs on one device")
     p.add_argument("--packing-seconds", type=float, default=10.0)
-    p.add_argument("--packing-mode", default="eager", help="each packed run's step: eager, compiled, compiled-graphs")
+    p.add_argument("--packing-mode", default="eager",
+                   help="each packed run's step: eager, compiled, compiled-graphs (N processes), or graphed-streams "
+                        "(N runs in one process, each step one CUDA graph, on N streams; CUDA only)")
     p.add_argument("--proxy", action="store_true",
                    help="the proxy's model (depth 12, width 192, 32 px, batch 256), not ViT-B/16 or the CPU one")
     p.add_argument("--peak-tflops", type=float, default=None, help="dense peak for MFU (default: by device name)")

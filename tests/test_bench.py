@@ -157,6 +157,21 @@ def test_packing_times_concurrent_runs_together():
     assert "| 1 | eager |" in table and f"| {rows[1]['img_per_s'] / rows[0]['img_per_s']:.2f} |" in table
 
 
+def test_graphed_streams_packing_needs_cuda_and_says_so(tmp_path, capsys):
+    out = tmp_path / "records"
+    assert main(["bench", "--modes", "", "--packing", "1,2", "--packing-mode", "graphed-streams", "--device", "cpu",
+                 "--out", str(out)]) == 2
+    assert "graphed-streams" in capsys.readouterr().err and not out.exists()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_graphed_streams_replay_whole_training_steps():
+    shape = {**bench.PROXY_MODEL, "depth": 2, "batch": 64}
+    rows = bench.packing_streams([1, 2], shape, torch.device("cuda"), seconds=1.0)
+    assert [(r["runs"], r["run_mode"]) for r in rows] == [(1, "graphed-streams"), (2, "graphed-streams")]
+    assert all(r["img_per_s"] > 0 for r in rows)
+
+
 def test_profile_names_each_cells_kernels(tmp_path, monkeypatch):
     """--profile: one kernel table per cell; erf's step runs aten::erf (plain ops on a CPU), LayerNorm's does not."""
     monkeypatch.setattr(bench, "CPU_MODEL", TINY)
