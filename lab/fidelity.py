@@ -27,7 +27,8 @@ class Fidelity:
     erf: tables.CellResult | None
     layernorm: tables.CellResult | None
     seeds: dict                 # NOISE_SPECS entry -> number of seeds with a record
-    wall_s: float | None        # first run's start to last run's end
+    wall_s: float | None        # seconds in which some run was training (the union of the runs' intervals)
+    span_s: float | None        # first run's start to last run's end
     run_s: float                # sum of the runs' own wall times
     devices: list
 
@@ -73,15 +74,26 @@ def measure(records, protocol: str | None = None) -> Fidelity:
     used = {(rec["spec"], rec.get("seed")): rec for r in cells for rec in r.records}.values()
     seeds = {spec: len(by_spec[spec].records) if spec in by_spec else 0 for spec in NOISE_SPECS}
     return Fidelity(protocol, collected, {name: t.agreement() for name, t in collected.items()}, by_spec.get("erf"),
-                    by_spec.get("layernorm"), seeds, _span_s(used), sum(float(r.get("wall_s") or 0) for r in used),
+                    by_spec.get("layernorm"), seeds, *_wall_s(used), sum(float(r.get("wall_s") or 0) for r in used),
                     sorted({str(r.get("device")) for r in used}))
 
 
-def _span_s(records) -> float | None:
-    """Seconds from the first run's start (its `created` minus its `wall_s`) to the last run's `created`."""
-    spans = [(end - timedelta(seconds=float(r.get("wall_s") or 0)), end) for r in records
-             if (end := _time(r.get("created"))) is not None]
-    return (max(e for _, e in spans) - min(s for s, _ in spans)).total_seconds() if spans else None
+def _wall_s(records) -> tuple[float | None, float | None]:
+    """(seconds in which at least one run was training, seconds from the first run's start to the last run's end),
+    each run spanning its `created` less its `wall_s` to its `created`. The first is the grid's wall time: a grid
+    trained in several device calls (10 minutes each at most) is not charged for the time between them."""
+    spans = sorted((end - timedelta(seconds=float(r.get("wall_s") or 0)), end) for r in records
+                   if (end := _time(r.get("created"))) is not None)
+    if not spans:
+        return None, None
+    busy, (start, end) = 0.0, spans[0]
+    for s, e in spans[1:]:
+        if s > end:                 # a gap with nothing training: close the stretch so far
+            busy += (end - start).total_seconds()
+            start = s
+        end = max(end, e)
+    busy += (end - start).total_seconds()
+    return busy, (max(e for _, e in spans) - spans[0][0]).total_seconds()
 
 
 def _time(text) -> datetime | None:
@@ -100,7 +112,8 @@ def render(f: Fidelity, *, caveat: bool = True) -> str:
     gap = (tables.MISSING if f.erf_gap is None else
            f"{_signed(f.erf_gap, '.1f')} (erf {f.erf.measured_text()}, LayerNorm {f.layernorm.measured_text()})")
     wall = (tables.MISSING if f.wall_s is None else
-            f"{f.wall_s / 60:.1f} min, first start to last finish ({f.run_s / 60:.0f} run-minutes)")
+            f"{f.wall_s / 60:.1f} min with runs training (first start to last finish {f.span_s / 60:.1f} min; "
+            f"{f.run_s / 60:.0f} run-minutes)")
     seeds = ", ".join(f"{s} {n}" for s, n in f.seeds.items())
     warning = next((c for t in f.tables.values() if (c := tables.caveat(t))), None) if caveat else None
     lines = [f"**Fidelity to the paper — protocol {f.protocol or tables.MISSING}** "

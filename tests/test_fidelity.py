@@ -40,6 +40,16 @@ def test_a_grid_that_is_the_paper_meets_every_goal():
     assert "**no**" not in text and "123/123 (100.0%; 123 run)" in text and "NVIDIA H100" in text
 
 
+def test_the_grids_wall_time_leaves_out_the_time_between_device_calls():
+    grid = paper_grid(minutes=10.0)
+    for r in grid[len(grid) // 2:]:     # the second half trained in a later call, an hour on
+        r["created"] = (datetime.fromisoformat(r["created"]) + timedelta(hours=1)).isoformat()
+    f = fidelity.measure(grid)
+    assert f.wall_s == pytest.approx(10 * 60 + 2 * 30 - 10 * 60 / 108, rel=0.02)    # each call's stretch, summed
+    assert f.span_s == pytest.approx(70 * 60 + 30 - 10 * 60 / 108, rel=0.02) and f.met()["wall_min"]
+    assert "min with runs training (first start to last finish 70.4 min;" in fidelity.render(f)
+
+
 @pytest.mark.parametrize("change, goal", [
     ({"erf|hshift=2": 80.0, "erf|vshift=2": 80.0, "tanh|hshift=2": 80.0, "tanh|vshift=2": 80.0,
       "arctan|hshift=2": 80.0, "arctan|vshift=2": 80.0, "erf|blend=0.5": 70.0}, "agreement"),   # 7 × now train
