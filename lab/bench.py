@@ -222,9 +222,7 @@ def _compiled(model, mode: str):
 def _packed_worker(shape, device, mode, seconds, ready, queue):
     torch.set_num_threads(1)
     device = torch.device(device)
-    model = build_model(shape["model"], norm="erf", **_model_kwargs(shape)).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    images, targets = _inputs(shape, model.num_classes, device)
+    model, optimizer, images, targets = _erf_run(shape, device)
     step = _step_fn(_compiled(model, mode), optimizer, images, targets, "bf16" if device.type == "cuda" else "fp32")
     for _ in range(3):          # compile, record the CUDA graphs
         step()
@@ -284,9 +282,7 @@ def _graphed_step(shape: dict, device: torch.device) -> tuple:
     """One proxy-size run's training step captured whole (PyTorch's whole-network capture: warm-up on a side stream,
     capturable AdamW, autocast without its cast cache), on random images kept in the graph's static inputs. Returns
     the graph and the tensors' owners, which must outlive it: the graph writes to their memory."""
-    model = build_model(shape["model"], norm="erf", **_model_kwargs(shape)).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, capturable=True)
-    images, targets = _inputs(shape, model.num_classes, device)
+    model, optimizer, images, targets = _erf_run(shape, device, capturable=True)
 
     def step():
         with torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False):
@@ -306,6 +302,13 @@ def _graphed_step(shape: dict, device: torch.device) -> tuple:
     with torch.cuda.graph(graph):
         step()
     return graph, (model, optimizer, images, targets)
+
+
+def _erf_run(shape: dict, device: torch.device, **adamw):
+    """A packed run's erf model, its AdamW (with `adamw` options) and one batch of random images and labels."""
+    model = build_model(shape["model"], norm="erf", **_model_kwargs(shape)).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, **adamw)
+    return model, optimizer, *_inputs(shape, model.num_classes, device)
 
 
 def _packing_row(n: int, run_mode: str, img_per_s: float, shape: dict, device: torch.device) -> dict:

@@ -91,9 +91,9 @@ def _wall_s(records) -> tuple[float | None, float | None]:
         if s > end:                 # a gap with nothing training: close the stretch so far
             busy += (end - start).total_seconds()
             start = s
-        end = max(end, e)
+        end = max(end, e)           # after the loop: the last run's end
     busy += (end - start).total_seconds()
-    return busy, (max(e for _, e in spans) - spans[0][0]).total_seconds()
+    return busy, (end - spans[0][0]).total_seconds()
 
 
 def _time(text) -> datetime | None:

@@ -126,12 +126,12 @@ def reproduce(protocol: str, out_dir="reproduction", *, jobs: int = 2, overrides
     missing = sum(not c.path.exists() for c in cells)
     _say(f"reproduce [{protocol}]: {len(cells)} unique cells over {len(tables)} tables, "
          + (f"{missing} to train, jobs={jobs}" if train else f"{missing} missing, training none") + f" → {out}")
-    try:
-        if train:
+    if train:
+        try:
             _sweep.run_cells(cells, jobs=jobs, progress=progress, desc="cells")
-    except _sweep.CellErrors as err:
-        train_error = err
-        _say(str(err))
+        except _sweep.CellErrors as err:
+            train_error = err
+            _say(str(err))
 
     params = dict(protocol=protocol, results_dir=str(results), out_dir=str(out), jobs=jobs, device=device,
                   data_path=data_path, seeds=None if seeds is None else list(seeds),
