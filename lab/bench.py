@@ -29,7 +29,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from .models import build_model
-from .results import write_json_atomic
+from .results import git_commit, write_json_atomic
 
 DERF = "derf"   # erf with the learnable shift s (Section 4); every other name is a norm spec without s
 SECTION3_VARIANTS = ("erf", "tanh", "arctan", "erf|hshift=0.5", "erf|vshift=0.5", "arcsinh|clip=1",
@@ -180,7 +180,7 @@ def _record(norm, mode, dtype, shape, device, steps, img_per_s, mem_bytes, flops
         "mfu": flops_per_image * img_per_s / (peak * 1e12) if peak else None,
         "peak_tflops": peak,
         "device": device_name(device), "torch": torch.__version__, "timm": timm.__version__,
-        "date": datetime.date.today().isoformat(),
+        "commit": git_commit(), "date": datetime.date.today().isoformat(),
     }
 
 

@@ -3,6 +3,8 @@ import difflib
 from collections import Counter
 
 import timm
+import torch.nn.functional as F
+from timm.layers import PatchEmbed
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
@@ -12,6 +14,24 @@ PAPER_DEFAULTS = {"global_pool": "avg"}
 """The paper's code builds ViTs with global_pool='avg', so the final norm is `fc_norm` (one per model)."""
 
 
+class LinearPatchEmbed(PatchEmbed):
+    """timm's PatchEmbed (same parameters, initialisation and state_dict) computed as one matmul over the flattened
+    patches: a convolution whose stride is its kernel is a linear map of each patch, and cuDNN runs ViT-B/16's as a
+    slow implicit GEMM plus layout conversions (6 % of the kernel time of a compiled training step on an H100:
+    ablations/results/bench/profiles/layernorm-compiled-bf16.txt), where a matmul gets cuBLAS's fastest kernels."""
+
+    def forward(self, x):
+        if self.dynamic_img_pad or not self.flatten:
+            return super().forward(x)
+        B, C, H, W = x.shape
+        p, q = self.patch_size
+        if H % p or W % q or (self.strict_img_size and self.img_size is not None and (H, W) != tuple(self.img_size)):
+            raise ValueError(f"input of {H}x{W} px: the model takes {tuple(self.img_size or ())} px in patches of "
+                             f"{p}x{q}")
+        patches = x.reshape(B, C, H // p, p, W // q, q).permute(0, 2, 4, 1, 3, 5).reshape(B, -1, C * p * q)
+        return self.norm(F.linear(patches, self.proj.weight.flatten(1), self.proj.bias))
+
+
 def build_model(model: str = "vit_base_patch16_224", norm: str = "layernorm", alpha0: float = 0.5,
                 shift: float | None = None, **timm_kwargs) -> nn.Module:
     """A timm ViT whose every norm (2 per block + the final one) is `norm` ("layernorm", "rmsnorm" or a spec).
@@ -19,7 +39,8 @@ def build_model(model: str = "vit_base_patch16_224", norm: str = "layernorm", al
     `model` is a timm model name, or "vit" for timm's VisionTransformer built from keyword arguments alone
     (img_size, patch_size, embed_dim, depth, num_heads, num_classes, ...), which the proxy and smoke protocols use.
     """
-    kwargs = {**PAPER_DEFAULTS, **timm_kwargs, "norm_layer": norm_layer(norm, alpha0=alpha0, shift=shift)}
+    kwargs = {**PAPER_DEFAULTS, "embed_layer": LinearPatchEmbed, **timm_kwargs,
+              "norm_layer": norm_layer(norm, alpha0=alpha0, shift=shift)}
     if model == "vit":
         return VisionTransformer(**kwargs)
     names = timm.list_models("vit_*")

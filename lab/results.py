@@ -1,6 +1,7 @@
 """One JSON record per trained cell: where it lives, how it is written (atomically) and read back."""
 import json
 import os
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -61,3 +62,17 @@ def load_records(results_dir) -> list[dict]:
     root = Path(results_dir)
     records = [read_record(p) for p in sorted(root.rglob("*.json"))] if root.is_dir() else []
     return [r for r in records if isinstance(r, dict) and "spec" in r and "status" in r]
+
+
+def git_commit() -> str | None:
+    """The repository's git commit, "+dirty" when the working tree has changes; None outside a checkout."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if head.returncode:
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")

@@ -21,7 +21,6 @@ import math
 import os
 import platform
 import random
-import subprocess
 import sys
 import time
 from contextlib import nullcontext
@@ -42,7 +41,7 @@ from . import data as data_mod
 from .config import config_hash
 from .layers import PointwiseNorm, canonical_norm
 from .models import from_config
-from .results import checkpoint_path, log_path, read_record, record_path, write_json_atomic
+from .results import checkpoint_path, git_commit, log_path, read_record, record_path, write_json_atomic
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -335,7 +334,7 @@ class Trainer:
             "top1_ema": last.get("val_top1_ema") if finished else None,
             "num_classes": self.data.num_classes, "chance_top1": chance,
             "history": st["history"], "loss_curve": st["loss_curve"],
-            "config": cfg, "config_hash": config_hash(cfg), "seed": self.seed, "commit": _commit(),
+            "config": cfg, "config_hash": config_hash(cfg), "seed": self.seed, "commit": git_commit(),
             "versions": {"python": platform.python_version(), "torch": torch.__version__, "timm": timm.__version__},
             "device": _device_name(self.device),
             "world_size": self.world, "steps": st["step"], "wall_s": round(st["wall_s"], 3),
@@ -401,20 +400,6 @@ def _set_rng_state(state: dict):
     torch.set_rng_state(state["torch"].cpu())
     if state["cuda"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
-
-
-def _commit() -> str | None:
-    """The repository's git commit, "+dirty" when the working tree has changes; None outside a checkout."""
-    root = Path(__file__).resolve().parent.parent
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    if head.returncode:
-        return None
-    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
 def main(argv=None) -> int:

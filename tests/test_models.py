@@ -1,9 +1,11 @@
 """timm integration: every norm of a ViT becomes the chosen layer through timm's own norm_layer argument."""
 import pytest
 import torch
+from timm.layers import PatchEmbed
 
 import lab
 from lab.layers import PointwiseNorm
+from lab.models import LinearPatchEmbed
 
 SMALL = dict(img_size=32, patch_size=8, embed_dim=32, depth=3, num_heads=2, num_classes=10)
 SECTION3 = ["erf", "tanh", "arctan", "isru", "erf|hshift=-1", "tanh|vshift=0.5", "arcsinh", "arcsinh|clip=0.5",
@@ -52,3 +54,22 @@ def test_forward_backward_through_small_vit(spec):
 def test_unknown_model_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown model 'vit_bass_patch16_224'.*vit_base_patch16_224"):
         lab.build_model("vit_bass_patch16_224")
+
+
+@pytest.mark.parametrize("img_size,patch_size", [(32, 8), ((24, 40), (8, 4))])
+def test_patch_embedding_as_a_matmul_equals_timms_convolution(img_size, patch_size):
+    kw = {**SMALL, "img_size": img_size, "patch_size": patch_size}
+    ours, timms = (lab.build_model("vit", norm="erf", **kw, **extra) for extra in ({}, {"embed_layer": PatchEmbed}))
+    assert type(ours.patch_embed) is LinearPatchEmbed
+    timms.load_state_dict(ours.state_dict())        # same parameters under the same names: checkpoints carry over
+    x = torch.randn(2, 3, *((img_size,) * 2 if isinstance(img_size, int) else img_size))
+    y, y_ref = ours(x), timms(x)
+    torch.testing.assert_close(y, y_ref)
+    y.square().sum().backward()
+    y_ref.square().sum().backward()
+    torch.testing.assert_close(ours.patch_embed.proj.weight.grad, timms.patch_embed.proj.weight.grad)
+
+
+def test_patch_embedding_rejects_a_wrong_image_size():
+    with pytest.raises(ValueError, match="input of 40x32 px: the model takes \\(32, 32\\) px in patches of 8x8"):
+        lab.build_model("vit", **SMALL)(torch.randn(1, 3, 40, 32))
