@@ -33,7 +33,7 @@ def _seconds(text: str) -> float:
 def _sweep(args):
     from . import sweep
     try:
-        seeds = tuple(int(s) for s in args.seeds.split(","))
+        seeds = None if args.seeds is None else tuple(int(s) for s in args.seeds.split(","))
     except ValueError:
         raise ValueError(f"--seeds {args.seeds!r}: expected comma-separated integers such as 0,1,2") from None
     specs = None if args.specs is None else [s.strip() for s in args.specs.split(",") if s.strip()]
@@ -58,16 +58,23 @@ def _calibrate(args):
     return 0
 
 
+def _results_dir(path) -> Path:
+    """A folder of records that must exist: a mistyped one would render an empty table that looks like a result."""
+    if not Path(path).is_dir():
+        raise ValueError(f"--results {path}: no such directory (where `lab sweep --results` wrote records)")
+    return Path(path)
+
+
 def _render(args):
     from . import results, tables
+    _results_dir(args.results)
     print(tables.render(args.table, results.load_records(args.results), args.format, protocol=args.protocol))
     return 0
 
 
 def _fidelity(args):
     from . import fidelity, results
-    if not Path(args.results).is_dir():
-        raise ValueError(f"--results {args.results}: no such directory (where `lab sweep --results` wrote records)")
+    _results_dir(args.results)
     print(fidelity.render(fidelity.measure(results.load_records(args.results), args.protocol)), end="")
     return 0
 
@@ -131,7 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=1, help="runs at once (packed on one device)")
     p.add_argument("--launcher", choices=["local", "slurm"], default="local")
     p.add_argument("--results", default="results")
-    p.add_argument("--seeds", default="0", help="comma-separated seeds, e.g. 0,1,2")
+    p.add_argument("--seeds", default=None, help="comma-separated seeds, e.g. 0,1,2 (default: the config's seed, "
+                                                 "0 unless --set seed=N)")
     p.add_argument("--specs", default=None, help='only these specs, comma-separated: layernorm,erf,"erf|hshift=2"')
     p.add_argument("--dry-run", action="store_true", help="list the cells to run, or write the SLURM submission "
                                                         "without submitting; run nothing")

@@ -30,6 +30,32 @@ NOT_HASHED = ("seed", "device", "threads", "log_every", "checkpoint", "compile",
 micro_batch only splits the effective batch into accumulation steps."""
 
 
+_POSITIVE = ("> 0", lambda v: v > 0)
+_NON_NEGATIVE = (">= 0", lambda v: v >= 0)
+_PROBABILITY = ("in [0, 1]", lambda v: 0 <= v <= 1)
+_BELOW_ONE = ("in [0, 1)", lambda v: 0 <= v < 1)
+_FRACTION = ("in (0, 1]", lambda v: 0 < v <= 1)
+RANGES = {
+    "schedule.epochs": _POSITIVE, "schedule.warmup_epochs": _NON_NEGATIVE, "schedule.min_lr": _NON_NEGATIVE,
+    "schedule.warmup_lr": _NON_NEGATIVE,
+    "optim.lr": _NON_NEGATIVE, "optim.batch_size": _POSITIVE, "optim.micro_batch": _POSITIVE, "optim.eps": _POSITIVE,
+    "optim.weight_decay": _NON_NEGATIVE, "optim.clip_grad": _POSITIVE, "optim.betas": _BELOW_ONE,
+    "model.patch_size": _POSITIVE, "model.embed_dim": _POSITIVE, "model.depth": _POSITIVE, "model.num_heads": _POSITIVE,
+    "model.mlp_ratio": _POSITIVE, "model.drop_path_rate": _BELOW_ONE,
+    "data.num_classes": ("> 1", lambda v: v > 1), "data.img_size": _POSITIVE, "data.train_size": _POSITIVE,
+    "data.val_size": _POSITIVE, "data.clutter": _NON_NEGATIVE, "data.noise": _NON_NEGATIVE,
+    "aug.scale": _FRACTION, "aug.hflip": _PROBABILITY, "aug.reprob": _PROBABILITY,
+    "aug.mixup": _NON_NEGATIVE, "aug.cutmix": _NON_NEGATIVE, "aug.mixup_prob": _PROBABILITY,
+    "aug.mixup_switch_prob": _PROBABILITY, "aug.smoothing": _BELOW_ONE, "aug.color_jitter": _NON_NEGATIVE,
+    "eval.every_epochs": _NON_NEGATIVE, "eval.batch_size": _POSITIVE, "eval.crop_pct": _FRACTION,
+    "ema.decay": _BELOW_ONE,
+    "failure.loss_factor": _POSITIVE, "failure.max_grad_norm": _POSITIVE, "failure.chance_sigmas": _NON_NEGATIVE,
+    "checkpoint.every_steps": _NON_NEGATIVE, "checkpoint.every_minutes": _NON_NEGATIVE,
+}
+"""The values a numeric setting may take (each element, for a list): checked once the overrides are applied, so a
+bad value fails before anything is trained or written. null (the setting off) is always allowed."""
+
+
 def load(protocol: str, overrides: list[str] | dict | None = None, *, source=None) -> dict:
     """The resolved config of `protocol` with `overrides` applied (a list of "key=value" strings or a dict).
 
@@ -45,7 +71,20 @@ def load(protocol: str, overrides: list[str] | dict | None = None, *, source=Non
     items = overrides.items() if isinstance(overrides, dict) else [_split(o) for o in overrides or []]
     for key, value in items:
         _set(cfg, key, _parse(value) if isinstance(value, str) else value)
+    _check_ranges(cfg)
     return cfg
+
+
+def _check_ranges(cfg: dict):
+    for dotted, (allowed, ok) in RANGES.items():
+        section, _, leaf = dotted.rpartition(".")
+        value = cfg.get(section, {}).get(leaf)
+        if value is not None and not all(ok(v) for v in (value if isinstance(value, list) else [value])):
+            raise ValueError(f"config key {dotted!r}: {value!r} is out of range (allowed: {allowed})")
+    s = cfg.get("schedule", {})
+    if s.get("epochs") is not None and s.get("warmup_epochs") is not None and s["warmup_epochs"] > s["epochs"]:
+        raise ValueError(f"config key 'schedule.warmup_epochs': {s['warmup_epochs']!r} is more than schedule.epochs "
+                         f"({s['epochs']!r})")
 
 
 def config_hash(cfg: dict) -> str:
@@ -101,15 +140,19 @@ def _set(cfg: dict, key: str, value):
                 raise ValueError(f"config key {key!r} is a section; set one of its fields: "
                                  f"{', '.join(f'{key}.{k}' for k in old)}")
             if not _compatible(old, value):
-                raise ValueError(f"config key {key!r}: {value!r} is not a {type(old).__name__} like {old!r}")
+                kind = f"list of {len(old)}" if isinstance(old, list) else type(old).__name__
+                raise ValueError(f"config key {key!r}: {value!r} is not a {kind} like {old!r}")
             node[part] = float(value) if isinstance(old, float) and isinstance(value, int) else value
         node = node[part]
 
 
 def _compatible(old, new) -> bool:
-    """Numbers for numbers, text for text, lists for lists; None on either side is always allowed."""
+    """Numbers for numbers, text for text, lists of the same length for lists; None on either side is always
+    allowed."""
     if old is None or new is None:
         return True
+    if isinstance(old, list):
+        return isinstance(new, list) and len(new) == len(old) and all(map(_compatible, old, new))
     if isinstance(old, bool) or isinstance(new, bool):
         return isinstance(old, bool) and isinstance(new, bool)
     if isinstance(old, (int, float)):

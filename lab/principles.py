@@ -6,8 +6,9 @@ Definitions (float64, on the function f itself, before α, γ, β):
 - bounded: the output stops growing with the input: GROWTH = max|f| on [-1e6, 1e6] / max|f| on [-1e3, 1e3]
   is at most BOUND_GROWTH. log-type growth gives 2, power and linear growth give 1e2..1e3, a saturating f gives ~1.
 - center-sensitive: f responds to inputs around 0, i.e. it is not constant on any interval [-δ, δ]:
-  `flat_halfwidth` (the largest δ on a grid of step GRID_STEP with |f(x) - f(0)| <= FLAT_TOL on [-δ, δ]) must be 0
-  and the slope at 0 non-zero. Any flat zone breaks the principle; its width says how badly (Table 5).
+  `flat_halfwidth` (the largest δ, on a grid of step FINE_STEP within ±0.01 and GRID_STEP beyond, with
+  |f(x) - f(0)| <= FLAT_TOL on [-δ, δ]) must be 0 and the slope at 0 non-zero.
+  Any flat zone breaks the principle; its width says how badly (Table 5).
 - monotonic: f never reverses direction on [-MONO_RANGE, MONO_RANGE] (grid step GRID_STEP): all steps
   f(x+h) - f(x) are >= -MONO_TOL, or all are <= MONO_TOL. `direction` says which, or "non-monotonic".
 """
@@ -19,9 +20,10 @@ from .perturb import pointwise
 ZERO_TOL = 1e-6
 BOUND_GROWTH = 1.25
 GRID_STEP = 1e-3
+FINE_STEP = 1e-6
 MONO_RANGE = 20.0
 MONO_TOL = 1e-9
-FLAT_TOL = 1e-12
+FLAT_TOL = 0.0    # constant means equal in float64: x² is 1e-12 at the fine grid's first step, and not flat
 PROPERTIES = ("zero_centered", "bounded", "center_sensitive", "monotonic")
 
 
@@ -38,6 +40,15 @@ def _zero_crossing(x: np.ndarray, y: np.ndarray) -> float | None:
     return float(min(roots, key=abs)) if roots else None
 
 
+def _flat_halfwidth(fn, f0: float) -> float:
+    """The largest distance δ from 0 on the grids (FINE_STEP up to 0.01, GRID_STEP beyond, to MONO_RANGE) with
+    |f(x) - f(0)| <= FLAT_TOL on [-δ, δ]."""
+    d = np.unique(np.concatenate([np.arange(round(0.01 / FINE_STEP) + 1) * FINE_STEP,
+                                  np.arange(round(MONO_RANGE / GRID_STEP) + 1) * GRID_STEP]))
+    moving = (np.abs(_eval(fn, d) - f0) > FLAT_TOL) | (np.abs(_eval(fn, -d) - f0) > FLAT_TOL)
+    return float(d[np.argmax(moving) - 1]) if moving.any() else float(d[-1])
+
+
 def audit(spec: str) -> dict:
     """The four verdicts for `spec` and the measured quantities behind them (see the module docstring)."""
     fn = pointwise(spec)
@@ -46,12 +57,10 @@ def audit(spec: str) -> dict:
     y = _eval(fn, x)
     f0 = float(y[half]) + 0.0
     sup_small = float(np.abs(_eval(fn, np.linspace(-1e3, 1e3, 200_001))).max())
-    sup_large = float(np.abs(_eval(fn, np.linspace(-1e6, 1e6, 200_001))).max())
+    sup_large = max(sup_small, float(np.abs(_eval(fn, np.linspace(-1e6, 1e6, 200_001))).max()))  # ±1e3 ⊂ ±1e6
     growth = sup_large / sup_small if sup_small > 0 else float("inf")
 
-    moving = np.abs(y - f0) > FLAT_TOL
-    first_move = int(np.abs(np.arange(-half, half + 1))[moving].min()) if moving.any() else half + 1
-    flat = (first_move - 1) * GRID_STEP
+    flat = _flat_halfwidth(fn, f0)
     slope0 = float((_eval(fn, np.array([GRID_STEP]))[0] - _eval(fn, np.array([-GRID_STEP]))[0]) / (2 * GRID_STEP))
 
     steps = np.diff(y)

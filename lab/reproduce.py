@@ -116,6 +116,9 @@ def reproduce(protocol: str, out_dir="reproduction", *, jobs: int = 2, overrides
         raise ValueError(f"unknown notebook(s) {', '.join(unknown)}: choose from {', '.join(NOTEBOOKS)}")
     out = Path(out_dir).resolve()
     results = Path(results_dir).resolve() if results_dir else out / "results"
+    if not train and not results.is_dir():
+        raise ValueError(f"results {results}: no such directory, and train=False (--no-train) renders the records "
+                         f"present: name the folder a sweep wrote (--results)")
     out.mkdir(parents=True, exist_ok=True)
     start = time.time()
 

@@ -56,10 +56,24 @@ def test_protocols_agree_on_every_field_type():
 @pytest.mark.parametrize("protocol, overrides, word", [
     ("nonesuch", [], "nonesuch"), ("smoke", ["lrr=1"], "lrr"), ("smoke", ["model.dept=2"], "model.dept"),
     ("smoke", ["epochs=abc"], "epochs"), ("smoke", ["epochs"], "key=value"), ("smoke", ["optim=1"], "section"),
+    ("smoke", ["epochs=0"], r"'schedule.epochs': 0 is out of range \(allowed: > 0\)"),
+    ("smoke", ["batch_size=-64"], "optim.batch_size"), ("smoke", ["warmup_epochs=-3"], "warmup_epochs"),
+    ("smoke", ["warmup_epochs=9"], "more than schedule.epochs"), ("smoke", ["failure.loss_factor=-1"], "loss_factor"),
+    ("smoke", ["ema.decay=1"], r"ema.decay.*\[0, 1\)"), ("smoke", ["optim.betas=[0.9]"], "not a list of 2"),
+    ("smoke", ["optim.betas=[0.9, 1.5]"], "optim.betas"), ("smoke", ["aug.scale=[0, 1]"], "aug.scale"),
 ])
 def test_bad_protocol_or_override_is_a_value_error_naming_it(protocol, overrides, word):
     with pytest.raises(ValueError, match=word):
         config.load(protocol, overrides)
+
+
+def test_every_range_names_a_setting_of_every_protocol_that_has_its_section():
+    """A misspelled key in RANGES would never be checked."""
+    for dotted in config.RANGES:
+        section, _, leaf = dotted.rpartition(".")
+        for protocol in config.PROTOCOLS:
+            cfg = config.load(protocol)
+            assert leaf in cfg[section] or protocol == "paper" and section in ("model", "data"), (dotted, protocol)
 
 
 def test_hash_covers_the_result_but_not_seed_device_or_checkpoints():

@@ -41,6 +41,8 @@ def test_a_bad_parameter_fails_the_notebook_with_labs_message(tmp_path):
         reproduce.reproduce("smok", tmp_path / "never")
     with pytest.raises(ValueError, match="08_nope"):
         reproduce.reproduce("smoke", tmp_path / "never", notebooks=["08_nope"])
+    with pytest.raises(ValueError, match="nope: no such directory"):      # nothing to render: not an empty report
+        reproduce.reproduce("smoke", tmp_path / "never", results_dir=tmp_path / "nope", train=False)
     assert not (tmp_path / "never").exists()
 
 

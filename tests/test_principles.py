@@ -29,7 +29,11 @@ def test_audit_reports_the_numbers_behind_each_verdict():
     assert a["f0"] == pytest.approx(0.5204998778) and a["zero_crossing"] == pytest.approx(-0.5, abs=1e-3)
     assert lab.audit("erf|vshift=2")["f0"] == 2
     assert lab.audit("erf|flat=1")["flat_halfwidth"] == pytest.approx(1.0)
+    narrow = lab.audit("erf|flat=0.0005")                     # narrower than the coarse grid's step: still a zone
+    assert narrow["flat_halfwidth"] == pytest.approx(0.0005) and not narrow["center_sensitive"]
+    assert lab.audit("erf")["flat_halfwidth"] == 0
     assert lab.audit("logsign")["growth"] == pytest.approx(2.0, rel=1e-3)
+    assert lab.audit("dampx")["growth"] == 1            # its peak (x = 1) lies between the ±1e6 grid's points
     assert lab.audit("erf|neg")["direction"] == "decreasing"
     assert lab.audit("dampx")["largest_reversal_step"] > 0
     assert lab.audit("erf|hshift=.50")["spec"] == "erf|hshift=0.5"

@@ -145,6 +145,9 @@ def test_cli_sweep_dry_run_and_bad_seeds(tmp_path, capsys):
         "table4", "smoke", tmp_path))
     assert main(["sweep", "table4", "--protocol", "smoke", "--results", str(tmp_path), "--seeds", "0,x"]) == 2
     assert "--seeds" in capsys.readouterr().err
+    assert main(["sweep", "table6", "--protocol", "smoke", "--results", str(tmp_path), "--dry-run", "--specs", "erf",
+                 "--set", "seed=3"]) == 0                          # without --seeds: the config's own seed
+    assert "erf seed=3 -> " in capsys.readouterr().err
 
 
 def test_all_is_the_baseline_plus_every_tables_unique_specs_once(tmp_path, capsys):

@@ -114,6 +114,13 @@ def test_bad_arguments():
         tables.render("table0", [])
 
 
+def test_render_and_fidelity_refuse_a_results_folder_that_does_not_exist(tmp_path, capsys):
+    from lab.cli import main
+    for command in (["render", "table6"], ["fidelity", "--protocol", "smoke"]):
+        assert main([*command, "--results", str(tmp_path / "nope")]) == 2
+        assert "nope: no such directory" in capsys.readouterr().err
+
+
 def test_frame():
     df = tables.frame("table3", FAKE, "smoke")
     assert len(df) == 16
