@@ -81,10 +81,6 @@ def _check_ranges(cfg: dict):
         value = cfg.get(section, {}).get(leaf)
         if value is not None and not all(ok(v) for v in (value if isinstance(value, list) else [value])):
             raise ValueError(f"config key {dotted!r}: {value!r} is out of range (allowed: {allowed})")
-    s = cfg.get("schedule", {})
-    if s.get("epochs") is not None and s.get("warmup_epochs") is not None and s["warmup_epochs"] > s["epochs"]:
-        raise ValueError(f"config key 'schedule.warmup_epochs': {s['warmup_epochs']!r} is more than schedule.epochs "
-                         f"({s['epochs']!r})")
 
 
 def config_hash(cfg: dict) -> str:

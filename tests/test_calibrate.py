@@ -139,7 +139,8 @@ def test_input_scales_measure_what_alpha0_multiplies():
 
 
 def test_the_gpu_session_script_calls_lab_as_its_cli_parses():
-    """ablations/gpu-session.sh runs on a device no test reaches: at least its lab commands must stay valid."""
+    """ablations/gpu-session.sh runs on a device no test reaches: at least its lab commands and their settings must
+    stay valid."""
     import shlex
     from lab.cli import build_parser
     script = (Path(calibrate.__file__).parent.parent / "ablations" / "gpu-session.sh").read_text().replace("\\\n", " ")
@@ -152,3 +153,5 @@ def test_the_gpu_session_script_calls_lab_as_its_cli_parses():
         args = build_parser().parse_args(argv)
         if argv[0] == "calibrate":
             calibrate.load(args.file)
+        if argv[0] in ("train", "sweep"):
+            config.load(args.protocol, args.set)          # every override valid for the protocol
