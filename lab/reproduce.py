@@ -67,19 +67,22 @@ def table_report(table: str, protocol: str = "smoke", results_dir="results", out
 
 def demo_report(specs=("erf", "linear"), protocol: str = "smoke", results_dir="results", *,
                 device: str | None = None, overrides=None, progress: bool = True, train: bool = True) -> Report:
-    """Train a few specs side by side (e.g. one that trains, one that fails): verdicts and train loss per epoch.
-    train=False: only the specs whose records are present."""
-    from . import results
+    """Train a few specs side by side (e.g. one that trains, one that fails): verdicts beside the paper's, and train
+    loss per epoch. train=False: only the specs whose records are present."""
+    from . import ablations, results
     cells = _sweep.plan(specs, protocol, results_dir, overrides=overrides, device=device)
     if train:
         _sweep.run_cells(cells, progress=progress, desc="demo")
     records = [results.read_record(c.path) for c in cells if c.path.exists()]
-    lines = ["| spec | status | top-1 (%) | chance (%) | failure |", "|---|---|---|---|---|"]
+    paper = {c.spec: c for t in ablations.TABLES for c in ablations.load(t).cells}      # λ = 0 cells repeat
+    lines = ["| spec | status | top-1 (%) | paper (%) | chance (%) | failure |", "|---|---|---|---|---|---|"]
     for r in records:
         failure = r.get("failure") or {}
         top1 = "–" if r.get("top1") is None else f"{r['top1']:.1f}"
-        lines.append(f"| `{r['spec']}` | {r['status']} | {top1} | {r.get('chance_top1') or 0:.1f} | "
-                     f"{failure.get('kind', '')} {failure.get('reason', '')} |")
+        cell = paper.get(r["spec"])
+        in_paper = "–" if cell is None else ablations.FAILURE if cell.paper is None else f"{cell.paper:.1f}"
+        lines.append(f"| `{r['spec']}` | {r['status']} | {top1} | {in_paper} | "
+                     f"{r.get('chance_top1') or 0:.1f} | {failure.get('kind', '')} {failure.get('reason', '')} |")
     losses = [{h["epoch"]: h.get("train_loss") for h in r.get("history") or []} for r in records]
     epochs = sorted({e for per in losses for e in per})
     lines += ["", "Train loss by epoch:", "", "| epoch | " + " | ".join(f"`{r['spec']}`" for r in records) + " |",

@@ -8,6 +8,7 @@ of a cell give mean ± std over the seeds that trained. A cell counts as failed 
 import csv
 import html
 import io
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -197,9 +198,25 @@ def _notes(table: TableResult) -> list[str]:
                      f"{rho}.")
         seeds = ", ".join(map(str, table.seeds))
         lines.append(f"Protocol {table.protocol}, config {table.config_hash}, seeds {seeds}, metric {table.metric}.")
+        if regime := _regime(table):
+            lines.append(regime)
     if table.baseline is not None:
         lines.append(f"LayerNorm baseline (same protocol and config): {table.baseline.measured_text()}.")
     return lines + table.notes + [LEGEND]
+
+
+def _regime(table: TableResult) -> str | None:
+    """What each cell trained (a ViT on the embedded set: the proxy and smoke protocols) and the binomial noise of its
+    top-1, from a record's config: how large a difference has to be before it means anything."""
+    cfg = next((r["config"] for c in table.results for r in c.records if r.get("config")), None)
+    if cfg is None or cfg["model"].get("name") != "vit" or cfg["data"].get("kind") != "embedded":
+        return None
+    m, d = cfg["model"], cfg["data"]
+    se = 100 * math.sqrt(0.25 / d["val_size"])       # at 50 % top-1, the largest
+    return (f"Each cell: a depth-{m['depth']}, width-{m['embed_dim']} ViT trained for {cfg['schedule']['epochs']} "
+            f"epochs on {d['train_size']:,} embedded {d['img_size']}-px images of {d['num_classes']} classes; top-1 on "
+            f"{d['val_size']:,} validation images, whose binomial standard error is up to {se:.1f} points: a "
+            f"difference under ~{3 * se:.0f} points between two cells is within noise.")
 
 
 def _cell_text(r: CellResult) -> str:

@@ -1,5 +1,7 @@
 """The notebooks: committed without outputs, one `parameters` cell each, all run through papermill at smoke size,
 and a bad parameter fails the notebook with lab's ValueError."""
+import re
+
 import nbformat
 import papermill
 import pytest
@@ -16,6 +18,26 @@ def test_committed_notebooks_have_no_outputs_and_one_parameters_cell(name):
     assert all(c.outputs == [] and c.execution_count is None for c in code), f"{name}: strip its outputs"
     assert sum("parameters" in c.metadata.get("tags", []) for c in nb.cells) == 1
     assert sorted(p.stem for p in reproduce.NOTEBOOK_DIR.glob("*.ipynb")) == sorted(reproduce.NOTEBOOKS)
+
+
+def test_demo_shows_the_papers_verdict_beside_each_run(tmp_path):
+    text = reproduce.demo_report(["erf", "linear"], "smoke", tmp_path, overrides=TINY, progress=False).markdown
+    assert "| paper (%) |" in text
+    assert re.search(r"\| `erf` \| \w+ \| [\d.–]+ \| 82\.6 \|", text)       # the paper's plain erf
+    assert re.search(r"\| `linear` \| \w+ \| [\d.–]+ \| × \|", text)         # Table 4: a failure in the paper
+
+
+def test_committed_notebooks_are_what_the_generator_writes():
+    """notebooks/make_notebooks.py is their source: an edit to a committed notebook alone would be lost."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("make_notebooks", reproduce.NOTEBOOK_DIR / "make_notebooks.py")
+    generator = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generator)
+    built = generator.build()
+    assert sorted(built) == sorted(reproduce.NOTEBOOKS)
+    for name, nb in built.items():
+        committed = nbformat.read(reproduce.NOTEBOOK_DIR / f"{name}.ipynb", as_version=4)
+        assert [(c.cell_type, c.source) for c in committed.cells] == [(c.cell_type, c.source) for c in nb.cells], name
 
 
 @pytest.mark.slow

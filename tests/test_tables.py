@@ -114,6 +114,15 @@ def test_bad_arguments():
         tables.render("table0", [])
 
 
+def test_notes_say_what_each_cell_trained_and_the_noise_of_its_top1():
+    from lab import config
+    records = [{**r, "config": config.load("smoke")} for r in FAKE]
+    text = tables.render("table3", records, "md", protocol="smoke")
+    assert ("Each cell: a depth-3, width-48 ViT trained for 8 epochs on 1,024 embedded 20-px images of 10 classes; "
+            "top-1 on 500 validation images, whose binomial standard error is up to 2.2 points") in text
+    assert "Each cell:" not in tables.render("table3", FAKE, "md", protocol="smoke")    # no config: nothing claimed
+
+
 def test_render_and_fidelity_refuse_a_results_folder_that_does_not_exist(tmp_path, capsys):
     from lab.cli import main
     for command in (["render", "table6"], ["fidelity", "--protocol", "smoke"]):
