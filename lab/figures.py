@@ -4,6 +4,7 @@ All figures share one seaborn style (`_style`): curves that satisfy a property a
 Figures are built with matplotlib's object API (no pyplot state, Agg canvas) and saved as PNG and PDF.
 """
 import math
+import re
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -12,10 +13,11 @@ import seaborn as sns
 import torch
 from matplotlib import rc_context
 from matplotlib.figure import Figure
-from matplotlib.transforms import blended_transform_factory
+from matplotlib.transforms import ScaledTranslation, blended_transform_factory
 
 from . import ablations, tables
-from .perturb import TRANSFORMS, pointwise
+from .functions import BASES
+from .perturb import TRANSFORMS, format_number, parse, pointwise
 
 BLUE, RED = sns.color_palette("deep")[0], sns.color_palette("deep")[3]
 BLUES = sns.blend_palette(["#1d3461", BLUE, "#8db0dc"], 3)       # several curves that satisfy a property
@@ -30,9 +32,54 @@ FIGURE2 = {
     "monotonic": ("Monotonic", "Monotonic", "Not monotonic", ("erf", "erf|neg"), ("dampx",), 6),
 }
 """Figure 2: each panel's specs; tests check them against lab.audit."""
+FAILED_STRIP = 11
+"""Points below the axes at which accuracy_vs_lambda draws failures (×), clear of every value; tick labels go below."""
+SMOOTHING = 5
+"""Logged points in the running mean of each training curve (raw per-step losses overlap too much to be read)."""
 TRANSFORM_FORMULAS = {name: t.formula for name, t in TRANSFORMS.items()}
 FIGURE3 = ("logsign", "arcsinh", "logquad", "power23", "linear")
 FIGURE4 = ("erf", "erf|neg", "sin", "dampx", "dampexp")
+
+
+_CALL_OF_F = re.compile(r"(?<![a-z])f\(((?:[^()]|\([^()]*\))*)\)")    # f(arg), arg with one level of parentheses
+_VARIABLE = re.compile(r"(?<![a-z])x(?![a-z])")
+
+
+def math_label(spec: str) -> str:
+    """The function a spec names, written as math for legends: "erf|hshift=1" is "erf(x + 1)", "erf|neg" "−erf(x)".
+
+    Built from the formulas of lab.functions and lab.perturb: each transform's f(…) is replaced by the expression
+    so far, its λ by the number. A bare base whose formula does not say its name keeps the name the tables use
+    ("dampx = 2x/(1+x²)").
+    """
+    base, transforms = parse(spec)
+    expr = BASES[base].formula
+    for name, lam in transforms:
+        formula = TRANSFORMS[name].formula
+        if lam is not None:
+            formula = formula.replace("λ", format_number(lam).replace("-", "−"))
+        inner = expr if _is_atom(expr) else f"({expr})"
+        expr = _CALL_OF_F.sub(lambda call: _at(inner, call[1]), formula)
+    expr = expr.replace("+ −", "− ").replace("− −", "+ ").replace("−−", "")
+    return expr if transforms or expr.startswith(base) else f"{base} = {expr}"
+
+
+def _is_atom(expr: str) -> bool:
+    """Whether `expr` has no operator outside parentheses (the formulas write binary + and − with spaces)."""
+    depth = 0
+    for char in expr:
+        depth += (char == "(") - (char == ")")
+        if char == " " and depth == 0:
+            return False
+    return True
+
+
+def _at(expr: str, arg: str) -> str:
+    """`expr` with its variable x replaced by `arg`, in parentheses unless the x is already delimited."""
+    def replace(x):
+        delimited = expr[x.start() - 1:x.start()] in ("(", "|") and expr[x.end():x.end() + 1] in (")", "|", ",")
+        return arg if arg == "x" or delimited else f"({arg})"
+    return _VARIABLE.sub(replace, expr)
 
 
 @contextmanager
@@ -70,7 +117,7 @@ def _figure2() -> Figure:
             x = np.linspace(-half, half, 2001)
             for color, label, specs in ((BLUE, good, good_specs), (RED, bad, bad_specs)):
                 for dash, spec in zip(DASHES, specs):
-                    ax.plot(x, _curve(spec, x), color=color, ls=dash, lw=2, label=f"{label}: {spec}")
+                    ax.plot(x, _curve(spec, x), color=color, ls=dash, lw=2, label=f"{label}: {math_label(spec)}")
             ax.axhline(0, color="0.4", lw=0.6)
             ax.axvline(0, color="0.4", lw=0.6)
             ax.set(title=title, xlabel="x", xlim=(-half, half))
@@ -80,7 +127,7 @@ def _figure2() -> Figure:
 
 
 def figure3(out_dir="figures") -> list[Path]:
-    """The unbounded functions of Table 4 on [0, 18]: blue ones train in the paper, red ones fail."""
+    """The unbounded functions of Table 4 on [0, 18]: blue ones train in the paper, red ones fail there (×)."""
     paper = {c.spec: c.paper for c in ablations.load("table4").cells}
     x = np.linspace(0, 18, 1801)
     with _style():
@@ -90,7 +137,7 @@ def figure3(out_dir="figures") -> list[Path]:
         for spec in FIGURE3:
             trains = paper.get(spec) is not None
             ax.plot(x, _curve(spec, x), lw=2, color=next(good if trains else bad), ls="-" if trains else "--",
-                    label=spec if trains else f"{spec} (fails)")
+                    label=math_label(spec) if trains else f"{math_label(spec)} (× in paper)")
         ax.set(xlim=(0, 18), ylim=(0, 18), xlabel="x", ylabel="f(x)", title="Growth of unbounded functions")
         ax.legend(loc="upper left")
         return _save(fig, out_dir, "figure3")
@@ -106,7 +153,7 @@ def figure4(out_dir="figures") -> list[Path]:
                   "dampexp": (REDS[2], "-.")}
         for spec in FIGURE4:
             color, dash = styles[spec]
-            ax.plot(x, _curve(spec, x), color=color, ls=dash, lw=2, label=spec)
+            ax.plot(x, _curve(spec, x), color=color, ls=dash, lw=2, label=math_label(spec))
         ax.set(xlim=(-8, 8), ylim=(-1.05, 1.05), xlabel="x", ylabel="f(x)", title="Monotonic and non-monotonic")
         ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5))
         return _save(fig, out_dir, "figure4")
@@ -155,26 +202,43 @@ def _loss_points(record: dict) -> list[tuple[float, float]]:
     return [(float(s), float(v)) for s, v in points if v is not None and math.isfinite(v)]
 
 
+def _swept(panel: ablations.Panel) -> str:
+    """The header of a panel's swept axis: "λ", "λu", ... for a swept value, "f" or "" for a choice of function."""
+    return panel.col_header if panel.x_axis == "columns" else panel.row_header[0]
+
+
+def _curve_colors(xs: list[str], header: str) -> list:
+    """Colours that tell neighbouring curves apart: signed λ diverge from λ = 0 (black: the unperturbed f), other λ
+    run along viridis, functions get qualitative colours."""
+    if not header.startswith("λ"):
+        return sns.color_palette("tab10", len(xs))
+    if not any(x.startswith(("−", "-")) for x in xs):
+        return sns.color_palette("viridis", len(xs))
+    return ["0.1" if x == "0" else color for x, color in zip(xs, sns.color_palette("coolwarm", len(xs)))]
+
+
 def training_curves(name: str, records, out_dir="figures", protocol: str | None = None) -> list[Path]:
     """Training loss against epoch for every cell of a table (cf. the paper's Appendix Figures 6–8).
 
-    One subplot per series (e.g. "erf, horizontal"), one curve per swept value (λ), mean ± sd over seeds; a failed run
-    ends in an × (its last logged loss, clipped to the top of the axis, which fits the runs that trained).
+    One subplot per series (e.g. "erf, horizontal"), one curve per swept value (λ), mean ± sd over seeds, each run
+    smoothed by a running mean of SMOOTHING logged points (said in the title) so that close curves can be told apart;
+    a failed run's curve ends in an × (clipped to the top of the axis, which fits the runs that trained).
     Returns [] when no record of the table has a loss history.
     """
     import pandas as pd
     table = tables.collect(name, records, protocol)
     matched = [rec for r in table.results for rec in r.records]
     spe = next((h["step"] / h["epoch"] for rec in matched for h in rec.get("history") or [] if h.get("epoch")), None)
-    rows, hues, swept = [], {}, {}
+    rows, hues, swept, x_of = [], {}, {}, {}
     for panel, results in zip(table.ablation.panels, table.panels):
         single = len(panel.rows if panel.x_axis == "columns" else panel.columns) == 1
         for r in results:
             x, series = panel.x_and_series(r.cell)
             key = (panel.title, "" if single else series)
-            swept[key] = panel.col_header if panel.x_axis == "columns" else panel.row_header[0]
+            swept[key] = _swept(panel)
             hue = f"{x} {'/'.join(dict.fromkeys(tables.failure_mark(k) for k in r.failures))}".strip()
             hues.setdefault(key, []).append(hue)
+            x_of[hue] = x
             for record in r.records:
                 for step, loss in _loss_points(record):
                     rows.append({"key": key, "hue": hue, "failed": record["status"] == "failed",
@@ -182,6 +246,8 @@ def training_curves(name: str, records, out_dir="figures", protocol: str | None 
     if not rows:
         return []
     data = pd.DataFrame(rows)
+    runs = data.groupby(["key", "hue", "seed"], dropna=False, sort=False)["loss"]
+    data["loss"] = runs.transform(lambda loss: loss.rolling(SMOOTHING, center=True, min_periods=1).mean())
     keys = [k for k in hues if (data["key"] == k).any()]
     trained = data[~data["failed"]]
     top = trained["loss"].max() * 1.05 if len(trained) else None
@@ -190,7 +256,7 @@ def training_curves(name: str, records, out_dir="figures", protocol: str | None 
         for ax, key in zip(_grid(fig, len(keys)), keys):
             part = data[data["key"] == key]
             order = [h for h in hues[key] if (part["hue"] == h).any()]
-            palette = dict(zip(order, sns.color_palette("flare", len(order))))
+            palette = dict(zip(order, _curve_colors([x_of[h] for h in order], swept[key])))
             sns.lineplot(data=part, x="epoch", y="loss", hue="hue", hue_order=order, palette=palette,
                          errorbar="sd", ax=ax, lw=1.5)
             for (hue, _), run in part[part["failed"]].groupby(["hue", "seed"], dropna=False):
@@ -201,26 +267,32 @@ def training_curves(name: str, records, out_dir="figures", protocol: str | None 
             if top:
                 ax.set_ylim(top=top)
             ax.legend(title=swept[key] or None, fontsize="small", loc="center left", bbox_to_anchor=(1.0, 0.5))
-        fig.suptitle(f"{table.ablation.title}: training loss ({table.protocol})")
+        fig.suptitle(f"{table.ablation.title}: training loss ({table.protocol}; running mean of {SMOOTHING} points)")
         return _save(fig, out_dir, f"{name}_training_curves")
 
 
 def accuracy_vs_lambda(name: str, records, out_dir="figures", protocol: str | None = None) -> list[Path]:
     """Top-1 against the swept value (λ, or the function for Tables 4 and 6), measured beside the paper's.
 
-    Per panel: measured (mean ± std over seeds) on the left, the paper's on the right; failures are × on the x axis.
+    Per panel: measured (mean ± std over seeds) on the left, the paper's on the right. Failures are × in a strip below
+    the axes, where no value can be. Points are joined only along λ: functions are categories, not a trend. Series are
+    dodged sideways a little so that equal values stay visible.
     """
     table = tables.collect(name, records, protocol)
     with _style():
         panels = table.ablation.panels
         fig = Figure(figsize=(13, 3.8 * len(panels)), layout="constrained")
         axes = fig.subplots(len(panels), 2, squeeze=False)
+        below_axes = ScaledTranslation(0, -FAILED_STRIP / 72, fig.dpi_scale_trans)
         for (ax_m, ax_p), panel, results in zip(axes, panels, table.panels):
             labels = list(panel.columns if panel.x_axis == "columns" else [", ".join(r) for r in panel.rows])
             series = list(dict.fromkeys(panel.x_and_series(r.cell)[1] for r in results))
             colors = dict(zip(series, sns.color_palette("deep", len(series))))
+            xlabel = _swept(panel)
+            along_lambda = xlabel.startswith("λ")
             for ax, measured in ((ax_m, True), (ax_p, False)):
-                at_bottom = blended_transform_factory(ax.transData, ax.transAxes)
+                failed_strip = blended_transform_factory(ax.transData, ax.transAxes) + below_axes
+                any_failed = False
                 for k, s in enumerate(series):
                     points = {panel.x_and_series(r.cell)[0]: r for r in results if panel.x_and_series(r.cell)[1] == s}
                     y, err, failed = [], [], []
@@ -231,21 +303,26 @@ def accuracy_vs_lambda(name: str, records, out_dir="figures", protocol: str | No
                         err.append((r.std or 0.0) if measured and r.trained else 0.0)
                         if (r.trained is False) if measured else r.cell.paper is None:
                             failed.append(i)
-                    ax.errorbar(range(len(labels)), y, yerr=err if measured else None, color=colors[s],
-                                marker="o", ms=5, lw=1.5, ls="-" if measured else "--", capsize=3,
-                                mfc=colors[s] if measured else "white", label=s)
+                    dodge = (k - (len(series) - 1) / 2) * min(0.08, 0.6 / len(series))
+                    ax.errorbar(np.arange(len(labels)) + dodge, y, yerr=err if measured else None, color=colors[s],
+                                marker="o", ms=5, lw=1.5, ls=("-" if measured else "--") if along_lambda else "none",
+                                capsize=3, mfc=colors[s] if measured else "white", label=s)
                     if failed:        # (an empty unclipped line would still claim a marker's box at the origin)
-                        offset = (k - (len(series) - 1) / 2) * min(0.08, 0.6 / len(series))   # keep the ×s apart
-                        ax.plot(np.add(failed, offset), [0.04] * len(failed), "X", color=colors[s], ms=9,
-                                transform=at_bottom, clip_on=False)
-                xlabel = panel.col_header if panel.x_axis == "columns" else panel.row_header[0]
+                        ax.plot(np.add(failed, dodge), np.zeros(len(failed)), "X", color=colors[s], ms=8,
+                                transform=failed_strip, clip_on=False)
+                        any_failed = True
+                if any_failed:
+                    ax.text(-0.01, 0, "failed", transform=ax.transAxes + below_axes, ha="right", va="center",
+                            fontsize="small", color="0.3")
                 ax.set_xticks(range(len(labels)), labels)
+                ax.tick_params(axis="x", pad=2 * FAILED_STRIP)     # the tick labels go below the strip
                 ax.set(xlabel=xlabel, ylabel="top-1 (%)", xlim=(-0.5, len(labels) - 0.5))
                 where = f"measured ({table.protocol or 'no results'})" if measured else "paper (ViT-B, ImageNet-1K)"
                 ax.set_title(f"{panel.title} {where}".strip())
                 if measured and not any(r.run for r in results):
                     ax.text(0.5, 0.5, "no results", transform=ax.transAxes, ha="center", va="center", color="0.5")
                     ax.set_yticks([])
-            ax_p.legend(fontsize="small", title="× = failure", loc="center left", bbox_to_anchor=(1.0, 0.5))
+            if len(series) > 1:
+                ax_p.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.0, 0.5))
         fig.suptitle(table.ablation.title)
         return _save(fig, out_dir, f"{name}_accuracy_vs_lambda")

@@ -1,6 +1,11 @@
-"""Figures are written, and Figure 2 draws the lab's own specs, each on the side of the property lab.audit measures."""
+"""Figures are written, and Figure 2 draws the lab's own specs, each on the side of the property lab.audit measures;
+legends speak math, failures cannot be read as values, and neighbouring training curves can be told apart."""
+import re
+
 import numpy as np
+import pytest
 import torch
+from matplotlib.colors import to_rgb
 
 import lab
 from lab import figures
@@ -19,10 +24,11 @@ def test_figure2_curves_are_the_specs_and_satisfy_or_violate_their_panels_proper
     assert [ax.get_title() for ax in fig.axes] == ["Zero-centered", "Bounded", "Center Sensitive", "Monotonic"]
     for ax, (prop, (_, good, bad, good_specs, bad_specs, _)) in zip(fig.axes, figures.FIGURE2.items()):
         drawn = [line for line in ax.get_lines() if ":" in line.get_label()]
-        assert [line.get_label() for line in drawn] == [f"{good}: {s}" for s in good_specs] + \
-            [f"{bad}: {s}" for s in bad_specs]
-        for line in drawn:
-            label, spec = line.get_label().split(": ")
+        specs = good_specs + bad_specs
+        assert [line.get_label() for line in drawn] == [f"{good}: {figures.math_label(s)}" for s in good_specs] + \
+            [f"{bad}: {figures.math_label(s)}" for s in bad_specs]
+        for line, spec in zip(drawn, specs, strict=True):
+            label = line.get_label().split(": ")[0]
             x = np.asarray(line.get_xdata())
             assert np.allclose(line.get_ydata(), lab.pointwise(spec).value(torch.from_numpy(x)).numpy())
             assert lab.audit(spec)[prop] is (label == good), (prop, spec)
@@ -59,3 +65,64 @@ def test_transform_gallery_draws_every_transform_with_its_tables_values(tmp_path
     paths = figures.transforms(tmp_path)
     assert [p.suffix for p in paths] == [".png", ".pdf"] and all(p.stat().st_size > 10_000 for p in paths)
     assert {name for name, _, _ in figures.TRANSFORM_GALLERY} == set(lab.TRANSFORMS)
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """The figures the module draws, in order, instead of writing them."""
+    figs = []
+    monkeypatch.setattr(figures, "_save", lambda fig, out_dir, stem: figs.append(fig) or [])
+    return figs
+
+
+@pytest.mark.parametrize("spec, label", [
+    ("erf", "erf(x)"), ("erf|neg", "−erf(x)"), ("erf|hshift=1", "erf(x + 1)"), ("erf|hshift=-0.5", "erf(x − 0.5)"),
+    ("erf|vshift=0.5", "erf(x) + 0.5"), ("arcsinh|clip=2", "clip(arcsinh(x), −2, 2)"), ("dampx", "dampx = 2x/(1+x²)"),
+    ("dampx|hshift=1", "2(x + 1)/(1+(x + 1)²)"), ("erf|vshift=0.5|neg", "−(erf(x) + 0.5)"), ("linear", "linear = x"),
+])
+def test_math_label_writes_the_function_a_spec_names(spec, label):
+    assert figures.math_label(spec) == label
+
+
+def test_figures_3_and_4_legends_are_math_and_say_where_the_paper_fails(drawn):
+    figures.figure3(), figures.figure4()
+    fig3, fig4 = ([line.get_label() for line in fig.axes[0].get_lines()] for fig in drawn)
+    spec_syntax = re.compile(rf"\|({'|'.join(lab.TRANSFORMS)})\b")
+    assert not [label for label in fig3 + fig4 if spec_syntax.search(label)]
+    assert fig4 == ["erf(x)", "−erf(x)", "sin(x)", "dampx = 2x/(1+x²)", "dampexp = e·x·e^(−|x|)"]
+    assert [label for label in fig3 if label.endswith("(× in paper)")] == [
+        "power23 = sign(x)·|x|^(2/3) (× in paper)", "linear = x (× in paper)"]
+
+
+def test_accuracy_failures_lie_below_the_data_area_and_categories_are_not_joined(drawn):
+    """Table 6: (a) three series of f / −f, (b) one series of functions, with a failure among them."""
+    records = [fake("erf"), fake("erf|neg"), fake("tanh"), fake("dampx", kind="diverged"), fake("sin")]
+    figures.accuracy_vs_lambda("table6", records)
+    (fig,) = drawn
+    fig.draw_without_rendering()
+    ax_a_measured, ax_a_paper, ax_b_measured, ax_b_paper = fig.axes
+    crosses = [line for line in ax_b_measured.get_lines() if line.get_marker() == "X"]
+    assert crosses and all(line.get_transform().transform(line.get_xydata())[:, 1].max() < ax_b_measured.bbox.y0
+                           for line in crosses)
+    assert ax_a_paper.get_legend() is not None and ax_b_paper.get_legend() is None    # one series: no legend
+    assert all(bar.lines[0].get_linestyle() == "None" for ax in fig.axes for bar in ax.containers)
+
+
+def test_accuracy_along_lambda_joins_points(drawn):
+    figures.accuracy_vs_lambda("table5", [fake("erf"), fake("erf|flat=0.5")])
+    assert all(bar.lines[0].get_linestyle() != "None" for ax in drawn[0].axes for bar in ax.containers)
+
+
+def test_training_curves_are_smoothed_and_neighbouring_lambdas_differ_in_colour(drawn):
+    """Table 1, erf horizontal: nine λ (the 0 one a zig-zag loss), each curve a colour of its own."""
+    lams = (-2, -1, -0.5, -0.1, 0, 0.1, 0.5, 1, 2)
+    records = [fake(lab.canonical(f"erf|hshift={lam}")) for lam in lams]
+    records[4]["loss_curve"] = [[i, 2.0 + 0.5 * (-1) ** i] for i in range(1, 41)]
+    figures.training_curves("table1", records)
+    ax = drawn[0].axes[0]       # (the λ = 0 record, plain erf, also draws on the "erf, vertical" panel)
+    assert ax.get_title() == "erf, horizontal"
+    curves = [line for line in ax.get_lines() if len(line.get_xdata())]       # (not the legend's empty proxies)
+    colors = np.array([to_rgb(line.get_color()) for line in curves])
+    assert len(curves) == len(lams) and np.linalg.norm(np.diff(colors, axis=0), axis=1).min() > 0.15
+    zigzag = np.asarray(curves[4].get_ydata())
+    assert np.ptp(zigzag[5:-5]) < 0.5 and "running mean" in drawn[0].get_suptitle()
