@@ -159,11 +159,20 @@ def figure4(out_dir="figures") -> list[Path]:
         return _save(fig, out_dir, "figure4")
 
 
-TRANSFORM_GALLERY = (  # (transform, base, λ values of its table): the Section-3 perturbations, one panel each
-    ("hshift", "erf", (-2, -1, -0.5, 0, 0.5, 1, 2)), ("vshift", "erf", (-2, -1, -0.5, 0, 0.5, 1, 2)),
-    ("clip", "arcsinh", (0.5, 1, 2, 3, None)), ("blend", "erf", (0, 0.01, 0.1, 0.5)),
-    ("flat", "erf", (0, 0.5, 1, 2, 3)), ("neg", "erf", (None, "neg")),
-)
+TRANSFORM_GALLERY = (("hshift", "erf", "table1"), ("vshift", "erf", "table1"), ("clip", "arcsinh", "table2"),
+                     ("blend", "erf", "table3"), ("flat", "erf", "table5"), ("neg", "erf", "table6"))
+"""The Section-3 perturbations, one panel each: (transform, base, the table whose λ values it draws)."""
+
+
+def _gallery_curves(name: str, base: str, table: str) -> list[tuple[str, str]]:
+    """(λ as the legend shows it, spec) of `base` under transform `name` at each λ of `table`, in order, the plain
+    base included: λ = 0, "none" for the clip (last), "f" before "−f" for the negation."""
+    lams = {ts[0][1] for b, ts in map(parse, (c.spec for c in ablations.load(table).cells))
+            if b == base and len(ts) == 1 and ts[0][0] == name}
+    curves = [(math.inf if name == "clip" else 0, {"clip": "none", "neg": "f"}.get(name, "0"), base)]
+    curves += [(1, "−f", f"{base}|neg") if lam is None else
+               (lam, format_number(lam).replace("-", "−"), f"{base}|{name}={format_number(lam)}") for lam in lams]
+    return [(label, spec) for _, label, spec in sorted(curves)]
 
 
 def transforms(out_dir="figures") -> list[Path]:
@@ -171,15 +180,15 @@ def transforms(out_dir="figures") -> list[Path]:
     x = np.linspace(-5, 5, 2001)
     with _style():
         fig = Figure(figsize=(13, 7), layout="constrained")
-        for ax, (name, base, lams) in zip(_grid(fig, len(TRANSFORM_GALLERY)), TRANSFORM_GALLERY):
-            palette = sns.color_palette("viridis", len(lams))
-            for color, lam in zip(palette, lams):
-                spec = base if lam is None or lam == 0 else f"{base}|{name}" if lam == "neg" else f"{base}|{name}={lam}"
-                ax.plot(x, _curve(spec, x), color=color, lw=1.8, label=spec)
+        for ax, (name, base, table) in zip(_grid(fig, len(TRANSFORM_GALLERY)), TRANSFORM_GALLERY):
+            curves = _gallery_curves(name, base, table)
+            header = "f" if name == "neg" else "λ"
+            for color, (label, spec) in zip(_curve_colors([lam for lam, _ in curves], header), curves):
+                ax.plot(x, _curve(spec, x), color=color, lw=1.8, label=label)
             ax.axhline(0, color="0.4", lw=0.6)
             ax.axvline(0, color="0.4", lw=0.6)
-            ax.set(title=f"{name}: {TRANSFORM_FORMULAS[name]}", xlabel="x", xlim=(-5, 5))
-            ax.legend(fontsize="x-small", loc="upper left")
+            ax.set(title=f"{name}: {TRANSFORM_FORMULAS[name]}, f = {base}", xlabel="x", xlim=(-5, 5))
+            ax.legend(title=None if name == "neg" else "λ", fontsize="x-small", loc="upper left")
         return _save(fig, out_dir, "transforms")
 
 

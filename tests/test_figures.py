@@ -65,6 +65,11 @@ def test_transform_gallery_draws_every_transform_with_its_tables_values(tmp_path
     paths = figures.transforms(tmp_path)
     assert [p.suffix for p in paths] == [".png", ".pdf"] and all(p.stat().st_size > 10_000 for p in paths)
     assert {name for name, _, _ in figures.TRANSFORM_GALLERY} == set(lab.TRANSFORMS)
+    curves = {name: figures._gallery_curves(name, base, table) for name, base, table in figures.TRANSFORM_GALLERY}
+    assert [label for label, _ in curves["clip"]] == ["0.5", "0.8", "1", "2", "3", "5", "none"]     # Table 2's λu
+    assert [label for label, _ in curves["flat"]] == ["0", "0.1", "0.5", "1", "2", "3"]              # Table 5's λ
+    assert curves["hshift"][0] == ("−2", "erf|hshift=-2") and len(curves["hshift"]) == 9             # Table 1's λ
+    assert curves["neg"] == [("f", "erf"), ("−f", "erf|neg")]
 
 
 @pytest.fixture
