@@ -299,6 +299,8 @@ def accuracy_vs_lambda(name: str, records, out_dir="figures", protocol: str | No
             colors = dict(zip(series, sns.color_palette("deep", len(series))))
             xlabel = _swept(panel)
             along_lambda = xlabel.startswith("λ")
+            # both plots of a row keep their tick labels level: below the strip if either has a failure to show
+            strip = any(r.trained is False or r.cell.paper is None for r in results)
             for ax, measured in ((ax_m, True), (ax_p, False)):
                 failed_strip = blended_transform_factory(ax.transData, ax.transAxes) + below_axes
                 any_failed = False
@@ -324,7 +326,8 @@ def accuracy_vs_lambda(name: str, records, out_dir="figures", protocol: str | No
                     ax.text(-0.01, 0, "failed", transform=ax.transAxes + below_axes, ha="right", va="center",
                             fontsize="small", color="0.3")
                 ax.set_xticks(range(len(labels)), labels)
-                ax.tick_params(axis="x", pad=2 * FAILED_STRIP)     # the tick labels go below the strip
+                if strip:
+                    ax.tick_params(axis="x", pad=2 * FAILED_STRIP)     # the tick labels go below the strip
                 ax.set(xlabel=xlabel, ylabel="top-1 (%)", xlim=(-0.5, len(labels) - 0.5))
                 where = f"measured ({table.protocol or 'no results'})" if measured else "paper (ViT-B, ImageNet-1K)"
                 ax.set_title(f"{panel.title} {where}".strip())

@@ -110,6 +110,9 @@ def test_accuracy_failures_lie_below_the_data_area_and_categories_are_not_joined
     assert crosses and all(line.get_transform().transform(line.get_xydata())[:, 1].max() < ax_b_measured.bbox.y0
                            for line in crosses)
     assert ax_a_paper.get_legend() is not None and ax_b_paper.get_legend() is None    # one series: no legend
+    # the strip takes room only in the row with a failure: (a)'s tick labels sit at the axes as usual
+    tick_top = [ax.get_xticklabels()[0].get_window_extent().y1 for ax in fig.axes]
+    assert ax_a_measured.bbox.y0 - tick_top[0] < ax_b_measured.bbox.y0 - tick_top[2]
     assert all(bar.lines[0].get_linestyle() == "None" for ax in fig.axes for bar in ax.containers)
 
 
