@@ -15,7 +15,10 @@ The point-wise layer has finite analytic gradients everywhere, so "nan" means th
 
 Exact resume: a checkpoint holds the model, EMA, optimizer, scheduler, scaler, every RNG state of every rank, the
 update counter (which fixes the data position, see lab.data.Plan), the history and the failure baseline; it is taken
-right after an update (and after the evaluation that may follow), so the resumed run replays the same numbers.
+right after an update (and after the evaluation that may follow), so the resumed run replays the same numbers on
+the embedded data (augmented on the device from those RNG states). With an image folder the resumed run sees the same
+images in the same order, but its augmentation draws differ: the DataLoader's workers and its iterator's seed start
+mid-epoch (same distribution, not the same numbers).
 """
 import math
 import os
