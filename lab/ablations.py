@@ -33,6 +33,9 @@ class Cell:
     paper: float | None
     panel: str = ""
 
+    def paper_text(self) -> str:
+        return FAILURE if self.paper is None else f"{self.paper:.1f}"
+
 
 @dataclass(frozen=True)
 class Panel:

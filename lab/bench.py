@@ -178,9 +178,7 @@ def _record(norm, mode, dtype, shape, device, steps, img_per_s, mem_bytes, flops
         "peak_mem_gib": mem_bytes / 2**30 if mem_bytes is not None else None,
         "gflop_per_img": flops_per_image / 1e9,
         "mfu": flops_per_image * img_per_s / (peak * 1e12) if peak else None,
-        "peak_tflops": peak,
-        "device": device_name(device), "torch": torch.__version__, "timm": timm.__version__,
-        "commit": git_commit(), "date": datetime.date.today().isoformat(),
+        "peak_tflops": peak, **_provenance(device), "commit": git_commit(),
     }
 
 
@@ -313,8 +311,11 @@ def _erf_run(shape: dict, device: torch.device, **adamw):
 
 def _packing_row(n: int, run_mode: str, img_per_s: float, shape: dict, device: torch.device) -> dict:
     return {"mode": "packing", "runs": n, "run_mode": run_mode, "img_per_s": img_per_s, "batch": shape["batch"],
-            "model": f"vit-d{shape['depth']}-w{shape['embed_dim']}-{shape['img_size']}px",
-            "device": device_name(device), "torch": torch.__version__, "timm": timm.__version__,
+            "model": f"vit-d{shape['depth']}-w{shape['embed_dim']}-{shape['img_size']}px", **_provenance(device)}
+
+
+def _provenance(device: torch.device) -> dict:
+    return {"device": device_name(device), "torch": torch.__version__, "timm": timm.__version__,
             "date": datetime.date.today().isoformat()}
 
 

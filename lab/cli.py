@@ -3,7 +3,6 @@ import argparse
 import json
 import os
 import sys
-from pathlib import Path
 
 TABLE_CHOICES = [f"table{i}" for i in range(1, 7)]
 
@@ -58,24 +57,15 @@ def _calibrate(args):
     return 0
 
 
-def _results_dir(path) -> Path:
-    """A folder of records that must exist: a mistyped one would render an empty table that looks like a result."""
-    if not Path(path).is_dir():
-        raise ValueError(f"--results {path}: no such directory (where `lab sweep --results` wrote records)")
-    return Path(path)
-
-
 def _render(args):
     from . import results, tables
-    _results_dir(args.results)
-    print(tables.render(args.table, results.load_records(args.results), args.format, protocol=args.protocol))
+    print(tables.render(args.table, results.load_records(results.records_dir(args.results)), args.format, protocol=args.protocol))
     return 0
 
 
 def _fidelity(args):
     from . import fidelity, results
-    _results_dir(args.results)
-    print(fidelity.render(fidelity.measure(results.load_records(args.results), args.protocol)), end="")
+    print(fidelity.render(fidelity.measure(results.load_records(results.records_dir(args.results)), args.protocol)), end="")
     return 0
 
 

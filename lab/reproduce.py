@@ -80,8 +80,7 @@ def demo_report(specs=("erf", "linear"), protocol: str = "smoke", results_dir="r
         failure = r.get("failure") or {}
         top1 = "–" if r.get("top1") is None else f"{r['top1']:.1f}"
         cell = paper.get(r["spec"])
-        in_paper = "–" if cell is None else ablations.FAILURE if cell.paper is None else f"{cell.paper:.1f}"
-        lines.append(f"| `{r['spec']}` | {r['status']} | {top1} | {in_paper} | "
+        lines.append(f"| `{r['spec']}` | {r['status']} | {top1} | {'–' if cell is None else cell.paper_text()} | "
                      f"{r.get('chance_top1') or 0:.1f} | {failure.get('kind', '')} {failure.get('reason', '')} |")
     losses = [{h["epoch"]: h.get("train_loss") for h in r.get("history") or []} for r in records]
     epochs = sorted({e for per in losses for e in per})
@@ -112,16 +111,15 @@ def reproduce(protocol: str, out_dir="reproduction", *, jobs: int = 2, overrides
     (a grid trained elsewhere; its missing cells show as not run). A failing notebook is recorded in the report and
     the others still run; then RuntimeError names the failures.
     """
-    from . import ablations, config
+    from . import ablations, config, results as _results
     config.load(protocol, _sweep._overrides(_with_data_path(overrides, data_path), device))  # bad input fails here
     unknown = [n for n in notebooks if n not in NOTEBOOKS]
     if unknown:
         raise ValueError(f"unknown notebook(s) {', '.join(unknown)}: choose from {', '.join(NOTEBOOKS)}")
     out = Path(out_dir).resolve()
     results = Path(results_dir).resolve() if results_dir else out / "results"
-    if not train and not results.is_dir():
-        raise ValueError(f"results {results}: no such directory, and train=False (--no-train) renders the records "
-                         f"present: name the folder a sweep wrote (--results)")
+    if not train:       # rendering only: the records must be there
+        _results.records_dir(results)
     out.mkdir(parents=True, exist_ok=True)
     start = time.time()
 

@@ -57,6 +57,14 @@ def read_record(path) -> dict:
     return {**record, "path": str(path)} if isinstance(record, dict) else record
 
 
+def records_dir(path) -> Path:
+    """`path` if it is a folder, else ValueError: a mistyped folder of records would render an empty table or report
+    that looks like a result."""
+    if not Path(path).is_dir():
+        raise ValueError(f"results {path}: no such directory (where `lab sweep --results` wrote records)")
+    return Path(path)
+
+
 def load_records(results_dir) -> list[dict]:
     """Every record (*.json with spec and status) under `results_dir`, recursively, each with its "path"."""
     root = Path(results_dir)

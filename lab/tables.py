@@ -73,7 +73,7 @@ class CellResult:
         return f"{text} [{len(self.failures)}/{n} {marks}]" if self.failures else text
 
     def paper_text(self) -> str:
-        return ablations.FAILURE if self.cell.paper is None else f"{self.cell.paper:.1f}"
+        return self.cell.paper_text()
 
 
 @dataclass
