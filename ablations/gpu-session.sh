@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The next accelerator session's work (#5, #6), in stages that each fit one 10-minute device call:
-#   bash ablations/gpu-session.sh check    # GPU-only tests; one proxy run's speed eager/compiled/graphs; 8 packed
-#                                          # processes against 8 and 14 runs in one process (graphs on streams)
-#   bash ablations/gpu-session.sh round4   # one proxy epoch with CUDA graphs (stops the stage if that fails), then
-#                                          # configs/calibration/round4.yaml, 14 packed (one variant's 14 cells at once)
+#   bash ablations/gpu-session.sh check    # GPU-only tests; one proxy run's speed eager/compiled/graphs; 14 packed
+#                                          # processes with CUDA graphs, time-sliced and under MPS, against 14 runs in
+#                                          # one process (graphs on streams)
+#   bash ablations/gpu-session.sh round4   # one proxy epoch with CUDA graphs in 2 packed processes (stops the stage if
+#                                          # that fails), then configs/calibration/round4.yaml, 14 packed (one
+#                                          # variant's 14 cells at once)
 #   bash ablations/gpu-session.sh grid [KEY=VALUE ...]
 #                                          # every cell of Tables 1–6 under proxy.yaml (with these overrides: a
 #                                          # calibration variant's list, e.g. round4's, before proxy.yaml adopts it),
@@ -14,6 +16,8 @@
 #                                          # kernels, now specialised to the training shape
 #   bash ablations/gpu-session.sh mfu      # #6: LayerNorm and Derf compiled with inductor's autotuning (MFU goal)
 #   bash ablations/gpu-session.sh fp32     # #6: six Section-3 variants compiled in fp32 (Derf's is measured)
+# round4 and grid pack their runs under NVIDIA MPS (lab.mps: their kernels share the GPU at once instead of taking
+# turns; the records' "pool" says whether they did); MPS=0 packs them time-sliced, as rounds 1-3 ran.
 # A stage stops itself at STAGE_S seconds (default 540; its sweeps start no cell that would not finish by then),
 # writes $OUT/STAGE.log (ending with the last lines of each cell it left unfinished: lab.results.log_path), and
 # packs what it wrote under ablations/results/ (run checkpoints aside, logs included) into $OUT/STAGE.tgz.
@@ -34,6 +38,9 @@ done
 out=${OUT:-gpu-out}
 mkdir -p "$out"
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+[[ -d /usr/local/nvidia/bin ]] && export PATH=$PATH:/usr/local/nvidia/bin    # where containers mount the driver's tools
+mps=(--mps)
+[[ ${MPS:-1} == 0 ]] && mps=()
 started=$(date +%s)
 touch "$out/.start"
 
@@ -69,17 +76,19 @@ run_stage() {
       step python3 -m pytest -q -p no:cacheprovider -k "generated or gpu" tests/test_layers.py tests/test_train.py \
         tests/test_bench.py
       step python3 -m lab bench --proxy --norms erf --modes eager,compiled,compiled-graphs --dtypes bf16
-      step python3 -m lab bench --modes "" --packing 1,8 --packing-mode compiled-graphs
-      step python3 -m lab bench --modes "" --packing 1,8,14 --packing-mode graphed-streams ;;
+      step python3 -m lab bench --modes "" --packing 1,14 --packing-mode compiled-graphs
+      step python3 -m lab bench --modes "" --packing 1,14 --packing-mode compiled-graphs --mps
+      step python3 -m lab bench --modes "" --packing 1,14 --packing-mode graphed-streams ;;
     round4)
-      step python3 -m lab train --protocol proxy --norm erf --out /tmp/preflight --quiet --set epochs=1 \
-        --set data.train_size=10000 --set optim.batch_size=256 --set compile=true --set compile_mode=reduce-overhead &&
-      step python3 -m lab calibrate configs/calibration/round4.yaml --jobs 14 --deadline "$(left)" ;;
+      step python3 -m lab sweep table1 --protocol proxy --specs erf --seeds 0,1 --jobs 2 "${mps[@]}" \
+        --results /tmp/preflight --set epochs=1 --set data.train_size=10000 --set optim.batch_size=256 \
+        --set compile=true --set compile_mode=reduce-overhead &&
+      step python3 -m lab calibrate configs/calibration/round4.yaml --jobs 14 "${mps[@]}" --deadline "$(left)" ;;
     grid)
-      step python3 -m lab sweep all --protocol proxy --jobs 14 --results ablations/results/proxy --deadline "$(left)" \
-        "${sets[@]}"
-      step python3 -m lab sweep all --protocol proxy --jobs 14 --results ablations/results/proxy --seeds 1,2 \
-        --specs layernorm,erf,tanh,arctan,isru --deadline "$(left)" "${sets[@]}"
+      step python3 -m lab sweep all --protocol proxy --jobs 14 "${mps[@]}" --results ablations/results/proxy \
+        --deadline "$(left)" "${sets[@]}"
+      step python3 -m lab sweep all --protocol proxy --jobs 14 "${mps[@]}" --results ablations/results/proxy \
+        --seeds 1,2 --specs layernorm,erf,tanh,arctan,isru --deadline "$(left)" "${sets[@]}"
       python3 -m lab fidelity --results ablations/results/proxy --protocol proxy ;;
     bench)
       step python3 -m lab bench --modes compiled --dtypes bf16 --rounds 5 --steps 20 \
@@ -97,6 +106,9 @@ run_stage() {
 
 run_stage 2>&1 | tee "$out/$stage.log"
 rc=${PIPESTATUS[0]}
+for pipe in /tmp/lab-mps-*/; do   # an MPS daemon whose lab command was killed at the time limit (lab stops its own)
+  [[ -d $pipe ]] && echo quit | CUDA_MPS_PIPE_DIRECTORY=$pipe timeout 30 nvidia-cuda-mps-control >/dev/null 2>&1
+done
 find ablations/results -type f -newer "$out/.start" ! -name '*.tmp' ! -name '*.ckpt' > "$out/new-files.txt"
 tar czf "$out/$stage.tgz" -T "$out/new-files.txt"
 rm -f "$out/.start"

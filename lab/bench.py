@@ -29,6 +29,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from .models import build_model
+from .mps import shared_gpu
 from .results import git_commit, write_json_atomic
 
 DERF = "derf"   # erf with the learnable shift s (Section 4); every other name is a norm spec without s
@@ -234,8 +235,15 @@ def _packed_worker(shape, device, mode, seconds, ready, queue):
     queue.put(done * shape["batch"] / seconds)
 
 
-def packing(ns, shape: dict, device: torch.device, seconds: float, mode: str = "eager") -> list[dict]:
-    """Aggregate images/s of N concurrent training processes sharing one device, for each N; each runs `mode`."""
+def packing(ns, shape: dict, device: torch.device, seconds: float, mode: str = "eager",
+            mps: bool = False) -> list[dict]:
+    """Aggregate images/s of N concurrent training processes sharing one device, for each N; each runs `mode`.
+    mps: the processes share the GPU through NVIDIA MPS (lab.mps), where it can be had; each row says whether."""
+    with shared_gpu(mps) as shared:
+        return _packing(ns, shape, device, seconds, mode, shared)
+
+
+def _packing(ns, shape: dict, device: torch.device, seconds: float, mode: str, shared: bool) -> list[dict]:
     ctx = mp.get_context("spawn")
     rows = []
     for n in ns:
@@ -248,7 +256,7 @@ def packing(ns, shape: dict, device: torch.device, seconds: float, mode: str = "
         total = sum(queue.get(timeout=seconds + 300) for _ in procs)
         for p in procs:
             p.join()
-        rows.append(_packing_row(n, mode, total, shape, device))
+        rows.append({**_packing_row(n, mode, total, shape, device), "mps": shared})
     return rows
 
 
@@ -362,7 +370,8 @@ def _session(row: dict, mode: str) -> tuple:
 
 
 def _run_mode(row: dict) -> str:
-    return row.get("run_mode", "eager")     # packing records before run modes existed ran eager
+    """How each packed run ran: records before run modes existed ran eager, before MPS without it."""
+    return row.get("run_mode", "eager") + (" + MPS" if row.get("mps") else "")
 
 
 def recorded(results_dir=RESULTS_DIR, device_type: str = "cuda") -> list[dict]:
@@ -387,7 +396,7 @@ MODES = ("eager", "eager-plain", *COMPILED)
 
 def run(norms, modes, dtypes, device, steps, warmup, shape, packing_ns=(), packing_seconds=10.0,
         peak=None, progress=True, on_row=lambda rows: None, profile_dir=None, packing_mode="eager",
-        rounds=1) -> list[dict]:
+        rounds=1, mps=False) -> list[dict]:
     """Every (mode, dtype, norm) cell, LayerNorm first in each mode, then packing; on_row(rows) after each cell, or
     with rounds > 1 after each (mode, dtype), whose norms are timed in interleaved rounds (measure_rounds)."""
     rows = []
@@ -409,7 +418,8 @@ def run(norms, modes, dtypes, device, steps, warmup, shape, packing_ns=(), packi
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
     if packing_ns:
-        measure_packing = packing_streams if packing_mode == STREAMS else functools.partial(packing, mode=packing_mode)
+        measure_packing = packing_streams if packing_mode == STREAMS else \
+            functools.partial(packing, mode=packing_mode, mps=mps)
         for n in packing_ns:
             rows += measure_packing([n], PROXY_MODEL if device.type == "cuda" else shape, device, packing_seconds)
             on_row(rows)
@@ -442,6 +452,9 @@ def main(args: argparse.Namespace) -> int:
         bad = [v for v in values if v not in choices]
         if bad:
             raise ValueError(f"{name}: unknown value {bad[0]!r}; choose from {', '.join(choices)}")
+    if args.mps and (not args.packing or args.packing_mode == STREAMS):
+        raise ValueError(f"--mps: applies to --packing with processes (--packing-mode eager or {', '.join(COMPILED)}), "
+                         f"not {'no --packing' if not args.packing else STREAMS + ' (one process)'}")
     if args.packing and args.packing_mode == STREAMS and device.type != "cuda":
         raise ValueError(f"--packing-mode {STREAMS}: CUDA graphs and streams need a CUDA device, not {device.type}")
     if args.rounds < 1:
@@ -458,7 +471,7 @@ def main(args: argparse.Namespace) -> int:
     save = functools.partial(write_json_atomic, path)     # after every cell: a killed bench keeps what it measured
     rows = run(norms, modes, dtypes, device, args.steps, args.warmup, shape, packing_ns, args.packing_seconds,
                args.peak_tflops, on_row=save, profile_dir=args.profile, packing_mode=args.packing_mode,
-               rounds=args.rounds)
+               rounds=args.rounds, mps=args.mps)
     print(format_table(rows))
     print(f"records: {path}")
     return 0
@@ -482,6 +495,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--packing-mode", default="eager",
                    help="each packed run's step: eager, compiled, compiled-graphs (N processes), or graphed-streams "
                         "(N runs in one process, each step one CUDA graph, on N streams; CUDA only)")
+    p.add_argument("--mps", action="store_true",
+                   help="the packed processes share the GPU through NVIDIA MPS (lab.mps; where it cannot be had, a "
+                        "message and the processes time-slice): each packing row says which")
     p.add_argument("--proxy", action="store_true",
                    help="the proxy's model (depth 12, width 192, 32 px, batch 256), not ViT-B/16 or the CPU one")
     p.add_argument("--peak-tflops", type=float, default=None, help="dense peak for MFU (default: by device name)")

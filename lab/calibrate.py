@@ -94,11 +94,12 @@ def load(path) -> Calibration:
 
 
 def calibrate(path, results_dir=RESULTS_DIR, *, jobs: int = 1, dry_run: bool = False, report: bool = False,
-              progress: bool = True, deadline: float | None = None):
+              progress: bool = True, deadline: float | None = None, mps: bool = False):
     """Train the subset under every variant in one pool (finished cells are skipped) and write the summary.
 
     report: train nothing, summarise the records present (e.g. fetched from the GPU machine that ran them).
     deadline: seconds from now within which started cells should finish (see sweep.run_cells).
+    mps: the pool's runs share the GPU through NVIDIA MPS (see sweep.run_cells).
     Returns (summary path, None), or (summary path, sweep.CellErrors) when cells raised instead of producing a record
     (every other cell still ran). A dry run lists the cells that would run and returns (None, None).
     """
@@ -120,7 +121,8 @@ def calibrate(path, results_dir=RESULTS_DIR, *, jobs: int = 1, dry_run: bool = F
     errors = None
     try:
         if not report:
-            sweep.run_cells(cells, jobs=jobs, progress=progress, desc=f"calibrate {cal.name}", deadline=deadline)
+            sweep.run_cells(cells, jobs=jobs, progress=progress, desc=f"calibrate {cal.name}", deadline=deadline,
+                            mps=mps)
     except sweep.CellErrors as err:
         errors = err
     text = summary(cal, planned, None if report else time.time() - start, errors)
@@ -132,9 +134,11 @@ def summary(cal: Calibration, planned: dict, wall_s: float | None, errors=None) 
     paper = paper_values()
     records = {c: results.read_record(c.path) for cells in planned.values() for c in cells if c.path.exists()}
     devices = ", ".join(sorted({str(r.get("device")) for r in records.values()})) or "–"
+    pools = "".join(f" · {text}" for text in sorted({_pool_text(r["pool"]) for r in records.values()
+                                                     if r.get("pool")}))
     seeds = f" · seeds {', '.join(map(str, cal.seeds))} (means over seeds)" if cal.seeds and len(cal.seeds) > 1 else ""
     lines = [f"# Calibration `{cal.name}` — protocol {cal.protocol}", "",
-             f"- `{cal.path}` · device {devices} · {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC"
+             f"- `{cal.path}` · device {devices}{pools} · {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC"
              f"{'' if wall_s is None else f' · this call {wall_s:.0f} s'}{seeds}"]
     if errors:
         lines.append(f"- **{len(errors.errors)} cell(s) raised, no record**: "
@@ -164,6 +168,10 @@ def summary(cal: Calibration, planned: dict, wall_s: float | None, errors=None) 
                       f"{'n/a' if rho is None else f'{rho:.2f}'} (n={len(both)}) · erf − LayerNorm {gap} · "
                       f"{wall:.0f} s of training · config {config.config_hash(cells[0].cfg)}"]
     return "\n".join(lines) + "\n"
+
+
+def _pool_text(pool: dict) -> str:
+    return f"{pool['workers']} runs packed" + (" under MPS" if pool["mps"] else " (time-sliced)")
 
 
 def input_scales(protocol: str, overrides=None, images: int = 16) -> list[float]:

@@ -38,7 +38,8 @@ def _sweep(args):
     specs = None if args.specs is None else [s.strip() for s in args.specs.split(",") if s.strip()]
     try:
         sweep.sweep(args.table, args.protocol, args.results, jobs=args.jobs, launcher=args.launcher, seeds=seeds,
-                    overrides=args.set, dry_run=args.dry_run, slurm=args.slurm, specs=specs, deadline=args.deadline)
+                    overrides=args.set, dry_run=args.dry_run, slurm=args.slurm, specs=specs, deadline=args.deadline,
+                    mps=args.mps)
     except sweep.CellErrors as err:
         print(f"lab sweep: {err}", file=sys.stderr)
         return 1
@@ -48,7 +49,8 @@ def _sweep(args):
 def _calibrate(args):
     from . import calibrate
     summary, errors = calibrate.calibrate(args.file, args.results or calibrate.RESULTS_DIR, jobs=args.jobs,
-                                          dry_run=args.dry_run, report=args.report, deadline=args.deadline)
+                                          dry_run=args.dry_run, report=args.report, deadline=args.deadline,
+                                          mps=args.mps)
     if summary:
         print(summary.read_text(encoding="utf-8"), end="")
     if errors:
@@ -108,6 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="config override (lr, epochs, batch_size, seed, device, or a dotted path)")
 
+    def mps(p):
+        p.add_argument("--mps", action="store_true",
+                       help="with --jobs N on a GPU: run the N processes under NVIDIA MPS, so that their kernels share "
+                            "the GPU at once instead of taking turns (started for the run and stopped after it)")
+
     def deadline(p):
         p.add_argument("--deadline", type=_seconds, default=None, metavar="SECONDS",
                        help="start no cell that would not finish within SECONDS (judged by the longest cell so far); "
@@ -136,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--slurm", action="append", default=[], metavar="KEY=VALUE",
                    help="submitit SLURM parameter: partition=gpu, nodes=4, gpus_per_node=8, time=4320 (minutes), ...")
     deadline(p)
+    mps(p)
     overrides(p)
     p.set_defaults(handler=_sweep)
 
@@ -147,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="list the cells that would run; run nothing")
     p.add_argument("--report", action="store_true", help="train nothing: summarise the records present")
     deadline(p)
+    mps(p)
     p.set_defaults(handler=_calibrate)
 
     p = sub.add_parser("render", help="render a table from result records beside the paper's values")

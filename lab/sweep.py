@@ -1,7 +1,8 @@
 """Run a table's grid: (spec × seed) cells, each one `lab.train.run`, skipping cells whose record already exists.
 
 Launchers: in this process (jobs=1), a spawn-context process pool (jobs=N: each worker imports torch once and runs many
-cells; with a GPU the workers share it, which is how small proxy models fill an H100), or a SLURM array through submitit.
+cells; with a GPU the workers share it, which is how small proxy models fill an H100, and with NVIDIA MPS (lab.mps)
+their kernels run at once), or a SLURM array through submitit.
 Records are written atomically by lab.results, so a kill at any moment leaves only complete files and a re-run finishes
 the rest. A divergence is a "failed" record; an unexpected exception in one cell is collected and raised at the end
 (`CellErrors`) after every other cell has run.
@@ -19,6 +20,8 @@ from pathlib import Path
 import multiprocessing
 
 from tqdm import tqdm
+
+from .mps import shared_gpu
 
 BASELINE = "layernorm"
 ALL = "all"
@@ -107,7 +110,7 @@ def union_cells(tables, protocol: str, results_dir, *, seeds=None, overrides=Non
 def sweep(table: str, protocol: str, results_dir="results", *, jobs: int = 1, launcher: str = "local", seeds=None,
           overrides=None, device: str | None = None, dry_run: bool = False, progress: bool = True,
           limit: int | None = None, slurm: dict | None = None, specs=None,
-          deadline: float | None = None) -> list[dict]:
+          deadline: float | None = None, mps: bool = False) -> list[dict]:
     """Train every missing cell of `table` ("all": of every table) plus the LayerNorm baseline, or only of `specs`,
     and return the records of all its cells.
 
@@ -115,12 +118,15 @@ def sweep(table: str, protocol: str, results_dir="results", *, jobs: int = 1, la
     `slurm`: submitit SlurmExecutor parameters (partition, time, nodes, ntasks_per_node, gpus_per_node, ...) as a dict
     or "key=value" strings; an unknown one is submitit's ValueError listing the valid ones.
     deadline (local launcher): seconds from now within which started cells should finish (see run_cells).
+    mps (local launcher, jobs > 1): the packed runs share the GPU through NVIDIA MPS (see run_cells).
     """
     if launcher not in LAUNCHERS:
         raise ValueError(f"launcher {launcher!r}: choose one of {', '.join(LAUNCHERS)}")
     if deadline is not None and launcher != "local":
         raise ValueError(f"deadline applies to the local launcher only, not {launcher!r} (SLURM jobs have their own "
                          "time limit)")
+    if mps and launcher != "local":
+        raise ValueError(f"mps applies to the local launcher only, not {launcher!r} (one GPU shared by a pool)")
     if int(jobs) < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
     from . import results
@@ -135,7 +141,7 @@ def sweep(table: str, protocol: str, results_dir="results", *, jobs: int = 1, la
         for cell in missing:
             _say(f"  would run {cell.spec} seed={cell.seed} -> {cell.path}", progress)
     else:
-        run_cells(missing, jobs=jobs, progress=progress, desc=table, deadline=deadline)
+        run_cells(missing, jobs=jobs, progress=progress, desc=table, deadline=deadline, mps=mps)
     return [results.read_record(c.path) for c in cells if c.path.exists()]
 
 
@@ -159,10 +165,11 @@ class Deadline:
 
 
 def run_cells(cells, *, jobs: int = 1, progress: bool = True, desc: str = "cells",
-              deadline: float | None = None) -> list[dict]:
+              deadline: float | None = None, mps: bool = False) -> list[dict]:
     """Run `cells` (skipping those whose record exists) in this process or a pool; raise CellErrors at the end.
     deadline: seconds from now; a cell starts only if it should finish by then (see Deadline), the rest wait for the
-    next run."""
+    next run. mps: the pool's workers share the GPU through NVIDIA MPS (lab.mps.shared_gpu); each record's "pool"
+    says how its cell ran ({"workers": N, "mps": bool}; null: alone in its process)."""
     cells = [c for c in dict.fromkeys(cells) if not c.path.exists()]
     clock, left = Deadline(deadline), []
     records, errors = [], {}
@@ -186,7 +193,9 @@ def run_cells(cells, *, jobs: int = 1, progress: bool = True, desc: str = "cells
                 done(cell, _run_cell(cell))
                 clock.finished(started)
         else:
-            left = _run_pool(cells, min(jobs, len(cells)), done, clock)
+            workers = min(jobs, len(cells))
+            with shared_gpu(mps, say=lambda line: _say(line, progress)) as shared:
+                left = _run_pool(cells, workers, done, clock, {"workers": workers, "mps": shared})
     finally:
         bar.close()
     if left:
@@ -197,15 +206,15 @@ def run_cells(cells, *, jobs: int = 1, progress: bool = True, desc: str = "cells
     return records
 
 
-def _run_pool(cells, jobs, done, clock: Deadline) -> list:
+def _run_pool(cells, jobs, done, clock: Deadline, pool: dict) -> list:
     """At most `jobs` cells in flight, so a dead worker (segfault, OOM kill) implicates only those; retry them.
-    Returns the cells not started because `clock` said they would not finish in time."""
+    Returns the cells not started because `clock` said they would not finish in time. `pool` goes into each record."""
     from . import results
     queue, deaths, left = list(cells), {}, []
     threads = max(1, (os.cpu_count() or 1) // jobs)
     while queue:
         with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
-                                 initializer=_init_worker, initargs=(threads, os.getpid())) as pool:
+                                 initializer=_init_worker, initargs=(threads, os.getpid())) as executor:
             running = {}
             try:
                 while queue or running:
@@ -215,7 +224,7 @@ def _run_pool(cells, jobs, done, clock: Deadline) -> list:
                             queue.clear()
                             break
                         cell = queue.pop(0)
-                        running[pool.submit(_run_cell, cell)] = cell, _now()
+                        running[executor.submit(_run_cell, cell, pool)] = cell, _now()
                     if not running:
                         break
                     finished, _ = wait(running, return_when=FIRST_COMPLETED)
@@ -232,7 +241,7 @@ def _run_pool(cells, jobs, done, clock: Deadline) -> list:
                     else:
                         queue.insert(0, cell)
             except BaseException:
-                pool.shutdown(wait=False, cancel_futures=True)
+                executor.shutdown(wait=False, cancel_futures=True)
                 raise
     return left
 
@@ -252,11 +261,11 @@ def _exit_with(parent: int):
     os._exit(1)
 
 
-def _run_cell(cell: Cell):
+def _run_cell(cell: Cell, pool: dict | None = None):
     """("ok", record) or ("error", traceback): never raises, so one cell cannot stop the others."""
     try:
         from . import train
-        return "ok", train.run(cell.cfg, cell.spec, cell.path.parent, table=cell.table, progress=False)
+        return "ok", train.run(cell.cfg, cell.spec, cell.path.parent, table=cell.table, progress=False, pool=pool)
     except Exception:
         return "error", traceback.format_exc()
 

@@ -26,6 +26,7 @@ import platform
 import random
 import sys
 import time
+import warnings
 from contextlib import nullcontext
 from datetime import datetime, timezone
 from pathlib import Path
@@ -51,10 +52,12 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 """torch.compile's modes; reduce-overhead replays CUDA graphs (for small, launch-bound models like the proxy's)."""
 
 
-def run(cfg: dict, norm: str, out_dir, *, table: str | None = None, progress: bool = True) -> dict:
+def run(cfg: dict, norm: str, out_dir, *, table: str | None = None, progress: bool = True,
+        pool: dict | None = None) -> dict:
     """Train `norm` under `cfg`, write the record to lab.results.record_path and return it (with its "path").
 
     An existing finished record is returned as is; an existing checkpoint is resumed. ValueError on bad input.
+    pool: how the run shares its device, recorded as is (lab.sweep's pool: {"workers": N, "mps": bool}; None: alone).
     """
     spec = canonical_norm(norm)
     path = record_path(out_dir, spec, cfg)
@@ -73,7 +76,7 @@ def run(cfg: dict, norm: str, out_dir, *, table: str | None = None, progress: bo
         if cfg.get("threads"):
             torch.set_num_threads(int(cfg["threads"]))
         device = _device(cfg["device"], rank)
-        return Trainer(cfg, spec, path, rank, world, device).fit(progress and rank == 0, table)
+        return Trainer(cfg, spec, path, rank, world, device, pool).fit(progress and rank == 0, table)
     finally:
         torch.set_num_threads(threads)
         if owned:
@@ -81,8 +84,9 @@ def run(cfg: dict, norm: str, out_dir, *, table: str | None = None, progress: bo
 
 
 class Trainer:
-    def __init__(self, cfg, spec, path, rank, world, device):
+    def __init__(self, cfg, spec, path, rank, world, device, pool=None):
         self.cfg, self.spec, self.path, self.rank, self.world, self.device = cfg, spec, path, rank, world, device
+        self.pool = pool
         self.ckpt, self.log_file, self.born = checkpoint_path(path), log_path(path), time.time()
         self.seed = int(cfg["seed"])
         _seed_everything(self.seed)
@@ -115,7 +119,12 @@ class Trainer:
                       "failure": None, "epoch_losses": [], "epoch_gnorm": 0.0, "window": []}
         self._log(f"start {spec} · {cfg['protocol']}-{config_hash(cfg)} seed {self.seed} · {_device_name(device)} · "
                   f"torch {torch.__version__} · {self.total} updates, {self.spe} an epoch"
-                  + (f" · compiled ({cfg['compile_mode']})" if cfg.get("compile") else ""))
+                  + (f" · compiled ({cfg['compile_mode']})" if cfg.get("compile") else "")
+                  + (f" · one of {pool['workers']} packed runs{' under MPS' if pool['mps'] else ''}" if pool else ""))
+        slow = _emulated_precision(device, self.dtype)
+        if slow:
+            warnings.warn(slow, stacklevel=2)
+            self._log(slow)
 
     def _log(self, line: str):
         """Append one line to the cell's log (rank 0), stamped with the seconds since this process took the cell."""
@@ -340,7 +349,7 @@ class Trainer:
             "config": cfg, "config_hash": config_hash(cfg), "seed": self.seed, "commit": git_commit(),
             "versions": {"python": platform.python_version(), "torch": torch.__version__, "timm": timm.__version__},
             "device": _device_name(self.device),
-            "world_size": self.world, "steps": st["step"], "wall_s": round(st["wall_s"], 3),
+            "world_size": self.world, "pool": self.pool, "steps": st["step"], "wall_s": round(st["wall_s"], 3),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         if self.rank == 0:
@@ -384,6 +393,15 @@ def _device(name: str, rank: int) -> torch.device:
             raise ValueError(f"device {name!r}: no CUDA GPU is visible (use device=cpu or auto)")
         torch.cuda.set_device(device)
     return device
+
+
+def _emulated_precision(device: torch.device, dtype) -> str | None:
+    """Why this run will be slow, where bf16 autocast runs on a CPU without bf16 matrix instructions (emulated, about
+    10x slower than fp32 for the proxy's model on such a CPU): the config keeps its precision, the user may not."""
+    if device.type == "cpu" and dtype == torch.bfloat16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return ("precision bf16 on this CPU, which has no bf16 matrix instructions, is emulated and many times "
+                "slower than fp32: --set precision=fp32 (another config hash) unless the bf16 numbers are the point")
+    return None
 
 
 def _seed_everything(seed: int):

@@ -157,6 +157,17 @@ def test_packing_times_concurrent_runs_together():
     assert "| 1 | eager |" in table and f"| {rows[1]['img_per_s'] / rows[0]['img_per_s']:.2f} |" in table
 
 
+def test_mps_packing_rows_are_compared_with_one_run_under_mps(tmp_path, capsys):
+    """--mps applies to packed processes; its rows say so and have their own N = 1 base (lab.mps: no GPU here)."""
+    for extra in ([], ["--packing", "1", "--packing-mode", "graphed-streams"]):
+        assert main(["bench", "--modes", "", "--mps", *extra, "--out", str(tmp_path / "no")]) == 2
+        assert "--mps" in capsys.readouterr().err and not (tmp_path / "no").exists()
+    rows = [{"mode": "packing", "runs": n, "run_mode": "compiled-graphs", "img_per_s": speed, "mps": mps}
+            for n, speed, mps in [(1, 100.0, False), (8, 300.0, False), (1, 110.0, True), (8, 660.0, True)]]
+    table = bench.format_table(rows)
+    assert "| 8 | compiled-graphs | 300 | 3.00 |" in table and "| 8 | compiled-graphs + MPS | 660 | 6.00 |" in table
+
+
 def test_graphed_streams_packing_needs_cuda_and_says_so(tmp_path, capsys):
     out = tmp_path / "records"
     assert main(["bench", "--modes", "", "--packing", "1,2", "--packing-mode", "graphed-streams", "--device", "cpu",

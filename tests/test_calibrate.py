@@ -95,11 +95,11 @@ def test_each_variant_gets_its_folder_and_a_row_per_spec_and_a_rerun_trains_noth
 
 
 def test_a_crashing_cell_is_reported_after_the_summary(tmp_path, monkeypatch, capsys):
-    def fake_run(cfg, norm, out_dir, *, table=None, progress=True):
+    def fake_run(cfg, norm, out_dir, *, table=None, progress=True, pool=None):
         if norm == "erf":
             raise RuntimeError("boom")
         record = {"spec": norm, "status": "ok", "top1": 50.0, "top1_ema": 51.0, "seed": 0, "wall_s": 2.0,
-                  "device": "cpu"}
+                  "device": "cpu", "pool": {"workers": 14, "mps": True}}     # as a packed sweep's records say
         results.write_json_atomic(results.record_path(out_dir, norm, cfg), record)
         return record
 
@@ -108,6 +108,7 @@ def test_a_crashing_cell_is_reported_after_the_summary(tmp_path, monkeypatch, ca
     captured = capsys.readouterr()
     assert "| `layernorm` | – | 50.0 (51.0) | – |" in captured.out and "| `erf` | 82.6 | – | – |" in captured.out
     assert "2 cell(s) raised" in captured.out and "boom" in captured.err
+    assert "device cpu · 14 runs packed under MPS ·" in captured.out
     assert (tmp_path / "out" / "summary-round.md").exists()
 
 
@@ -146,9 +147,10 @@ def test_the_gpu_session_script_calls_lab_as_its_cli_parses():
     script = (Path(calibrate.__file__).parent.parent / "ablations" / "gpu-session.sh").read_text().replace("\\\n", " ")
     script = script.replace('"$(left)"', "60")       # the seconds the stage has left, as the shell would fill them in
     script = script.replace('"${sets[@]}"', "--set epochs=1")    # the grid's overrides, given
+    script = script.replace('"${mps[@]}"', "--mps")             # MPS on, as by default
     calls = [shlex.split(line.split("-m lab", 1)[1].split(";;")[0].split("&&")[0]) for line in script.splitlines()
              if "python3 -m lab " in line and not line.lstrip().startswith("#")]
-    assert {c[0] for c in calls} == {"train", "bench", "calibrate", "sweep", "fidelity"}
+    assert {c[0] for c in calls} == {"bench", "calibrate", "sweep", "fidelity"}
     for argv in calls:
         args = build_parser().parse_args(argv)
         if argv[0] == "calibrate":

@@ -45,7 +45,7 @@ def test_finished_cells_are_skipped_and_a_crashing_cell_does_not_stop_the_others
     results.write_json_atomic(done.path, {"spec": done.spec, "status": "ok", "top1": 1.0})
     calls = []
 
-    def fake_run(cfg, norm, out_dir, *, table=None, progress=True):
+    def fake_run(cfg, norm, out_dir, *, table=None, progress=True, pool=None):
         calls.append(norm)
         if norm == crash.spec:
             raise RuntimeError("boom in the middle")
@@ -67,7 +67,7 @@ def test_a_deadline_starts_only_the_cells_that_would_finish_and_a_rerun_trains_t
     third would end at 300 and waits for the next run."""
     clock = [0.0]
 
-    def fake_run(cfg, norm, out_dir, *, table=None, progress=True):
+    def fake_run(cfg, norm, out_dir, *, table=None, progress=True, pool=None):
         clock[0] += 100.0
         record = {"spec": norm, "table": table, "status": "ok", "top1": 42.0, "seed": cfg["seed"]}
         results.write_json_atomic(results.record_path(out_dir, norm, cfg), record)

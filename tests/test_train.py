@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -125,6 +126,18 @@ def test_timed_checkpoints_follow_rank_0s_clock_and_see_settled_updates(tmp_path
     assert update(0, micro)[2] > 0                  # rank 0: due (every_minutes=0)
     trainer.rank = 1
     assert update(0, micro)[2] == 0                 # any other rank's clock is not asked
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_bf16_on_a_cpu_without_bf16_instructions_warns_in_the_log_and_keeps_the_config(tmp_path, monkeypatch, native):
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: native)
+    cfg = config.load("smoke", ["precision=bf16"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer = train.Trainer(cfg, "erf", tmp_path / "r.json", 0, 1, torch.device("cpu"))
+    said = [str(w.message) for w in caught if "precision bf16 on this CPU" in str(w.message)]
+    assert len(said) == (0 if native else 1) and trainer.cfg["precision"] == "bf16"
+    assert ("--set precision=fp32" in trainer.log_file.read_text()) is not native
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -1,0 +1,104 @@
+"""lab.mps: NVIDIA MPS around packed runs, with a stand-in control program (no GPU here): started with its own pipe
+folder that the runs inherit, stopped after them, and every way it cannot be had falls back to time-slicing with one
+line saying why, leaving nothing behind."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import lab.train
+from lab import mps, sweep
+
+FAKE_CONTROL = """#!/bin/sh
+if [ "$#" -eq 0 ]; then read -r cmd; else cmd="$*"; fi
+echo "$cmd $CUDA_MPS_PIPE_DIRECTORY" >> "$FAKE_MPS_LOG"
+exit "${FAKE_MPS_EXIT:-0}"
+"""
+
+
+@pytest.fixture
+def control(tmp_path, monkeypatch):
+    """A GPU that torch says is there, a control program that logs each call ("-d PIPE", "quit PIPE"), and a first
+    client that checks it was started under the daemon's pipe. Returns a reader of the calls."""
+    bin_dir, log = tmp_path / "bin", tmp_path / "control.log"
+    bin_dir.mkdir()
+    (bin_dir / mps.CONTROL).write_text(FAKE_CONTROL)
+    (bin_dir / mps.CONTROL).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_MPS_LOG", str(log))
+    monkeypatch.delenv(mps.PIPE, raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(mps, "PROBE", (sys.executable, "-c",
+                                       f"import os, sys; sys.exit(0 if os.environ.get({mps.PIPE!r}) else 3)"))
+    return lambda: log.read_text().split("\n")[:-1] if log.exists() else []
+
+
+def test_the_daemon_runs_for_the_block_and_the_processes_started_in_it_join_it(control):
+    said = []
+    with mps.shared_gpu(True, said.append) as shared:
+        pipe = os.environ[mps.PIPE]
+        child = subprocess.run([sys.executable, "-c", f"import os; print(os.environ[{mps.PIPE!r}])"],
+                               capture_output=True, text=True, check=True)
+        assert shared and os.path.isdir(pipe) and child.stdout.strip() == pipe
+        assert control() == [f"-d {pipe}"]
+    assert control() == [f"-d {pipe}", f"quit {pipe}"]
+    assert mps.PIPE not in os.environ and not os.path.exists(pipe)
+    assert len(said) == 1 and "daemon started" in said[0]
+
+
+@pytest.mark.parametrize("broken, why", [("daemon", "-d failed (exit 1)"), ("client", "no MPS server"),
+                                         ("hung client", "no answer in 1 s")])
+def test_a_daemon_or_first_client_that_fails_means_time_slicing_and_nothing_left(control, monkeypatch, broken, why):
+    if broken == "daemon":
+        monkeypatch.setenv("FAKE_MPS_EXIT", "1")
+    elif broken == "client":
+        monkeypatch.setattr(mps, "PROBE", (sys.executable, "-c", "import sys; sys.exit('no MPS server')"))
+    else:
+        monkeypatch.setattr(mps, "PROBE", (sys.executable, "-c", "import time; time.sleep(30)"))
+        monkeypatch.setattr(mps, "PROBE_S", 1)
+    said = []
+    with mps.shared_gpu(True, said.append) as shared:
+        assert shared is False and mps.PIPE not in os.environ
+    calls = control()
+    assert [c.split()[0] for c in calls] == (["-d"] if broken == "daemon" else ["-d", "quit"])     # stopped again
+    assert not os.path.exists(calls[0].split()[1])
+    assert len(said) == 1 and why in said[0] and "time-slice" in said[0]
+    assert ("could not start" in said[0]) == (broken != "daemon")
+
+
+def test_without_a_gpu_or_the_control_program_it_says_why_and_starts_nothing(control, monkeypatch):
+    said = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with mps.shared_gpu(True, said.append) as shared:
+        assert shared is False
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("PATH", os.defpath)
+    with mps.shared_gpu(True, said.append) as shared:
+        assert shared is False
+    assert control() == [] and "no CUDA GPU" in said[0] and f"{mps.CONTROL} is not on the PATH" in said[1]
+
+
+def test_a_daemon_the_environment_names_is_used_and_left_alone(control, monkeypatch, tmp_path):
+    monkeypatch.setenv(mps.PIPE, str(tmp_path))
+    said = []
+    with mps.shared_gpu(True, said.append) as shared:
+        assert shared
+    with mps.shared_gpu(False, said.append) as shared:
+        assert shared is False
+    assert control() == [] and os.environ[mps.PIPE] == str(tmp_path) and said == [f"MPS: using the daemon of "
+                                                                                   f"{mps.PIPE}={tmp_path}"]
+
+
+def test_a_packed_sweep_runs_under_the_daemon_and_its_records_say_so(control, tmp_path, monkeypatch):
+    tiny = ["epochs=1", "data.train_size=64", "data.val_size=32"]
+    records = sweep.sweep("table1", "smoke", tmp_path, overrides=tiny, limit=2, jobs=2, progress=False, mps=True)
+    assert [r["pool"] for r in records] == [{"workers": 2, "mps": True}] * 2
+    pools = []       # one process (jobs=1): nothing to share, no daemon
+    monkeypatch.setattr(lab.train, "run", lambda cfg, norm, out, *, table, progress, pool: pools.append(pool) or {})
+    sweep.sweep("table1", "smoke", tmp_path / "alone", overrides=tiny, limit=1, progress=False, mps=True)
+    assert pools == [None]
+    assert [c.split()[0] for c in control()] == ["-d", "quit"]
+    with pytest.raises(ValueError, match="mps applies to the local launcher only"):
+        sweep.sweep("table1", "smoke", tmp_path, launcher="slurm", mps=True, progress=False)
