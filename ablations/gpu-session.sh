@@ -71,6 +71,8 @@ unfinished() {   # the last lines of every cell this stage started and did not f
 
 run_stage() {
   failed=0
+  echo "== commit $(git rev-parse --short HEAD 2>/dev/null); tracked files that differ from it:" \
+    "$(git status --porcelain --untracked-files=no 2>/dev/null | head -5 | tr '\n' ' ')"
   case "$stage" in
     check)
       step python3 -m pytest -q -p no:cacheprovider -k "generated or gpu" tests/test_layers.py tests/test_train.py \

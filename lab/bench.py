@@ -85,7 +85,7 @@ def measure(norm: str, mode: str, dtype: str, shape: dict, device: torch.device,
     if profile_dir is not None:
         _profile_cell(step, norm, mode, dtype, device, profile_dir)
     mem = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
-    return _record(norm, mode, dtype, shape, device, steps, img_per_s, mem, flops_per_image, peak)
+    return _record(norm, mode, dtype, shape, device, steps, warmup, img_per_s, mem, flops_per_image, peak)
 
 
 def measure_rounds(norms, mode: str, dtype: str, shape: dict, device: torch.device, steps: int, warmup: int,
@@ -120,7 +120,7 @@ def measure_rounds(norms, mode: str, dtype: str, shape: dict, device: torch.devi
                 _profile_cell(cell["step"], cell["norm"], mode, dtype, device, profile_dir)
     ln = next((c["rounds"] for c in cells if c["norm"] == "layernorm"), None)
     # persistent + transient bytes: the peak that a standalone `measure` of the norm reports (max_memory_allocated)
-    return [{**_record(c["norm"], mode, dtype, shape, device, steps, statistics.median(c["rounds"]),
+    return [{**_record(c["norm"], mode, dtype, shape, device, steps, warmup, statistics.median(c["rounds"]),
                        c["bytes"] if cuda else None, c["flops"], peak),
              "rounds": c["rounds"], **({"ratio_rounds": [v / b for v, b in zip(c["rounds"], ln)]} if ln else {})}
             for c in cells]
@@ -167,13 +167,14 @@ def _seconds(step, steps: int, device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def _record(norm, mode, dtype, shape, device, steps, img_per_s, mem_bytes, flops_per_image, peak) -> dict:
-    """A bench record: `mem_bytes` the peak allocated memory (None on a CPU), MFU against the dtype's peak."""
+def _record(norm, mode, dtype, shape, device, steps, warmup, img_per_s, mem_bytes, flops_per_image, peak) -> dict:
+    """A bench record: `steps` timed after `warmup` untimed ones, `mem_bytes` the peak allocated memory (None on a
+    CPU), MFU against the dtype's peak."""
     kw, model_name = _model_kwargs(shape), shape["model"]
     peak = peak_tflops(device, dtype, peak)
     return {
         "model": model_name if model_name != "vit" else f"vit-d{kw['depth']}-w{kw['embed_dim']}-{kw['img_size']}px",
-        "norm": norm, "mode": mode, "dtype": dtype, "batch": shape["batch"], "steps": steps,
+        "norm": norm, "mode": mode, "dtype": dtype, "batch": shape["batch"], "steps": steps, "warmup": warmup,
         "pointwise_kernels": _kernels(norm, mode, device),
         "img_per_s": img_per_s,
         "peak_mem_gib": mem_bytes / 2**30 if mem_bytes is not None else None,

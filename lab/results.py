@@ -72,13 +72,14 @@ def load_records(results_dir) -> list[dict]:
     return [r for r in records if isinstance(r, dict) and "spec" in r and "status" in r]
 
 
-def git_commit() -> str | None:
-    """The repository's git commit, "+dirty" when the working tree has changes; None outside a checkout."""
-    root = Path(__file__).resolve().parent.parent
+def git_commit(root=None) -> str | None:
+    """The repository's git commit, "+dirty" when a tracked file's content differs from it (a file mode does not
+    count: copies to another machine can lose it); None outside a checkout."""
+    root = root or Path(__file__).resolve().parent.parent
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "-c", "core.fileMode=false", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=root, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
         return None
     if head.returncode:

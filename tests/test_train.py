@@ -186,3 +186,22 @@ def test_two_process_gloo_ddp_run(tmp_path):
     [record] = results.load_records(tmp_path)
     assert record["status"] == "ok" and record["world_size"] == 2 and record["top1"] > 2 * record["chance_top1"]
     assert done.stdout.count("top-1") == 1          # only rank 0 reports
+
+
+def test_the_commit_is_dirty_for_changed_content_not_for_a_lost_file_mode(tmp_path):
+    def git(*args):
+        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                              capture_output=True, text=True).stdout.strip()
+
+    script = tmp_path / "run.sh"
+    script.write_text("echo hi\n")
+    script.chmod(0o755)
+    git("init", "-q")
+    git("add", "run.sh")
+    git("commit", "-qm", "one")
+    head = git("rev-parse", "HEAD")
+    script.chmod(0o644)                 # as a copy to the GPU machine may leave it
+    (tmp_path / "untracked.json").write_text("{}")      # records written beside the code
+    assert results.git_commit(tmp_path) == head
+    script.write_text("echo changed\n")
+    assert results.git_commit(tmp_path) == f"{head}+dirty"
