@@ -71,8 +71,9 @@ unfinished() {   # the last lines of every cell this stage started and did not f
 
 run_stage() {
   failed=0
-  echo "== commit $(git rev-parse --short HEAD 2>/dev/null); tracked files that differ from it:" \
-    "$(git status --porcelain --untracked-files=no 2>/dev/null | head -5 | tr '\n' ' ')"
+  local differ   # why the records' commit says +dirty, if it does (lab.results.git_commit)
+  differ=$(git -c core.fileMode=false status --porcelain --untracked-files=no 2>/dev/null | head -5 | tr '\n' ' ')
+  echo "== commit $(git rev-parse --short HEAD 2>/dev/null); tracked files that differ from it: ${differ:-none}"
   case "$stage" in
     check)
       step python3 -m pytest -q -p no:cacheprovider -k "generated or gpu" tests/test_layers.py tests/test_train.py \
