@@ -134,7 +134,7 @@ def summary(cal: Calibration, planned: dict, wall_s: float | None, errors=None) 
     paper = paper_values()
     records = {c: results.read_record(c.path) for cells in planned.values() for c in cells if c.path.exists()}
     devices = ", ".join(sorted({str(r.get("device")) for r in records.values()})) or "–"
-    pools = "".join(f" · {text}" for text in sorted({_pool_text(r["pool"]) for r in records.values()
+    pools = "".join(f" · {text}" for text in sorted({results.pool_text(r["pool"]) for r in records.values()
                                                      if r.get("pool")}))
     seeds = f" · seeds {', '.join(map(str, cal.seeds))} (means over seeds)" if cal.seeds and len(cal.seeds) > 1 else ""
     lines = [f"# Calibration `{cal.name}` — protocol {cal.protocol}", "",
@@ -168,10 +168,6 @@ def summary(cal: Calibration, planned: dict, wall_s: float | None, errors=None) 
                       f"{'n/a' if rho is None else f'{rho:.2f}'} (n={len(both)}) · erf − LayerNorm {gap} · "
                       f"{wall:.0f} s of training · config {config.config_hash(cells[0].cfg)}"]
     return "\n".join(lines) + "\n"
-
-
-def _pool_text(pool: dict) -> str:
-    return f"{pool['workers']} runs packed" + (" under MPS" if pool["mps"] else " (time-sliced)")
 
 
 def input_scales(protocol: str, overrides=None, images: int = 16) -> list[float]:

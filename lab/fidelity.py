@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 
 import numpy as np
 
-from . import ablations, tables
+from . import ablations, results, tables
 
 # The goals of a proxy that tells the paper's story (issue #5): fraction of cells whose train/fail verdict agrees,
 # mean Spearman ρ over the tables, erf − LayerNorm top-1 (points), whole-grid wall time (minutes), seeds of NOISE_SPECS.
@@ -31,6 +31,7 @@ class Fidelity:
     span_s: float | None        # first run's start to last run's end
     run_s: float                # sum of the runs' own wall times
     devices: list
+    pools: list                 # how the runs shared the device (results.pool_text), where their records say
 
     @property
     def cells(self) -> int:
@@ -75,7 +76,8 @@ def measure(records, protocol: str | None = None) -> Fidelity:
     seeds = {spec: len(by_spec[spec].records) if spec in by_spec else 0 for spec in NOISE_SPECS}
     return Fidelity(protocol, collected, {name: t.agreement() for name, t in collected.items()}, by_spec.get("erf"),
                     by_spec.get("layernorm"), seeds, *_wall_s(used), sum(float(r.get("wall_s") or 0) for r in used),
-                    sorted({str(r.get("device")) for r in used}))
+                    sorted({str(r.get("device")) for r in used}),
+                    sorted({results.pool_text(r["pool"]) for r in used if "pool" in r}))
 
 
 def _wall_s(records) -> tuple[float | None, float | None]:
@@ -113,7 +115,7 @@ def render(f: Fidelity, *, caveat: bool = True) -> str:
            f"{_signed(f.erf_gap, '.1f')} (erf {f.erf.measured_text()}, LayerNorm {f.layernorm.measured_text()})")
     wall = (tables.MISSING if f.wall_s is None else
             f"{f.wall_s / 60:.1f} min with runs training (first start to last finish {f.span_s / 60:.1f} min; "
-            f"{f.run_s / 60:.0f} run-minutes)")
+            f"{f.run_s / 60:.0f} run-minutes{''.join(f'; {p}' for p in f.pools)})")
     seeds = ", ".join(f"{s} {n}" for s, n in f.seeds.items())
     warning = next((c for t in f.tables.values() if (c := tables.caveat(t))), None) if caveat else None
     lines = [f"**Fidelity to the paper — protocol {f.protocol or tables.MISSING}** "

@@ -72,6 +72,13 @@ def load_records(results_dir) -> list[dict]:
     return [r for r in records if isinstance(r, dict) and "spec" in r and "status" in r]
 
 
+def pool_text(pool: dict | None) -> str:
+    """How a record's run shared its device, in words (its "pool", as lab.sweep writes it; None: alone)."""
+    if not pool:
+        return "alone on its device"
+    return f"{pool['workers']} runs packed" + (" under MPS" if pool["mps"] else " (time-sliced)")
+
+
 def git_commit(root=None) -> str | None:
     """The repository's git commit, "+dirty" when a tracked file's content differs from it (a file mode does not
     count: copies to another machine can lose it); None outside a checkout."""

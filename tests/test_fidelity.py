@@ -42,12 +42,15 @@ def test_a_grid_that_is_the_paper_meets_every_goal():
 
 def test_the_grids_wall_time_leaves_out_the_time_between_device_calls():
     grid = paper_grid(minutes=10.0)
-    for r in grid[len(grid) // 2:]:     # the second half trained in a later call, an hour on
+    for r in grid[len(grid) // 2:]:     # the second half trained in a later call, an hour on, under MPS
         r["created"] = (datetime.fromisoformat(r["created"]) + timedelta(hours=1)).isoformat()
+        r["pool"] = {"workers": 14, "mps": True}
+    grid[0]["pool"] = None              # one cell trained alone; the rest of the first half predates "pool"
     f = fidelity.measure(grid)
     assert f.wall_s == pytest.approx(10 * 60 + 2 * 30 - 10 * 60 / 108, rel=0.02)    # each call's stretch, summed
     assert f.span_s == pytest.approx(70 * 60 + 30 - 10 * 60 / 108, rel=0.02) and f.met()["wall_min"]
     assert "min with runs training (first start to last finish 70.4 min;" in fidelity.render(f)
+    assert "run-minutes; 14 runs packed under MPS; alone on its device) |" in fidelity.render(f)
 
 
 @pytest.mark.parametrize("change, goal", [
