@@ -236,15 +236,16 @@ def _packed_worker(shape, device, mode, seconds, ready, queue):
     queue.put(done * shape["batch"] / seconds)
 
 
-def packing(ns, shape: dict, device: torch.device, seconds: float, mode: str = "eager",
-            mps: bool = False) -> list[dict]:
-    """Aggregate images/s of N concurrent training processes sharing one device, for each N; each runs `mode`.
-    mps: the processes share the GPU through NVIDIA MPS (lab.mps), where it can be had; each row says whether."""
+def packing(ns, shape: dict, device: torch.device, seconds: float, mode: str = "eager", mps: bool = False,
+            on_row=lambda row: None) -> list[dict]:
+    """Aggregate images/s of N concurrent training processes sharing one device, for each N; each runs `mode`;
+    on_row(row) after each N. mps: the processes share the GPU through NVIDIA MPS (lab.mps), one daemon for every N,
+    where it can be had; each row says whether."""
     with shared_gpu(mps) as shared:
-        return _packing(ns, shape, device, seconds, mode, shared)
+        return _packing(ns, shape, device, seconds, mode, shared, on_row)
 
 
-def _packing(ns, shape: dict, device: torch.device, seconds: float, mode: str, shared: bool) -> list[dict]:
+def _packing(ns, shape: dict, device: torch.device, seconds: float, mode: str, shared: bool, on_row) -> list[dict]:
     ctx = mp.get_context("spawn")
     rows = []
     for n in ns:
@@ -258,6 +259,7 @@ def _packing(ns, shape: dict, device: torch.device, seconds: float, mode: str, s
         for p in procs:
             p.join()
         rows.append({**_packing_row(n, mode, total, shape, device), "mps": shared})
+        on_row(rows[-1])
     return rows
 
 
@@ -398,8 +400,9 @@ MODES = ("eager", "eager-plain", *COMPILED)
 def run(norms, modes, dtypes, device, steps, warmup, shape, packing_ns=(), packing_seconds=10.0,
         peak=None, progress=True, on_row=lambda rows: None, profile_dir=None, packing_mode="eager",
         rounds=1, mps=False) -> list[dict]:
-    """Every (mode, dtype, norm) cell, LayerNorm first in each mode, then packing; on_row(rows) after each cell, or
-    with rounds > 1 after each (mode, dtype), whose norms are timed in interleaved rounds (measure_rounds)."""
+    """Every (mode, dtype, norm) cell, LayerNorm first in each mode, then packing (its processes under NVIDIA MPS with
+    `mps`); on_row(rows) after each cell or N, or with rounds > 1 after each (mode, dtype), whose norms are timed in
+    interleaved rounds (measure_rounds)."""
     rows = []
     for mode in modes:
         for dtype in dtypes:
@@ -419,11 +422,15 @@ def run(norms, modes, dtypes, device, steps, warmup, shape, packing_ns=(), packi
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
     if packing_ns:
-        measure_packing = packing_streams if packing_mode == STREAMS else \
-            functools.partial(packing, mode=packing_mode, mps=mps)
-        for n in packing_ns:
-            rows += measure_packing([n], PROXY_MODEL if device.type == "cuda" else shape, device, packing_seconds)
+        def packed(row):
+            rows.append(row)
             on_row(rows)
+        shape = PROXY_MODEL if device.type == "cuda" else shape
+        if packing_mode == STREAMS:
+            for n in packing_ns:
+                packed(*packing_streams([n], shape, device, packing_seconds))
+        else:
+            packing(packing_ns, shape, device, packing_seconds, packing_mode, mps, on_row=packed)
     return rows
 
 

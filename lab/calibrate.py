@@ -135,7 +135,7 @@ def summary(cal: Calibration, planned: dict, wall_s: float | None, errors=None) 
     records = {c: results.read_record(c.path) for cells in planned.values() for c in cells if c.path.exists()}
     devices = ", ".join(sorted({str(r.get("device")) for r in records.values()})) or "–"
     pools = "".join(f" · {text}" for text in sorted({results.pool_text(r["pool"]) for r in records.values()
-                                                     if r.get("pool")}))
+                                                     if "pool" in r}))
     seeds = f" · seeds {', '.join(map(str, cal.seeds))} (means over seeds)" if cal.seeds and len(cal.seeds) > 1 else ""
     lines = [f"# Calibration `{cal.name}` — protocol {cal.protocol}", "",
              f"- `{cal.path}` · device {devices}{pools} · {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC"

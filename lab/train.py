@@ -398,10 +398,18 @@ def _device(name: str, rank: int) -> torch.device:
 def _emulated_precision(device: torch.device, dtype) -> str | None:
     """Why this run will be slow, where bf16 autocast runs on a CPU without bf16 matrix instructions (emulated, about
     10x slower than fp32 for the proxy's model on such a CPU): the config keeps its precision, the user may not."""
-    if device.type == "cpu" and dtype == torch.bfloat16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+    if device.type == "cpu" and dtype == torch.bfloat16 and not _native_cpu_bf16():
         return ("precision bf16 on this CPU, which has no bf16 matrix instructions, is emulated and many times "
                 "slower than fp32: --set precision=fp32 (another config hash) unless the bf16 numbers are the point")
     return None
+
+
+def _native_cpu_bf16() -> bool:
+    """Whether this CPU has bf16 matrix instructions (oneDNN's answer; a torch built without oneDNN: assume so)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return True
 
 
 def _seed_everything(seed: int):

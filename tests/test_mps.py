@@ -9,19 +9,22 @@ import pytest
 import torch
 
 import lab.train
-from lab import mps, sweep
+from lab import bench, mps, sweep
 
 FAKE_CONTROL = """#!/bin/sh
 if [ "$#" -eq 0 ]; then read -r cmd; else cmd="$*"; fi
 echo "$cmd $CUDA_MPS_PIPE_DIRECTORY" >> "$FAKE_MPS_LOG"
+[ "$cmd" = get_server_list ] && [ "${FAKE_MPS_SERVERS:-4242}" != none ] && echo "${FAKE_MPS_SERVERS:-4242}"
+[ "$cmd" = quit ] && sleep "${FAKE_MPS_QUIT_S:-0}"
 exit "${FAKE_MPS_EXIT:-0}"
 """
 
 
 @pytest.fixture
 def control(tmp_path, monkeypatch):
-    """A GPU that torch says is there, a control program that logs each call ("-d PIPE", "quit PIPE"), and a first
-    client that checks it was started under the daemon's pipe. Returns a reader of the calls."""
+    """A GPU that torch says is there, a control program that logs each call ("-d PIPE", "get_server_list PIPE",
+    "quit PIPE") and lists one server, and a check client that fails unless it was started under the daemon's pipe.
+    Returns a reader of the calls."""
     bin_dir, log = tmp_path / "bin", tmp_path / "control.log"
     bin_dir.mkdir()
     (bin_dir / mps.CONTROL).write_text(FAKE_CONTROL)
@@ -30,8 +33,7 @@ def control(tmp_path, monkeypatch):
     monkeypatch.setenv("FAKE_MPS_LOG", str(log))
     monkeypatch.delenv(mps.PIPE, raising=False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(mps, "PROBE", (sys.executable, "-c",
-                                       f"import os, sys; sys.exit(0 if os.environ.get({mps.PIPE!r}) else 3)"))
+    monkeypatch.setattr(mps, "CLIENT", f"import os; assert os.environ[{mps.PIPE!r}]")
     return lambda: log.read_text().split("\n")[:-1] if log.exists() else []
 
 
@@ -42,30 +44,43 @@ def test_the_daemon_runs_for_the_block_and_the_processes_started_in_it_join_it(c
         child = subprocess.run([sys.executable, "-c", f"import os; print(os.environ[{mps.PIPE!r}])"],
                                capture_output=True, text=True, check=True)
         assert shared and os.path.isdir(pipe) and child.stdout.strip() == pipe
-        assert control() == [f"-d {pipe}"]
-    assert control() == [f"-d {pipe}", f"quit {pipe}"]
+        assert control() == [f"-d {pipe}", f"get_server_list {pipe}"]    # the check client found its server
+    assert control() == [f"-d {pipe}", f"get_server_list {pipe}", f"quit {pipe}"]
     assert mps.PIPE not in os.environ and not os.path.exists(pipe)
     assert len(said) == 1 and "daemon started" in said[0]
 
 
-@pytest.mark.parametrize("broken, why", [("daemon", "-d failed (exit 1)"), ("client", "no MPS server"),
-                                         ("hung client", "no answer in 1 s")])
-def test_a_daemon_or_first_client_that_fails_means_time_slicing_and_nothing_left(control, monkeypatch, broken, why):
+@pytest.mark.parametrize("broken, calls, why", [
+    ("daemon", ["-d"], "-d failed (exit 1)"),
+    ("client", ["-d", "quit"], "no MPS server"),
+    ("hung client", ["-d", "quit"], "no answer within 1 s"),
+    ("no server", ["-d", "get_server_list", "quit"], "it ran without MPS: the daemon lists no server"),
+])
+def test_a_daemon_or_check_that_fails_means_time_slicing_and_nothing_left(control, monkeypatch, broken, calls, why):
     if broken == "daemon":
         monkeypatch.setenv("FAKE_MPS_EXIT", "1")
     elif broken == "client":
-        monkeypatch.setattr(mps, "PROBE", (sys.executable, "-c", "import sys; sys.exit('no MPS server')"))
+        monkeypatch.setattr(mps, "CLIENT", "import sys; sys.exit('no MPS server')")
+    elif broken == "hung client":
+        monkeypatch.setattr(mps, "CLIENT", "import time; time.sleep(30)")
+        monkeypatch.setattr(mps, "CHECK_S", 1)
     else:
-        monkeypatch.setattr(mps, "PROBE", (sys.executable, "-c", "import time; time.sleep(30)"))
-        monkeypatch.setattr(mps, "PROBE_S", 1)
+        monkeypatch.setenv("FAKE_MPS_SERVERS", "none")
     said = []
     with mps.shared_gpu(True, said.append) as shared:
         assert shared is False and mps.PIPE not in os.environ
-    calls = control()
-    assert [c.split()[0] for c in calls] == (["-d"] if broken == "daemon" else ["-d", "quit"])     # stopped again
-    assert not os.path.exists(calls[0].split()[1])
+    assert [c.split()[0] for c in control()] == calls      # a daemon that started is stopped again
+    assert not os.path.exists(control()[0].split()[1])
     assert len(said) == 1 and why in said[0] and "time-slice" in said[0]
-    assert ("could not start" in said[0]) == (broken != "daemon")
+
+
+def test_a_daemon_that_will_not_stop_keeps_its_folder_and_says_how_to_stop_it(control, monkeypatch):
+    monkeypatch.setenv("FAKE_MPS_QUIT_S", "5")
+    monkeypatch.setattr(mps, "QUIT_S", 1)
+    said = []
+    with mps.shared_gpu(True, said.append):
+        pipe = os.environ[mps.PIPE]
+    assert os.path.isdir(pipe) and f"echo quit | {mps.PIPE}={pipe} {mps.CONTROL}" in said[-1]
 
 
 def test_without_a_gpu_or_the_control_program_it_says_why_and_starts_nothing(control, monkeypatch):
@@ -99,6 +114,15 @@ def test_a_packed_sweep_runs_under_the_daemon_and_its_records_say_so(control, tm
     monkeypatch.setattr(lab.train, "run", lambda cfg, norm, out, *, table, progress, pool: pools.append(pool) or {})
     sweep.sweep("table1", "smoke", tmp_path / "alone", overrides=tiny, limit=1, progress=False, mps=True)
     assert pools == [None]
-    assert [c.split()[0] for c in control()] == ["-d", "quit"]
+    assert [c.split()[0] for c in control()] == ["-d", "get_server_list", "quit"]
     with pytest.raises(ValueError, match="mps applies to the local launcher only"):
         sweep.sweep("table1", "smoke", tmp_path, launcher="slurm", mps=True, progress=False)
+
+
+def test_a_packing_bench_runs_every_n_under_one_daemon_and_its_rows_say_so(control):
+    tiny = {"model": "vit", "img_size": 16, "patch_size": 8, "embed_dim": 16, "depth": 1, "num_heads": 2, "batch": 4}
+    saved = []
+    rows = bench.run([], [], ["fp32"], torch.device("cpu"), 1, 0, tiny, packing_ns=[1, 2], packing_seconds=0.5,
+                     progress=False, on_row=lambda rows: saved.append(len(rows)), mps=True)
+    assert [(r["runs"], r["mps"]) for r in rows] == [(1, True), (2, True)] and saved == [1, 2]
+    assert [c.split()[0] for c in control()] == ["-d", "get_server_list", "quit"]
