@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The next accelerator session's work (#5, #6), in stages that each fit one 10-minute device call:
-#   bash ablations/gpu-session.sh check    # GPU-only tests; one proxy run's speed eager/compiled/graphs; 14 packed
-#                                          # processes with CUDA graphs, time-sliced and under MPS, against 14 runs in
+#   bash ablations/gpu-session.sh check    # 14 packed proxy processes with CUDA graphs, time-sliced and under MPS;
+#                                          # GPU-only tests; one proxy run's speed eager/compiled/graphs; 14 runs in
 #                                          # one process (graphs on streams)
 #   bash ablations/gpu-session.sh round4   # one proxy epoch with CUDA graphs in 2 packed processes (stops the stage if
 #                                          # that fails), then configs/calibration/round4.yaml, 14 packed (one
@@ -75,12 +75,12 @@ run_stage() {
   differ=$(git -c core.fileMode=false status --porcelain --untracked-files=no 2>/dev/null | head -5 | tr '\n' ' ')
   echo "== commit $(git rev-parse --short HEAD 2>/dev/null); tracked files that differ from it: ${differ:-none}"
   case "$stage" in
-    check)
+    check)    # most wanted first: 14 graphed proxy runs time-sliced against the same under MPS
+      step python3 -m lab bench --modes "" --packing 14 --packing-mode compiled-graphs
+      step python3 -m lab bench --modes "" --packing 1,14 --packing-mode compiled-graphs --mps
       step python3 -m pytest -q -p no:cacheprovider -k "generated or gpu" tests/test_layers.py tests/test_train.py \
         tests/test_bench.py
       step python3 -m lab bench --proxy --norms erf --modes eager,compiled,compiled-graphs --dtypes bf16
-      step python3 -m lab bench --modes "" --packing 1,14 --packing-mode compiled-graphs
-      step python3 -m lab bench --modes "" --packing 1,14 --packing-mode compiled-graphs --mps
       step python3 -m lab bench --modes "" --packing 1,14 --packing-mode graphed-streams ;;
     round4)
       step python3 -m lab sweep table1 --protocol proxy --specs erf --seeds 0,1 --jobs 2 "${mps[@]}" \
@@ -109,8 +109,9 @@ run_stage() {
 
 run_stage 2>&1 | tee "$out/$stage.log"
 rc=${PIPESTATUS[0]}
-for pipe in /tmp/lab-mps-*/; do   # an MPS daemon whose lab command was killed at the time limit (lab stops its own)
-  [[ -d $pipe ]] && echo quit | CUDA_MPS_PIPE_DIRECTORY=$pipe timeout 30 nvidia-cuda-mps-control >/dev/null 2>&1
+for pipe in "${TMPDIR:-/tmp}"/lab-mps-*/; do   # a daemon whose lab command was killed at the limit (lab stops its own)
+  [[ -d $pipe ]] || continue
+  echo quit | CUDA_MPS_PIPE_DIRECTORY=$pipe timeout 30 nvidia-cuda-mps-control >/dev/null 2>&1 && rm -rf "$pipe"
 done
 find ablations/results -type f -newer "$out/.start" ! -name '*.tmp' ! -name '*.ckpt' > "$out/new-files.txt"
 tar czf "$out/$stage.tgz" -T "$out/new-files.txt"
