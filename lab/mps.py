@@ -92,6 +92,7 @@ def _start(env: dict) -> str | None:
         if started.returncode:
             return f"{CONTROL} -d failed (exit {started.returncode}): {_last_line(said)}"
     except subprocess.TimeoutExpired:
+        _quit(env)
         return f"{CONTROL} -d did not return within 30 s"
     check = (f"import subprocess, sys\n{CLIENT}\n"
              f"servers = subprocess.run([{CONTROL!r}], input='get_server_list\\n', capture_output=True, text=True, "
