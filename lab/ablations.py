@@ -178,3 +178,13 @@ def load(name: str) -> Ablation:
         raise ValueError(f"{name}: principle {principle!r} must be one of {', '.join(PRINCIPLES)}")
     panels = tuple(_panel(name, i, p) for i, p in enumerate(raw["panels"]))
     return Ablation(name, str(raw["title"]), " ".join(str(raw.get("caption", "")).split()), principle, panels)
+
+
+def cells_by_spec() -> dict[str, Cell]:
+    """Every canonical spec of Tables 1 … 6 and its first cell in that order (a spec in several tables, such as a
+    λ = 0 cell, has the same paper value in each)."""
+    cells = {}
+    for table in TABLES:
+        for cell in load(table).cells:
+            cells.setdefault(cell.spec, cell)
+    return cells

@@ -241,25 +241,20 @@ def packing(ns, shape: dict, device: torch.device, seconds: float, mode: str = "
     """Aggregate images/s of N concurrent training processes sharing one device, for each N; each runs `mode`;
     on_row(row) after each N. mps: the processes share the GPU through NVIDIA MPS (lab.mps), one daemon for every N,
     where it can be had; each row says whether."""
+    ctx, rows = mp.get_context("spawn"), []
     with shared_gpu(mps) as shared:
-        return _packing(ns, shape, device, seconds, mode, shared, on_row)
-
-
-def _packing(ns, shape: dict, device: torch.device, seconds: float, mode: str, shared: bool, on_row) -> list[dict]:
-    ctx = mp.get_context("spawn")
-    rows = []
-    for n in ns:
-        ready, queue = ctx.Barrier(n + 1), ctx.Queue()
-        procs = [ctx.Process(target=_packed_worker, args=(shape, str(device), mode, seconds, ready, queue))
-                 for _ in range(n)]
-        for p in procs:
-            p.start()
-        ready.wait(timeout=600)     # a worker that dies while warming up breaks the barrier: an error, never a hang
-        total = sum(queue.get(timeout=seconds + 300) for _ in procs)
-        for p in procs:
-            p.join()
-        rows.append({**_packing_row(n, mode, total, shape, device), "mps": shared})
-        on_row(rows[-1])
+        for n in ns:
+            ready, queue = ctx.Barrier(n + 1), ctx.Queue()
+            procs = [ctx.Process(target=_packed_worker, args=(shape, str(device), mode, seconds, ready, queue))
+                     for _ in range(n)]
+            for p in procs:
+                p.start()
+            ready.wait(timeout=600)     # a worker that dies while warming up breaks the barrier: an error, never a hang
+            total = sum(queue.get(timeout=seconds + 300) for _ in procs)
+            for p in procs:
+                p.join()
+            rows.append({**_packing_row(n, mode, total, shape, device), "mps": shared})
+            on_row(rows[-1])
     return rows
 
 

@@ -38,12 +38,8 @@ class Calibration:
 
 
 def paper_values() -> dict[str, float | None]:
-    """The paper's top-1 of every canonical spec: its first cell in Table 1 … 6 order (None = the paper's ×)."""
-    values = {}
-    for table in ablations.TABLES:
-        for cell in ablations.load(table).cells:
-            values.setdefault(cell.spec, cell.paper)
-    return values
+    """The paper's top-1 of every canonical spec (None = the paper's ×)."""
+    return {spec: cell.paper for spec, cell in ablations.cells_by_spec().items()}
 
 
 def load(path) -> Calibration:

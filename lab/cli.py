@@ -61,13 +61,15 @@ def _calibrate(args):
 
 def _render(args):
     from . import results, tables
-    print(tables.render(args.table, results.load_records(results.records_dir(args.results)), args.format, protocol=args.protocol))
+    records = results.load_records(results.records_dir(args.results))
+    print(tables.render(args.table, records, args.format, protocol=args.protocol))
     return 0
 
 
 def _fidelity(args):
     from . import fidelity, results
-    print(fidelity.render(fidelity.measure(results.load_records(results.records_dir(args.results)), args.protocol)), end="")
+    records = results.load_records(results.records_dir(args.results))
+    print(fidelity.render(fidelity.measure(records, args.protocol)), end="")
     return 0
 
 

@@ -17,7 +17,7 @@ PAPER_DEFAULTS = {"global_pool": "avg"}
 class LinearPatchEmbed(PatchEmbed):
     """timm's PatchEmbed (same parameters, initialisation and state_dict) computed as one matmul over the flattened
     patches: a convolution whose stride is its kernel is a linear map of each patch, and cuDNN runs ViT-B/16's as a
-    slow implicit GEMM plus layout conversions (6 % of the kernel time of a compiled training step on an H100:
+    slow implicit GEMM plus layout conversions (5 % of the kernel time of a compiled training step on an H100:
     ablations/results/bench/profiles/layernorm-compiled-bf16.txt), where a matmul gets cuBLAS's fastest kernels."""
 
     def forward(self, x):

@@ -43,16 +43,15 @@ def shared_gpu(enabled: bool, say=print):
         say(f"MPS: using the daemon of {PIPE}={os.environ[PIPE]}")
         yield True
         return
+    folder = env = None
     why = _unavailable()
+    if not why:
+        folder = tempfile.mkdtemp(prefix="lab-mps-")
+        env = {PIPE: folder, LOG: folder}
+        why = _start(env)
     if why:
-        say(f"MPS: {why}; the runs time-slice the GPU")
-        yield False
-        return
-    folder = tempfile.mkdtemp(prefix="lab-mps-")
-    env = {PIPE: folder, LOG: folder}
-    why = _start(env)
-    if why:
-        shutil.rmtree(folder, ignore_errors=True)
+        if folder:
+            shutil.rmtree(folder, ignore_errors=True)
         say(f"MPS: {why}; the runs time-slice the GPU")
         yield False
         return
@@ -85,12 +84,12 @@ def _unavailable() -> str | None:
 
 def _start(env: dict) -> str | None:
     """Start the daemon and check it with one client; None, or why not (the daemon is stopped again)."""
-    full, said = {**os.environ, **env}, os.path.join(env[LOG], "start.out")
+    full, start_log = {**os.environ, **env}, os.path.join(env[LOG], "start.out")
     try:
-        with open(said, "w") as out:     # a file, not a pipe: the daemon it forks must not hold our end open
+        with open(start_log, "w") as out:     # a file, not a pipe: the daemon it forks must not hold our end open
             started = subprocess.run([CONTROL, "-d"], env=full, stdout=out, stderr=subprocess.STDOUT, timeout=30)
         if started.returncode:
-            return f"{CONTROL} -d failed (exit {started.returncode}): {_last_line(said)}"
+            return f"{CONTROL} -d failed (exit {started.returncode}): {_last_line(start_log)}"
     except subprocess.TimeoutExpired:
         _quit(env)
         return f"{CONTROL} -d did not return within 30 s"

@@ -74,7 +74,7 @@ def demo_report(specs=("erf", "linear"), protocol: str = "smoke", results_dir="r
     if train:
         _sweep.run_cells(cells, progress=progress, desc="demo")
     records = [results.read_record(c.path) for c in cells if c.path.exists()]
-    paper = {c.spec: c for t in ablations.TABLES for c in ablations.load(t).cells}      # λ = 0 cells repeat
+    paper = ablations.cells_by_spec()
     lines = ["| spec | status | top-1 (%) | paper (%) | chance (%) | failure |", "|---|---|---|---|---|---|"]
     for r in records:
         failure = r.get("failure") or {}

@@ -45,7 +45,7 @@ from . import data as data_mod
 from .config import config_hash
 from .layers import PointwiseNorm, canonical_norm
 from .models import from_config
-from .results import checkpoint_path, git_commit, log_path, read_record, record_path, write_json_atomic
+from .results import checkpoint_path, git_commit, log_path, pool_text, read_record, record_path, write_json_atomic
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -120,7 +120,7 @@ class Trainer:
         self._log(f"start {spec} · {cfg['protocol']}-{config_hash(cfg)} seed {self.seed} · {_device_name(device)} · "
                   f"torch {torch.__version__} · {self.total} updates, {self.spe} an epoch"
                   + (f" · compiled ({cfg['compile_mode']})" if cfg.get("compile") else "")
-                  + (f" · one of {pool['workers']} packed runs{' under MPS' if pool['mps'] else ''}" if pool else ""))
+                  + (f" · {pool_text(pool)}" if pool else ""))
         slow = _emulated_precision(device, self.dtype)
         if slow:
             warnings.warn(slow, stacklevel=2)
