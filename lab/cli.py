@@ -2,6 +2,7 @@
 import argparse
 import json
 import os
+import signal
 import sys
 
 TABLE_CHOICES = [f"table{i}" for i in range(1, 7)]
@@ -198,8 +199,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def unwind(signum, frame):
+    """The SIGTERM handler of lab's processes (`timeout`, a scheduler, `kill`): unwind like Ctrl-C, so a sweep's workers
+    stop, its MPS daemon quits and each run's log says where it stopped. By default Python just vanishes, leaving the
+    daemon running."""
+    raise SystemExit(128 + signum)
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, unwind)
     try:
         return args.handler(args)
     except ValueError as err:
@@ -208,6 +217,8 @@ def main(argv=None) -> int:
     except BrokenPipeError:       # `lab render … | head`: the reader left; exit quietly as Unix tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

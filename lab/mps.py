@@ -33,7 +33,8 @@ def shared_gpu(enabled: bool, say=print):
     started for the block, in a temporary folder that the block's environment names (child processes inherit it),
     checked with one CUDA client, and stopped after the block. Where MPS cannot be had (no CUDA GPU, no control
     program, a daemon that fails or serves no client), `say` gets one line saying why, nothing is left behind, and the
-    block runs without it (False). A process killed inside the block leaves its daemon running: stop it with
+    block runs without it (False). A process killed inside the block (kill -9; `lab`'s command line unwinds on
+    SIGTERM) leaves its daemon running: stop it with
     `echo quit | CUDA_MPS_PIPE_DIRECTORY=FOLDER nvidia-cuda-mps-control` (FOLDER: the one the start line names).
     """
     if not enabled:

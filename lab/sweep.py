@@ -5,10 +5,11 @@ cells; with a GPU the workers share it, which is how small proxy models fill an 
 their kernels run at once), or a SLURM array through submitit.
 Records are written atomically by lab.results, so a kill at any moment leaves only complete files and a re-run finishes
 the rest. A divergence is a "failed" record; an unexpected exception in one cell is collected and raised at the end
-(`CellErrors`) after every other cell has run.
+(`CellErrors`) after every other cell has run. A worker that dies, or whose GPU faults, is replaced (see _run_pool).
 """
 import contextlib
 import os
+import signal
 import sys
 import threading
 import time
@@ -28,7 +29,12 @@ ALL = "all"
 """`lab sweep all`: the LayerNorm baseline plus every table's cells as one grid (one pool, shared cells once)."""
 LAUNCHERS = ("local", "slurm")
 MAX_WORKER_DEATHS = 2
-"""A cell whose worker process dies this many times (segfault, OOM kill) is reported instead of retried."""
+"""A cell whose worker process dies (segfault, OOM kill) or whose GPU faults this many times is reported instead of
+retried."""
+DEVICE_FAULTS = ("CUDA error", "Triton Error [CUDA]")
+"""How CUDA's sticky errors read (an illegal address, a device-side assert) where torch raises them as RuntimeError."""
+STOP_S = 10
+"""How long a stopped pool's workers get to unwind (log where their runs stopped) before they are killed."""
 
 
 @dataclass(frozen=True)
@@ -190,12 +196,18 @@ def run_cells(cells, *, jobs: int = 1, progress: bool = True, desc: str = "cells
                     left = cells[i:]
                     break
                 started = _now()
-                done(cell, _run_cell(cell))
+                kind, value = _run_cell(cell)
+                done(cell, ("error" if kind == "fault" else kind, value))
                 clock.finished(started)
+                if kind == "fault" and cells[i + 1:]:
+                    _say(f"{desc}: the GPU faulted, and this process cannot use it again: run again to train the "
+                         f"{len(cells) - i - 1} cell(s) left", progress)
+                    break
         else:
             workers = min(jobs, len(cells))
             with shared_gpu(mps, say=lambda line: _say(line, progress)) as shared:
-                left = _run_pool(cells, workers, done, clock, {"workers": workers, "mps": shared})
+                left = _run_pool(cells, workers, done, clock, {"workers": workers, "mps": shared},
+                                 say=lambda line: _say(f"{desc}: {line}", progress))
     finally:
         bar.close()
     if left:
@@ -206,12 +218,23 @@ def run_cells(cells, *, jobs: int = 1, progress: bool = True, desc: str = "cells
     return records
 
 
-def _run_pool(cells, jobs, done, clock: Deadline, pool: dict) -> list:
+def _run_pool(cells, jobs, done, clock: Deadline, pool: dict, say=print) -> list:
     """At most `jobs` cells in flight, so a dead worker (segfault, OOM kill) implicates only those; retry them.
+    A GPU fault (see _run_cell) implicates its own cell; the pool is replaced by a new one (new CUDA contexts: under
+    MPS one client's fault breaks every client's) and the other cells in flight start again from their checkpoints.
     Returns the cells not started because `clock` said they would not finish in time. `pool` goes into each record."""
     from . import results
     queue, deaths, left = list(cells), {}, []
     threads = max(1, (os.cpu_count() or 1) // jobs)
+
+    def retry(cell, why: str):
+        deaths[cell] = deaths.get(cell, 0) + 1
+        if deaths[cell] >= MAX_WORKER_DEATHS:
+            done(cell, ("error", f"{why} {deaths[cell]} times running this cell; how far it got: "
+                                 f"{results.log_path(cell.path)}"))
+        else:
+            queue.insert(0, cell)
+
     while queue:
         with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
                                  initializer=_init_worker, initargs=(threads, os.getpid())) as executor:
@@ -228,26 +251,51 @@ def _run_pool(cells, jobs, done, clock: Deadline, pool: dict) -> list:
                     if not running:
                         break
                     finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                    faults = []
                     for future in finished:
                         cell, started = running.pop(future)
                         clock.finished(started)
-                        done(cell, future.result())
+                        kind, value = future.result()
+                        if kind == "fault":
+                            faults.append(cell)
+                            say(f"the GPU faulted running {cell.spec} seed={cell.seed}; the pool restarts "
+                                f"({value.rstrip().splitlines()[-1]})")
+                            retry(cell, f"{value.rstrip()}\nthe GPU faulted")
+                        else:
+                            done(cell, (kind, value))
+                    if faults:
+                        queue[:0] = [cell for cell, _ in running.values()]
+                        _stop_now(executor)
+                        break
             except BrokenProcessPool:
                 for cell, _ in running.values():
-                    deaths[cell] = deaths.get(cell, 0) + 1
-                    if deaths[cell] >= MAX_WORKER_DEATHS:
-                        done(cell, ("error", f"worker process died {deaths[cell]} times running this cell; "
-                                             f"how far it got: {results.log_path(cell.path)}"))
-                    else:
-                        queue.insert(0, cell)
+                    retry(cell, "worker process died")
             except BaseException:
-                executor.shutdown(wait=False, cancel_futures=True)
+                _stop_now(executor)
                 raise
     return left
 
 
+def _stop_now(executor: ProcessPoolExecutor):
+    """End the pool's workers now (Ctrl-C, SIGTERM, a GPU fault): shutdown() alone waits for every running cell to
+    finish. SIGTERM makes each run log where it stopped (lab.cli.unwind) and unwind; one still there STOP_S later is
+    killed. Records are atomic and checkpoints resume, so a stopped cell loses at most its last checkpoint interval."""
+    processes = list((executor._processes or {}).values())     # no public way before Python 3.14's terminate_workers
+    executor.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        process.terminate()
+    end = time.monotonic() + STOP_S
+    for process in processes:
+        process.join(max(0.0, end - time.monotonic()))
+        if process.is_alive():
+            process.kill()
+
+
 def _init_worker(threads: int, parent: int):
-    """Each worker gets its share of the CPU so N workers don't oversubscribe it, and dies with the sweep."""
+    """Each worker gets its share of the CPU so N workers don't oversubscribe it, unwinds on SIGTERM as the sweep
+    does, and dies with the sweep."""
+    from .cli import unwind
+    signal.signal(signal.SIGTERM, unwind)
     os.environ["OMP_NUM_THREADS"] = str(threads)
     import torch
     torch.set_num_threads(threads)
@@ -262,12 +310,18 @@ def _exit_with(parent: int):
 
 
 def _run_cell(cell: Cell, pool: dict | None = None):
-    """("ok", record) or ("error", traceback): never raises, so one cell cannot stop the others."""
+    """("ok", record), ("error", traceback), or ("fault", traceback) for a CUDA error that leaves this process's
+    context unusable: never raises, so one cell cannot stop the others."""
     try:
         from . import train
         return "ok", train.run(cell.cfg, cell.spec, cell.path.parent, table=cell.table, progress=False, pool=pool)
-    except Exception:
-        return "error", traceback.format_exc()
+    except Exception as err:
+        return "fault" if _device_fault(err) else "error", traceback.format_exc()
+
+
+def _device_fault(err: Exception) -> bool:
+    import torch
+    return isinstance(err, getattr(torch, "AcceleratorError", ())) or any(f in str(err) for f in DEVICE_FAULTS)
 
 
 def slurm_cell(cell: Cell) -> dict:

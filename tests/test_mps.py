@@ -2,8 +2,10 @@
 folder that the runs inherit, stopped after them, and every way it cannot be had falls back to time-slicing with one
 line saying why, leaving nothing behind."""
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -126,3 +128,49 @@ def test_a_packing_bench_runs_every_n_under_one_daemon_and_its_rows_say_so(contr
                      progress=False, on_row=lambda rows: saved.append(len(rows)), mps=True)
     assert [(r["runs"], r["mps"]) for r in rows] == [(1, True), (2, True)] and saved == [1, 2]
     assert [c.split()[0] for c in control()] == ["-d", "get_server_list", "quit"]
+
+
+def _children(pid: int) -> list[int]:
+    """The live processes whose parent is `pid` (Linux /proc)."""
+    found = []
+    for stat in os.listdir("/proc"):
+        try:
+            fields = open(f"/proc/{stat}/stat").read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid and fields[0] not in "ZX":
+            found.append(int(stat))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] not in "ZX"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads processes from Linux /proc")
+def test_sigterm_stops_a_packed_sweep_at_once_and_its_daemon_quits(control, tmp_path):
+    """`timeout` or a scheduler stops a sweep with SIGTERM: its workers end now (not after their cells) and their logs
+    say where each run stopped, its MPS daemon quits, and the exit status says SIGTERM."""
+    out = tmp_path / "results"
+    argv = ["sweep", "table1", "--protocol", "smoke", "--results", str(out), "--jobs", "2", "--mps", "--specs",
+            "layernorm,erf", "--set", "epochs=1000", "--set", "data.train_size=64", "--set", "data.val_size=32"]
+    code = ("import sys, torch; from lab import cli, mps; torch.cuda.is_available = lambda: True; "
+            f"mps.CLIENT = 'pass'; sys.exit(cli.main({argv!r}))")
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        deadline = time.time() + 120
+        while len(list(out.glob("*.log"))) < 2 and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.1)
+        workers = [pid for pid in _children(proc.pid) if _alive(pid)]
+        assert len(list(out.glob("*.log"))) == 2 and len(workers) >= 2, "the two cells never started training"
+        proc.send_signal(signal.SIGTERM)
+        status = proc.wait(timeout=60)
+    finally:
+        proc.kill()
+    assert status == 128 + signal.SIGTERM
+    assert [c.split()[0] for c in control()] == ["-d", "get_server_list", "quit"]
+    assert not any(_alive(pid) for pid in workers) and not list(out.glob("*.json"))
+    assert all("stopped at update" in log.read_text().splitlines()[-1] for log in out.glob("*.log"))

@@ -1,5 +1,7 @@
-"""lab.sweep: grid expansion and keys, skipping finished cells, crash isolation, kill -9 + resume, SLURM dry run."""
+"""lab.sweep: grid expansion and keys, skipping finished cells, crash isolation, GPU faults, kill -9 + resume, SLURM
+dry run."""
 import json
+import os
 import pickle
 import signal
 import subprocess
@@ -60,6 +62,54 @@ def test_finished_cells_are_skipped_and_a_crashing_cell_does_not_stop_the_others
     assert [c.spec for c in err.value.errors] == [crash.spec]
     assert [c.path.exists() for c in cells] == [c is not crash for c in cells]
 
+
+
+FAULTING_WORKERS = """
+import os
+if os.environ.get("LAB_TEST_FAULT_SPEC"):
+    import torch, lab.train
+    train = lab.train.run
+
+    def run(cfg, norm, out_dir, **kw):
+        if norm != os.environ["LAB_TEST_FAULT_SPEC"]:
+            return train(cfg, norm, out_dir, **kw)
+        with open(os.environ["LAB_TEST_FAULT_LOG"], "a") as log:
+            log.write(f"{os.getpid()}\\n")
+        raise torch.AcceleratorError("CUDA error: an illegal memory access was encountered")
+
+    lab.train.run = run
+"""
+
+
+def test_a_gpu_fault_restarts_the_pool_and_implicates_only_its_own_cell(tmp_path, monkeypatch):
+    """A worker whose CUDA context faults cannot train again (under MPS nor can its neighbours): the cell is retried
+    once in a new pool, then reported; the cell beside it, restarted with the pool, trains and is not blamed."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(FAULTING_WORKERS)      # every spawned worker imports it
+    innocent, faulty = sweep.table_cells("table1", "smoke", tmp_path, overrides=TINY, limit=2)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(hook), os.environ.get("PYTHONPATH")])))
+    monkeypatch.setenv("LAB_TEST_FAULT_SPEC", faulty.spec)
+    monkeypatch.setenv("LAB_TEST_FAULT_LOG", str(tmp_path / "faults"))
+    with pytest.raises(sweep.CellErrors) as err:
+        sweep.sweep("table1", "smoke", tmp_path, overrides=TINY, limit=2, jobs=2, progress=False)
+    assert list(err.value.errors) == [faulty]
+    assert "illegal memory access" in err.value.errors[faulty] and "GPU faulted 2 times" in err.value.errors[faulty]
+    assert [r["spec"] for r in err.value.records] == [innocent.spec] and innocent.path.exists()
+    assert len(set((tmp_path / "faults").read_text().split())) == sweep.MAX_WORKER_DEATHS   # a new process each time
+
+
+def test_in_one_process_a_gpu_fault_stops_the_sweep(tmp_path, monkeypatch):
+    calls = []
+
+    def fault(cfg, norm, out_dir, *, table=None, progress=True, pool=None):
+        calls.append(norm)
+        raise RuntimeError("CUDA error: device-side assert triggered")
+
+    monkeypatch.setattr(lab.train, "run", fault)
+    with pytest.raises(sweep.CellErrors, match="device-side assert") as err:
+        sweep.sweep("table1", "smoke", tmp_path, limit=3, progress=False)
+    assert len(calls) == 1 and len(err.value.errors) == 1
 
 
 def test_a_deadline_starts_only_the_cells_that_would_finish_and_a_rerun_trains_the_rest(tmp_path, monkeypatch):
