@@ -3,9 +3,10 @@
 #   bash ablations/gpu-session.sh check    # 14 packed proxy processes with CUDA graphs, time-sliced and under MPS;
 #                                          # GPU-only tests; one proxy run's speed eager/compiled/graphs; 14 runs in
 #                                          # one process (graphs on streams)
-#   bash ablations/gpu-session.sh round4   # one proxy epoch with CUDA graphs in 2 packed processes (stops the stage if
-#                                          # that fails), then configs/calibration/round4.yaml, 14 packed (one
-#                                          # variant's 14 cells at once)
+#   bash ablations/gpu-session.sh round4   # one proxy epoch with CUDA graphs in 2 packed processes (under MPS; if
+#                                          # that fails, once more time-sliced; stops the stage if that fails too),
+#                                          # then configs/calibration/round4.yaml, 14 packed (one variant's 14 cells
+#                                          # at once)
 #   bash ablations/gpu-session.sh grid [KEY=VALUE ...]
 #                                          # every cell of Tables 1–6 under proxy.yaml (with these overrides: a
 #                                          # calibration variant's list, e.g. round4's, before proxy.yaml adopts it),
@@ -69,6 +70,13 @@ unfinished() {   # the last lines of every cell this stage started and did not f
   done
 }
 
+preflight() {   # one proxy epoch with CUDA graphs in 2 packed processes (args: --mps or none), in about a minute
+  rm -rf "${TMPDIR:-/tmp}/preflight"
+  step python3 -m lab sweep table1 --protocol proxy --specs erf --seeds 0,1 --jobs 2 "$@" \
+    --results "${TMPDIR:-/tmp}/preflight" --set epochs=1 --set data.train_size=10000 --set optim.batch_size=256 \
+    --set compile=true --set compile_mode=reduce-overhead
+}
+
 run_stage() {
   failed=0
   local differ   # why the records' commit says +dirty, if it does (lab.results.git_commit)
@@ -82,10 +90,10 @@ run_stage() {
         tests/test_bench.py
       step python3 -m lab bench --proxy --norms erf --modes eager,compiled,compiled-graphs --dtypes bf16
       step python3 -m lab bench --modes "" --packing 1,14 --packing-mode graphed-streams ;;
-    round4)
-      step python3 -m lab sweep table1 --protocol proxy --specs erf --seeds 0,1 --jobs 2 "${mps[@]}" \
-        --results /tmp/preflight --set epochs=1 --set data.train_size=10000 --set optim.batch_size=256 \
-        --set compile=true --set compile_mode=reduce-overhead &&
+    round4)   # a preflight that fails under MPS is tried once more time-sliced, so the call is not lost to MPS
+      { preflight "${mps[@]}" ||
+        { (( ${#mps[@]} )) && echo "== the preflight failed under MPS: once more time-sliced, as MPS=0 would" &&
+          mps=() && preflight && failed=0; }; } &&
       step python3 -m lab calibrate configs/calibration/round4.yaml --jobs 14 "${mps[@]}" --deadline "$(left)" ;;
     grid)
       step python3 -m lab sweep all --protocol proxy --jobs 14 "${mps[@]}" --results ablations/results/proxy \

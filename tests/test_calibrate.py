@@ -147,7 +147,8 @@ def test_the_gpu_session_script_calls_lab_as_its_cli_parses():
     script = (Path(calibrate.__file__).parent.parent / "ablations" / "gpu-session.sh").read_text().replace("\\\n", " ")
     script = script.replace('"$(left)"', "60")       # the seconds the stage has left, as the shell would fill them in
     script = script.replace('"${sets[@]}"', "--set epochs=1")    # the grid's overrides, given
-    script = script.replace('"${mps[@]}"', "--mps")             # MPS on, as by default
+    script = script.replace('"${mps[@]}"', "--mps").replace('"$@"', "--mps")    # MPS on, as by default
+    script = script.replace('"${TMPDIR:-/tmp}/preflight"', "/tmp/preflight")
     calls = [shlex.split(line.split("-m lab", 1)[1].split(";;")[0].split("&&")[0]) for line in script.splitlines()
              if "python3 -m lab " in line and not line.lstrip().startswith("#")]
     assert {c[0] for c in calls} == {"bench", "calibrate", "sweep", "fidelity"}
@@ -157,3 +158,31 @@ def test_the_gpu_session_script_calls_lab_as_its_cli_parses():
             calibrate.load(args.file)
         if argv[0] in ("train", "sweep"):
             config.load(args.protocol, args.set)          # every override valid for the protocol
+
+
+@pytest.mark.parametrize("fails", ["under MPS", "both ways"])
+def test_the_round4_stage_tries_a_failed_preflight_again_time_sliced(tmp_path, fails):
+    """Whether MPS works on the lent GPU is unknown until it runs there: a preflight that fails under MPS must not cost
+    the device call, and one that fails time-sliced too must stop the stage before its 28 cells start."""
+    import os
+    import subprocess
+    fake = tmp_path / "bin" / "python3"       # stands in for the device's python: logs its arguments, fails as asked
+    fake.parent.mkdir()
+    fake.write_text(f"""#!/bin/bash
+echo "$*" >> {tmp_path}/calls
+[[ $3 == sweep && ( $* == *--mps* || {str(fails == "both ways").lower()} == true ) ]] && exit 1
+exit 0
+""")
+    fake.chmod(0o755)
+    (tmp_path / "ablations" / "results").mkdir(parents=True)
+    env = {**os.environ, "PATH": f"{fake.parent}:{os.environ['PATH']}", "OUT": str(tmp_path / "out"),
+           "TMPDIR": str(tmp_path)}
+    done = subprocess.run(["bash", str(ROOT / "ablations" / "gpu-session.sh"), "round4"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)
+    calls = [line.split()[2] + (" --mps" if "--mps" in line else "")
+             for line in (tmp_path / "calls").read_text().splitlines()]
+    assert "the preflight failed under MPS: once more time-sliced" in done.stdout
+    if fails == "under MPS":
+        assert calls == ["sweep --mps", "sweep", "calibrate"] and done.returncode == 0, done.stdout
+    else:
+        assert calls == ["sweep --mps", "sweep"] and done.returncode == 1, done.stdout
