@@ -9,7 +9,8 @@
 #                                          # at once)
 #   bash ablations/gpu-session.sh grid [KEY=VALUE ...]
 #                                          # every cell of Tables 1–6 under proxy.yaml (with these overrides: a
-#                                          # calibration variant's list, e.g. round4's, before proxy.yaml adopts it),
+#                                          # calibration variant's list, e.g. round4's, before proxy.yaml adopts it;
+#                                          # that round's records of the same cells are copied in, not trained),
 #                                          # then 2 more seeds of the noise cells (lab.fidelity.NOISE_SPECS), then
 #                                          # `lab fidelity`
 #   bash ablations/gpu-session.sh bench    # #6 (ViT-B/16): the variants below or near 1.00× LayerNorm compiled,
@@ -97,9 +98,10 @@ run_stage() {
       step python3 -m lab calibrate configs/calibration/round4.yaml --jobs 14 "${mps[@]}" --deadline "$(left)" ;;
     grid)
       step python3 -m lab sweep all --protocol proxy --jobs 14 "${mps[@]}" --results ablations/results/proxy \
-        --deadline "$(left)" "${sets[@]}"
+        --reuse ablations/results/calibration --deadline "$(left)" "${sets[@]}"
       step python3 -m lab sweep all --protocol proxy --jobs 14 "${mps[@]}" --results ablations/results/proxy \
-        --seeds 1,2 --specs layernorm,erf,tanh,arctan,isru --deadline "$(left)" "${sets[@]}"
+        --reuse ablations/results/calibration --seeds 1,2 --specs layernorm,erf,tanh,arctan,isru \
+        --deadline "$(left)" "${sets[@]}"
       python3 -m lab fidelity --results ablations/results/proxy --protocol proxy ;;
     bench)
       step python3 -m lab bench --modes compiled --dtypes bf16 --rounds 5 --steps 20 \

@@ -40,7 +40,7 @@ def _sweep(args):
     try:
         sweep.sweep(args.table, args.protocol, args.results, jobs=args.jobs, launcher=args.launcher, seeds=seeds,
                     overrides=args.set, dry_run=args.dry_run, slurm=args.slurm, specs=specs, deadline=args.deadline,
-                    mps=args.mps)
+                    mps=args.mps, reuse=args.reuse)
     except sweep.CellErrors as err:
         print(f"lab sweep: {err}", file=sys.stderr)
         return 1
@@ -145,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                         "without submitting; run nothing")
     p.add_argument("--slurm", action="append", default=[], metavar="KEY=VALUE",
                    help="submitit SLURM parameter: partition=gpu, nodes=4, gpus_per_node=8, time=4320 (minutes), ...")
+    p.add_argument("--reuse", action="append", default=[], metavar="FOLDER",
+                   help="copy in a cell's record found under FOLDER (same spec, config hash and seed: the same "
+                        "experiment, e.g. a calibration round's) instead of training it")
     deadline(p)
     mps(p)
     overrides(p)

@@ -116,7 +116,7 @@ def union_cells(tables, protocol: str, results_dir, *, seeds=None, overrides=Non
 def sweep(table: str, protocol: str, results_dir="results", *, jobs: int = 1, launcher: str = "local", seeds=None,
           overrides=None, device: str | None = None, dry_run: bool = False, progress: bool = True,
           limit: int | None = None, slurm: dict | None = None, specs=None,
-          deadline: float | None = None, mps: bool = False) -> list[dict]:
+          deadline: float | None = None, mps: bool = False, reuse=()) -> list[dict]:
     """Train every missing cell of `table` ("all": of every table) plus the LayerNorm baseline, or only of `specs`,
     and return the records of all its cells.
 
@@ -125,6 +125,7 @@ def sweep(table: str, protocol: str, results_dir="results", *, jobs: int = 1, la
     or "key=value" strings; an unknown one is submitit's ValueError listing the valid ones.
     deadline (local launcher): seconds from now within which started cells should finish (see run_cells).
     mps (local launcher, jobs > 1): the packed runs share the GPU through NVIDIA MPS (see run_cells).
+    reuse: folders whose records of the same cells are copied in instead of trained (see reusable).
     """
     if launcher not in LAUNCHERS:
         raise ValueError(f"launcher {launcher!r}: choose one of {', '.join(LAUNCHERS)}")
@@ -139,8 +140,16 @@ def sweep(table: str, protocol: str, results_dir="results", *, jobs: int = 1, la
     cells = table_cells(table, protocol, results_dir, seeds=seeds, overrides=overrides, device=device, limit=limit,
                         specs=specs)
     missing = [c for c in cells if not c.path.exists()]
-    _say(f"{table} [{protocol}]: {len(cells)} cells, {len(cells) - len(missing)} done, {len(missing)} to run"
-         + (" (dry run)" if dry_run else ""), progress)
+    found = reusable(missing, reuse)
+    missing = [c for c in missing if c not in found]
+    _say(f"{table} [{protocol}]: {len(cells)} cells, {len(cells) - len(missing) - len(found)} done, "
+         + (f"{len(found)} to copy from {', '.join(map(str, reuse))}, " if found else "")
+         + f"{len(missing)} to run" + (" (dry run)" if dry_run else ""), progress)
+    for cell, source in found.items():
+        if dry_run:
+            _say(f"  would copy {cell.spec} seed={cell.seed} <- {source}", progress)
+        else:
+            _copy_record(source, cell.path)
     if launcher == "slurm":
         submit_slurm(missing, results_dir, dry_run=dry_run, params=slurm)
     elif dry_run:
@@ -149,6 +158,34 @@ def sweep(table: str, protocol: str, results_dir="results", *, jobs: int = 1, la
     else:
         run_cells(missing, jobs=jobs, progress=progress, desc=table, deadline=deadline, mps=mps)
     return [results.read_record(c.path) for c in cells if c.path.exists()]
+
+
+def reusable(cells, folders) -> dict:
+    """cell -> a record of it under `folders` (searched recursively): the same file name and config hash, so the same
+    experiment trained elsewhere, e.g. by a calibration round whose variant the protocol then adopts."""
+    from . import results
+    from .config import config_hash
+    missing = [f for f in folders if not Path(f).is_dir()]
+    if missing:
+        raise ValueError(f"reuse {missing[0]}: no such directory (a folder of records, such as `lab calibrate` writes)")
+    names = {c.path.name: c for c in cells}
+    found = {}
+    for folder in folders:
+        for path in sorted(Path(folder).rglob("*.json")):
+            cell = names.get(path.name)
+            if cell is not None and cell not in found \
+                    and results.read_record(path).get("config_hash") == config_hash(cell.cfg):
+                found[cell] = path
+    return found
+
+
+def _copy_record(source: Path, target: Path):
+    """The record as written, its log first: the record marks the cell done, so a kill between leaves it to train."""
+    from . import results
+    log = results.log_path(source)
+    if log.exists():
+        results.write_text_atomic(results.log_path(target), log.read_text(encoding="utf-8"))
+    results.write_text_atomic(target, source.read_text(encoding="utf-8"))
 
 
 _now = time.monotonic     # the deadline's clock (tests replace it)

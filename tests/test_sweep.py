@@ -225,3 +225,43 @@ def test_specs_restrict_the_cells_and_one_outside_the_table_is_an_error(tmp_path
     assert "table5 [smoke]: 2 cells" in capsys.readouterr().err
     assert main(["sweep", "table5", "--protocol", "smoke", "--results", str(tmp_path), "--specs", "erf|hshift=2"]) == 2
     assert "'erf|hshift=2' is not in table5" in capsys.readouterr().err
+
+
+def test_a_cell_recorded_elsewhere_under_its_config_is_copied_not_trained(tmp_path, monkeypatch, capsys):
+    """A calibration round's cells are grid cells of the protocol that adopts its variant: the grid copies their
+    records and logs as written and trains only the rest. A record of another config, or whose content says another
+    config than its name, is not the same experiment."""
+    from lab.cli import main
+    from lab.config import config_hash
+    calls = []
+
+    def fake_run(cfg, norm, out_dir, *, table=None, progress=True, pool=None):
+        calls.append(norm)
+        path = results.record_path(out_dir, norm, cfg)
+        results.write_text_atomic(results.log_path(path), f"{norm} trained in {out_dir}\n")
+        record = {"spec": norm, "table": table, "status": "ok", "top1": 42.0, "seed": cfg["seed"],
+                  "config_hash": config_hash(cfg)}
+        return results.write_json_atomic(path, record) and record
+
+    monkeypatch.setattr(lab.train, "run", fake_run)
+    specs, shifted = ["layernorm", "erf", "erf|hshift=0.5"], "erf|hshift=0.5"
+    calibration = tmp_path / "calibration"
+    sweep.sweep("table1", "smoke", calibration / "v1", specs=specs[:2], overrides=TINY, progress=False)
+    sweep.sweep("table1", "smoke", calibration / "v2", specs=[shifted], overrides=[*TINY, "lr=1e-3"], progress=False)
+    grid = tmp_path / "grid"
+    cells = {c.spec: c for c in sweep.table_cells("table1", "smoke", grid, overrides=TINY, specs=specs)}
+    results.write_json_atomic(calibration / "stale" / cells[shifted].path.name, {"config_hash": "0" * 12})
+    calls.clear()
+    args = ["sweep", "table1", "--protocol", "smoke", "--results", str(grid), "--specs", ",".join(specs),
+            "--reuse", str(calibration), *[a for o in TINY for a in ("--set", o)]]
+    assert main([*args, "--dry-run"]) == 0
+    assert f"3 cells, 0 done, 2 to copy from {calibration}, 1 to run" in capsys.readouterr().err
+    assert not grid.exists() and not calls
+    assert main(args) == 0
+    assert calls == [shifted]
+    for spec in specs[:2]:
+        source = calibration / "v1" / cells[spec].path.name
+        assert cells[spec].path.read_bytes() == source.read_bytes()
+        assert results.log_path(cells[spec].path).read_text() == f"{spec} trained in {calibration / 'v1'}\n"
+    assert main([*args[:-6], "--reuse", str(tmp_path / "nowhere")]) == 2      # the default config: 3 cells to run
+    assert "reuse " in (err := capsys.readouterr().err) and "nowhere: no such directory" in err and calls == [shifted]
