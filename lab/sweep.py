@@ -192,19 +192,28 @@ _now = time.monotonic     # the deadline's clock (tests replace it)
 
 
 class Deadline:
-    """Whether one more cell can start and still finish within `seconds` of now, judged by the longest cell finished
-    so far (the first ones always start): a run on a machine lent for a fixed time leaves for the next run the cells
-    it could only half train, and frees the machine sooner. seconds=None: no deadline."""
+    """Whether a cell can start and still finish within `seconds` of now, judged by the slowest of the cells finished
+    so far, in seconds per training image (the first ones always start): a run on a machine lent for a fixed time
+    leaves for the next run the cells it could only half train, and frees the machine sooner. Per image, so a round
+    whose variants train for 80 and 160 epochs judges each by its own length. seconds=None: no deadline."""
 
     def __init__(self, seconds: float | None):
         self.end = None if seconds is None else _now() + float(seconds)
-        self.longest = 0.0
+        self.rate = 0.0
 
-    def finished(self, started: float):
-        self.longest = max(self.longest, _now() - started)
+    def finished(self, cell: Cell, started: float):
+        self.rate = max(self.rate, (_now() - started) / _images(cell))
 
-    def allows_another(self) -> bool:
-        return self.end is None or _now() + self.longest <= self.end
+    def estimate(self, cell: Cell) -> float:
+        return self.rate * _images(cell)
+
+    def allows(self, cell: Cell) -> bool:
+        return self.end is None or _now() + self.estimate(cell) <= self.end
+
+
+def _images(cell: Cell) -> float:
+    """What a cell's time grows with: epochs × training images (per epoch where the dataset's size is not set)."""
+    return float(cell.cfg["schedule"]["epochs"]) * float(cell.cfg["data"].get("train_size") or 1)
 
 
 def run_cells(cells, *, jobs: int = 1, progress: bool = True, desc: str = "cells",
@@ -229,13 +238,13 @@ def run_cells(cells, *, jobs: int = 1, progress: bool = True, desc: str = "cells
             bar.update()
         if jobs <= 1 or len(cells) <= 1:
             for i, cell in enumerate(cells):
-                if not clock.allows_another():
-                    left = cells[i:]
-                    break
+                if not clock.allows(cell):
+                    left.append(cell)
+                    continue
                 started = _now()
                 kind, value = _run_cell(cell)
                 done(cell, ("error" if kind == "fault" else kind, value))
-                clock.finished(started)
+                clock.finished(cell, started)
                 if kind == "fault" and cells[i + 1:]:
                     _say(f"{desc}: the GPU faulted, and this process cannot use it again: run again to train the "
                          f"{len(cells) - i - 1} cell(s) left", progress)
@@ -249,7 +258,8 @@ def run_cells(cells, *, jobs: int = 1, progress: bool = True, desc: str = "cells
         bar.close()
     if left:
         _say(f"{desc}: {len(left)} cell(s) not started, they would not finish within the deadline "
-             f"({clock.longest:.0f} s a cell so far): run again to train them", progress)
+             f"({', '.join(sorted({f'{clock.estimate(c):.0f} s' for c in left}))} a cell at the slowest rate so far): "
+             "run again to train them", progress)
     if errors:
         raise CellErrors(errors, records)
     return records
@@ -279,19 +289,18 @@ def _run_pool(cells, jobs, done, clock: Deadline, pool: dict, say=print) -> list
             try:
                 while queue or running:
                     while queue and len(running) < jobs:
-                        if not clock.allows_another():
-                            left += queue
-                            queue.clear()
-                            break
                         cell = queue.pop(0)
-                        running[executor.submit(_run_cell, cell, pool)] = cell, _now()
+                        if clock.allows(cell):
+                            running[executor.submit(_run_cell, cell, pool)] = cell, _now()
+                        else:
+                            left.append(cell)
                     if not running:
                         break
                     finished, _ = wait(running, return_when=FIRST_COMPLETED)
                     faults = []
                     for future in finished:
                         cell, started = running.pop(future)
-                        clock.finished(started)
+                        clock.finished(cell, started)
                         kind, value = future.result()
                         if kind == "fault":
                             faults.append(cell)

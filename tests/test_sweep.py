@@ -131,6 +131,26 @@ def test_a_deadline_starts_only_the_cells_that_would_finish_and_a_rerun_trains_t
     assert len(sweep.sweep("table1", "smoke", tmp_path, limit=4, progress=False)) == 4
 
 
+def test_a_deadline_judges_each_cell_by_its_own_length(tmp_path, monkeypatch, capsys):
+    """A fake cell takes 100 s an epoch. With 250 s: the 1-epoch cell trains (100 s), the 2-epoch one would end at 300
+    and waits, the next 1-epoch one still fits (200). Judged by the longest cell alone, the 2-epoch one would have
+    started and overrun."""
+    clock = [0.0]
+
+    def fake_run(cfg, norm, out_dir, *, table=None, progress=True, pool=None):
+        clock[0] += 100.0 * cfg["schedule"]["epochs"]
+        record = {"spec": norm, "table": table, "status": "ok", "top1": 42.0, "seed": cfg["seed"]}
+        return results.write_json_atomic(results.record_path(out_dir, norm, cfg), record) and record
+
+    monkeypatch.setattr(lab.train, "run", fake_run)
+    monkeypatch.setattr(sweep, "_now", lambda: clock[0])
+    cells = [sweep.plan([spec], "smoke", tmp_path, overrides=[f"epochs={epochs}"])[0]
+             for spec, epochs in (("erf", 1), ("tanh", 2), ("sin", 1))]
+    sweep.run_cells(cells, deadline=250)
+    assert [c.path.exists() for c in cells] == [True, False, True] and clock[0] == 200
+    assert "1 cell(s) not started, they would not finish within the deadline (200 s a cell" in capsys.readouterr().err
+
+
 def test_a_deadline_holds_in_the_process_pool(tmp_path, monkeypatch):
     """Two workers; the parent's clock runs 1000x fast, so the first finished cell took "thousands of seconds" and
     no further cell fits in 1000: the first two train, the other two are left."""
