@@ -165,9 +165,9 @@ def reusable(cells, folders) -> dict:
     experiment trained elsewhere, e.g. by a calibration round whose variant the protocol then adopts."""
     from . import results
     from .config import config_hash
-    missing = [f for f in folders if not Path(f).is_dir()]
-    if missing:
-        raise ValueError(f"reuse {missing[0]}: no such directory (a folder of records, such as `lab calibrate` writes)")
+    absent = [f for f in folders if not Path(f).is_dir()]
+    if absent:
+        raise ValueError(f"reuse {absent[0]}: no such directory (a folder of records, such as `lab calibrate` writes)")
     names = {c.path.name: c for c in cells}
     found = {}
     for folder in folders:
@@ -257,9 +257,9 @@ def run_cells(cells, *, jobs: int = 1, progress: bool = True, desc: str = "cells
     finally:
         bar.close()
     if left:
-        _say(f"{desc}: {len(left)} cell(s) not started, they would not finish within the deadline "
-             f"({', '.join(sorted({f'{clock.estimate(c):.0f} s' for c in left}))} a cell at the slowest rate so far): "
-             "run again to train them", progress)
+        estimates = ", ".join(f"{s} s" for s in sorted({round(clock.estimate(c)) for c in left}))
+        _say(f"{desc}: {len(left)} cell(s) not started, they would not finish within the deadline ({estimates} a cell "
+             "at the slowest rate so far): run again to train them", progress)
     if errors:
         raise CellErrors(errors, records)
     return records
