@@ -22,7 +22,9 @@
 # turns; the records' "pool" says whether they did); MPS=0 packs them time-sliced, as rounds 1-3 ran.
 # A stage stops itself at STAGE_S seconds (default 540; its sweeps start no cell that would not finish by then),
 # writes $OUT/STAGE.log (ending with the last lines of each cell it left unfinished: lab.results.log_path), and
-# packs what it wrote under ablations/results/ (run checkpoints aside, logs included) into $OUT/STAGE.tgz.
+# packs what it wrote under ablations/results/ (run checkpoints aside, logs included) into $OUT/STAGE.tgz, every
+# SNAPSHOT_S seconds (default 30) and at the end: a call cut off by the device's own limit (a slow machine start
+# leaves less of the session's 15 minutes) still brings back every cell finished 30 s before.
 # Unpack that in the repo root before the next call: the records travel back with the working tree, so the same stage
 # run again trains only what is missing.
 # The device has torch and timm but not this project installed: the checkout goes on PYTHONPATH (../shared/gpu).
@@ -117,14 +119,24 @@ run_stage() {
   return "$failed"
 }
 
+snapshot() {   # $OUT/STAGE.tgz: what the stage has written so far (tar's exit 1: a log grew while read, still whole)
+  find ablations/results -type f -newer "$out/.start" ! -name '*.tmp' ! -name '*.ckpt' > "$out/new-files.txt"
+  tar czf "$out/$stage.tgz.part" --warning=no-file-changed -T "$out/new-files.txt"
+  (( $? <= 1 )) && mv "$out/$stage.tgz.part" "$out/$stage.tgz"
+}
+
+( trap 'kill $! 2>/dev/null; exit 0' TERM   # at once while it sleeps; after its tar if it is packing
+  while :; do sleep "${SNAPSHOT_S:-30}" >/dev/null 2>&1 & wait $!; snapshot; done ) &
+snapshots=$!
 run_stage 2>&1 | tee "$out/$stage.log"
 rc=${PIPESTATUS[0]}
+kill "$snapshots"
+wait "$snapshots"
 for pipe in "${TMPDIR:-/tmp}"/lab-mps-*/; do   # a daemon whose lab command was killed at the limit (lab stops its own)
   [[ -d $pipe ]] || continue
   echo quit | CUDA_MPS_PIPE_DIRECTORY=$pipe timeout 30 nvidia-cuda-mps-control >/dev/null 2>&1 && rm -rf "$pipe"
 done
-find ablations/results -type f -newer "$out/.start" ! -name '*.tmp' ! -name '*.ckpt' > "$out/new-files.txt"
-tar czf "$out/$stage.tgz" -T "$out/new-files.txt"
+snapshot
 rm -f "$out/.start"
 echo "$stage: exit $rc, $(wc -l < "$out/new-files.txt") files in $out/$stage.tgz"
 exit "$rc"

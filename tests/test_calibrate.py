@@ -160,25 +160,29 @@ def test_the_gpu_session_script_calls_lab_as_its_cli_parses():
             config.load(args.protocol, args.set)          # every override valid for the protocol
 
 
+def _stage(tmp_path, stage: str, fake_python: str, **env) -> tuple[list, dict]:
+    """The command line and environment that run ablations/gpu-session.sh STAGE in tmp_path, with a stand-in for the
+    device's python3 (a bash script body; "$*" holds its arguments)."""
+    import os
+    fake = tmp_path / "bin" / "python3"
+    fake.parent.mkdir()
+    fake.write_text(f"#!/bin/bash\n{fake_python}\n")
+    fake.chmod(0o755)
+    (tmp_path / "ablations" / "results").mkdir(parents=True)
+    return (["bash", str(ROOT / "ablations" / "gpu-session.sh"), stage],
+            {**os.environ, "PATH": f"{fake.parent}:{os.environ['PATH']}", "OUT": str(tmp_path / "out"),
+             "TMPDIR": str(tmp_path), **env})
+
+
 @pytest.mark.parametrize("fails", ["under MPS", "both ways"])
 def test_the_round4_stage_tries_a_failed_preflight_again_time_sliced(tmp_path, fails):
     """Whether MPS works on the lent GPU is unknown until it runs there: a preflight that fails under MPS must not cost
     the device call, and one that fails time-sliced too must stop the stage before its 28 cells start."""
-    import os
     import subprocess
-    fake = tmp_path / "bin" / "python3"       # stands in for the device's python: logs its arguments, fails as asked
-    fake.parent.mkdir()
-    fake.write_text(f"""#!/bin/bash
-echo "$*" >> {tmp_path}/calls
+    argv, env = _stage(tmp_path, "round4", f"""echo "$*" >> {tmp_path}/calls
 [[ $3 == sweep && ( $* == *--mps* || {str(fails == "both ways").lower()} == true ) ]] && exit 1
-exit 0
-""")
-    fake.chmod(0o755)
-    (tmp_path / "ablations" / "results").mkdir(parents=True)
-    env = {**os.environ, "PATH": f"{fake.parent}:{os.environ['PATH']}", "OUT": str(tmp_path / "out"),
-           "TMPDIR": str(tmp_path)}
-    done = subprocess.run(["bash", str(ROOT / "ablations" / "gpu-session.sh"), "round4"], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=60)
+exit 0""")
+    done = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=20)
     calls = [line.split()[2] + (" --mps" if "--mps" in line else "")
              for line in (tmp_path / "calls").read_text().splitlines()]
     assert "the preflight failed under MPS: once more time-sliced" in done.stdout
@@ -186,3 +190,31 @@ exit 0
         assert calls == ["sweep --mps", "sweep", "calibrate"] and done.returncode == 0, done.stdout
     else:
         assert calls == ["sweep --mps", "sweep"] and done.returncode == 1, done.stdout
+
+
+def test_a_stage_cut_off_by_the_device_still_brings_back_its_finished_cells(tmp_path):
+    """The device kills a call at its limit, before the stage's own end: the records written until then must already
+    be in $OUT/STAGE.tgz."""
+    import os
+    import signal
+    import subprocess
+    import tarfile
+    import time
+    record = "ablations/results/calibration/r4/erf.proxy-0-s0.json"
+    argv, env = _stage(tmp_path, "round4", f"""[[ $3 == calibrate ]] || exit 0
+mkdir -p {Path(record).parent} && echo {{}} > {record} && exec sleep 60""", SNAPSHOT_S="0.2")
+    stage = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, start_new_session=True)
+    packed, end = [], time.monotonic() + 15
+    try:
+        while record not in packed and time.monotonic() < end:
+            time.sleep(0.2)
+            try:
+                with tarfile.open(tmp_path / "out" / "round4.tgz") as tgz:
+                    packed = tgz.getnames()
+            except (FileNotFoundError, tarfile.ReadError, EOFError):
+                pass
+        assert stage.poll() is None, "the stage ended by itself: nothing was cut off"
+    finally:
+        os.killpg(stage.pid, signal.SIGKILL)
+        stage.wait()
+    assert record in packed
