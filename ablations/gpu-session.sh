@@ -73,9 +73,9 @@ unfinished() {   # the last lines of every cell this stage started and did not f
   done
 }
 
-preflight() {   # one proxy epoch with CUDA graphs in 2 packed processes (args: --mps or none), in about a minute
-  rm -rf "${TMPDIR:-/tmp}/preflight"
-  step python3 -m lab sweep table1 --protocol proxy --specs erf --seeds 0,1 --jobs 2 "$@" \
+preflight() {   # one proxy epoch with CUDA graphs in 2 packed processes (args: --mps or none), in about a minute;
+  rm -rf "${TMPDIR:-/tmp}/preflight"   # PREFLIGHT_S (180) at most, so one that hangs under MPS leaves time to retry
+  step timeout "${PREFLIGHT_S:-180}" python3 -m lab sweep table1 --protocol proxy --specs erf --seeds 0,1 --jobs 2 "$@" \
     --results "${TMPDIR:-/tmp}/preflight" --set epochs=1 --set data.train_size=10000 --set optim.batch_size=256 \
     --set compile=true --set compile_mode=reduce-overhead
 }
@@ -126,7 +126,7 @@ snapshot() {   # $OUT/STAGE.tgz: what the stage has written so far (tar's exit 1
 }
 
 ( trap 'kill $! 2>/dev/null; exit 0' TERM   # at once while it sleeps; after its tar if it is packing
-  while :; do sleep "${SNAPSHOT_S:-30}" >/dev/null 2>&1 & wait $!; snapshot; done ) &
+  while kill -0 $$ 2>/dev/null; do sleep "${SNAPSHOT_S:-30}" >/dev/null 2>&1 & wait $!; snapshot; done ) &
 snapshots=$!
 run_stage 2>&1 | tee "$out/$stage.log"
 rc=${PIPESTATUS[0]}

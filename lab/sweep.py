@@ -125,7 +125,7 @@ def sweep(table: str, protocol: str, results_dir="results", *, jobs: int = 1, la
     or "key=value" strings; an unknown one is submitit's ValueError listing the valid ones.
     deadline (local launcher): seconds from now within which started cells should finish (see run_cells).
     mps (local launcher, jobs > 1): the packed runs share the GPU through NVIDIA MPS (see run_cells).
-    reuse: folders whose records of the same cells are copied in instead of trained (see reusable).
+    reuse: a folder, or folders, whose records of the same cells are copied in instead of trained (see reusable).
     """
     if launcher not in LAUNCHERS:
         raise ValueError(f"launcher {launcher!r}: choose one of {', '.join(LAUNCHERS)}")
@@ -140,6 +140,7 @@ def sweep(table: str, protocol: str, results_dir="results", *, jobs: int = 1, la
     cells = table_cells(table, protocol, results_dir, seeds=seeds, overrides=overrides, device=device, limit=limit,
                         specs=specs)
     missing = [c for c in cells if not c.path.exists()]
+    reuse = [reuse] if isinstance(reuse, (str, Path)) else list(reuse)
     found = reusable(missing, reuse)
     missing = [c for c in missing if c not in found]
     _say(f"{table} [{protocol}]: {len(cells)} cells, {len(cells) - len(missing) - len(found)} done, "
@@ -195,7 +196,8 @@ class Deadline:
     """Whether a cell can start and still finish within `seconds` of now, judged by the slowest of the cells finished
     so far, in seconds per training image (the first ones always start): a run on a machine lent for a fixed time
     leaves for the next run the cells it could only half train, and frees the machine sooner. Per image, so a round
-    whose variants train for 80 and 160 epochs judges each by its own length. seconds=None: no deadline."""
+    whose variants train for 80 and 160 epochs judges each by its own length. A cell resumed from a checkpoint looks
+    faster than it is, so after a restart the next cell may overrun. seconds=None: no deadline."""
 
     def __init__(self, seconds: float | None):
         self.end = None if seconds is None else _now() + float(seconds)
@@ -258,8 +260,8 @@ def run_cells(cells, *, jobs: int = 1, progress: bool = True, desc: str = "cells
         bar.close()
     if left:
         estimates = ", ".join(f"{s} s" for s in sorted({round(clock.estimate(c)) for c in left}))
-        _say(f"{desc}: {len(left)} cell(s) not started, they would not finish within the deadline ({estimates} a cell "
-             "at the slowest rate so far): run again to train them", progress)
+        _say(f"{desc}: {len(left)} cell(s) left for the next run, they would not finish within the deadline "
+             f"({estimates} a cell at the slowest rate so far): run again to train them", progress)
     if errors:
         raise CellErrors(errors, records)
     return records
@@ -269,7 +271,7 @@ def _run_pool(cells, jobs, done, clock: Deadline, pool: dict, say=print) -> list
     """At most `jobs` cells in flight, so a dead worker (segfault, OOM kill) implicates only those; retry them.
     A GPU fault (see _run_cell) implicates its own cell; the pool is replaced by a new one (new CUDA contexts: under
     MPS one client's fault breaks every client's) and the other cells in flight start again from their checkpoints.
-    Returns the cells not started because `clock` said they would not finish in time. `pool` goes into each record."""
+    Returns the cells left because `clock` said they would not finish in time. `pool` goes into each record."""
     from . import results
     queue, deaths, left = list(cells), {}, []
     threads = max(1, (os.cpu_count() or 1) // jobs)
@@ -291,7 +293,7 @@ def _run_pool(cells, jobs, done, clock: Deadline, pool: dict, say=print) -> list
                     while queue and len(running) < jobs:
                         cell = queue.pop(0)
                         if clock.allows(cell):
-                            running[executor.submit(_run_cell, cell, pool)] = cell, _now()
+                            running[executor.submit(_run_in_worker, cell, pool)] = cell, _now()
                         else:
                             left.append(cell)
                     if not running:
@@ -299,9 +301,10 @@ def _run_pool(cells, jobs, done, clock: Deadline, pool: dict, say=print) -> list
                     finished, _ = wait(running, return_when=FIRST_COMPLETED)
                     faults = []
                     for future in finished:
-                        cell, started = running.pop(future)
+                        cell, started = running[future]
+                        kind, value = future.result()      # a dead worker raises here, its cell still in `running`
+                        del running[future]
                         clock.finished(cell, started)
-                        kind, value = future.result()
                         if kind == "fault":
                             faults.append(cell)
                             say(f"the GPU faulted running {cell.spec} seed={cell.seed}; the pool restarts "
@@ -355,6 +358,15 @@ def _exit_with(parent: int):
     os._exit(1)
 
 
+def _run_in_worker(cell: Cell, pool: dict):
+    """_run_cell in a pool's worker. A SIGTERM (lab.cli.unwind) ends the worker once its run has logged where it
+    stopped: the pool then sees a dead worker, as after a kill, rather than the SystemExit that would end the sweep."""
+    try:
+        return _run_cell(cell, pool)
+    except SystemExit as stop:
+        os._exit(stop.code if isinstance(stop.code, int) else 1)
+
+
 def _run_cell(cell: Cell, pool: dict | None = None):
     """("ok", record), ("error", traceback), or ("fault", traceback) for a CUDA error that leaves this process's
     context unusable: never raises, so one cell cannot stop the others."""
@@ -366,7 +378,10 @@ def _run_cell(cell: Cell, pool: dict | None = None):
 
 
 def _device_fault(err: Exception) -> bool:
+    """A CUDA error, except running out of memory, which leaves the context usable (the cell is an error)."""
     import torch
+    if "out of memory" in str(err):
+        return False
     return isinstance(err, getattr(torch, "AcceleratorError", ())) or any(f in str(err) for f in DEVICE_FAULTS)
 
 

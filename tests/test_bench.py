@@ -22,7 +22,6 @@ def test_measure_records_the_fields_of_a_bench_record():
     assert row["mfu"] == pytest.approx(row["gflop_per_img"] * 1e9 * row["img_per_s"] / 1e12)
 
 
-
 def test_a_cpu_count_includes_attention_as_a_gpu_count_does(monkeypatch):
     """The CPU's fused attention kernel has no FLOP formula; the count must equal that of timm's explicit attention
     (q @ kᵀ and attn @ v as matmuls), which is what the GPU's formulas count."""
@@ -32,6 +31,7 @@ def test_a_cpu_count_includes_attention_as_a_gpu_count_does(monkeypatch):
     assert not timm.layers.use_fused_attn()
     _, explicit, _ = bench._setup("erf", "eager", "fp32", shape, torch.device("cpu"))
     assert counted == explicit
+
 
 def test_table_is_relative_to_layernorm():
     rows = [{"norm": n, "mode": "eager", "dtype": "fp32", "img_per_s": v, "peak_mem_gib": m, "mfu": None}

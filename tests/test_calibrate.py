@@ -174,19 +174,20 @@ def _stage(tmp_path, stage: str, fake_python: str, **env) -> tuple[list, dict]:
              "TMPDIR": str(tmp_path), **env})
 
 
-@pytest.mark.parametrize("fails", ["under MPS", "both ways"])
+@pytest.mark.parametrize("fails", ["under MPS", "hangs under MPS", "both ways"])
 def test_the_round4_stage_tries_a_failed_preflight_again_time_sliced(tmp_path, fails):
-    """Whether MPS works on the lent GPU is unknown until it runs there: a preflight that fails under MPS must not cost
-    the device call, and one that fails time-sliced too must stop the stage before its 28 cells start."""
+    """Whether MPS works on the lent GPU is unknown until it runs there: a preflight that fails or hangs under MPS must
+    not cost the device call, and one that fails time-sliced too must stop the stage before its 28 cells start."""
     import subprocess
     argv, env = _stage(tmp_path, "round4", f"""echo "$*" >> {tmp_path}/calls
-[[ $3 == sweep && ( $* == *--mps* || {str(fails == "both ways").lower()} == true ) ]] && exit 1
-exit 0""")
+[[ $3 == sweep && $* == *--mps* && "{fails}" == hangs* ]] && exec sleep 30
+[[ $3 == sweep && ( $* == *--mps* || "{fails}" == "both ways" ) ]] && exit 1
+exit 0""", PREFLIGHT_S="1")
     done = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=20)
     calls = [line.split()[2] + (" --mps" if "--mps" in line else "")
              for line in (tmp_path / "calls").read_text().splitlines()]
     assert "the preflight failed under MPS: once more time-sliced" in done.stdout
-    if fails == "under MPS":
+    if fails != "both ways":
         assert calls == ["sweep --mps", "sweep", "calibrate"] and done.returncode == 0, done.stdout
     else:
         assert calls == ["sweep --mps", "sweep"] and done.returncode == 1, done.stdout

@@ -67,7 +67,7 @@ def test_finished_cells_are_skipped_and_a_crashing_cell_does_not_stop_the_others
 FAULTING_WORKERS = """
 import os
 if os.environ.get("LAB_TEST_FAULT_SPEC"):
-    import torch, lab.train
+    import signal, time, torch, lab.train
     train = lab.train.run
 
     def run(cfg, norm, out_dir, **kw):
@@ -75,7 +75,15 @@ if os.environ.get("LAB_TEST_FAULT_SPEC"):
             return train(cfg, norm, out_dir, **kw)
         with open(os.environ["LAB_TEST_FAULT_LOG"], "a") as log:
             log.write(f"{os.getpid()}\\n")
-        raise torch.AcceleratorError("CUDA error: an illegal memory access was encountered")
+        how = os.environ.get("LAB_TEST_FAULT_HOW", "cuda")
+        if how == "cuda":
+            raise torch.AcceleratorError("CUDA error: an illegal memory access was encountered")
+        wait = os.environ.get("LAB_TEST_FAULT_AFTER")   # a record to wait for: the cell beside it finishes first
+        while wait and not os.path.exists(wait):
+            time.sleep(0.05)
+        if how == "exit":
+            os._exit(9)                                   # as a segfault or the OOM killer ends a process
+        os.kill(os.getpid(), signal.SIGTERM)              # someone stops this worker alone
 
     lab.train.run = run
 """
@@ -97,6 +105,35 @@ def test_a_gpu_fault_restarts_the_pool_and_implicates_only_its_own_cell(tmp_path
     assert "illegal memory access" in err.value.errors[faulty] and "GPU faulted 2 times" in err.value.errors[faulty]
     assert [r["spec"] for r in err.value.records] == [innocent.spec] and innocent.path.exists()
     assert len(set((tmp_path / "faults").read_text().split())) == sweep.MAX_WORKER_DEATHS   # a new process each time
+
+
+@pytest.mark.parametrize("how", ["exit", "sigterm"])
+def test_a_dead_worker_is_replaced_and_its_cell_retried_then_reported(tmp_path, monkeypatch, how):
+    """A worker that dies (segfault, OOM kill) or is stopped alone with SIGTERM costs its cell one try, not the sweep:
+    the cell is retried in a new pool, then reported, and the sweep goes on (no exit 143)."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(FAULTING_WORKERS)
+    innocent, dying = sweep.table_cells("table1", "smoke", tmp_path, overrides=TINY, limit=2)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(hook), os.environ.get("PYTHONPATH")])))
+    monkeypatch.setenv("LAB_TEST_FAULT_SPEC", dying.spec)
+    monkeypatch.setenv("LAB_TEST_FAULT_LOG", str(tmp_path / "deaths"))
+    monkeypatch.setenv("LAB_TEST_FAULT_HOW", how)
+    monkeypatch.setenv("LAB_TEST_FAULT_AFTER", str(innocent.path))
+    with pytest.raises(sweep.CellErrors) as err:
+        sweep.sweep("table1", "smoke", tmp_path, overrides=TINY, limit=2, jobs=2, progress=False)
+    assert list(err.value.errors) == [dying]
+    assert f"worker process died {sweep.MAX_WORKER_DEATHS} times" in err.value.errors[dying]
+    assert [r["spec"] for r in err.value.records] == [innocent.spec]
+    assert len(set((tmp_path / "deaths").read_text().split())) == sweep.MAX_WORKER_DEATHS
+
+
+def test_out_of_memory_is_an_error_of_its_cell_not_a_gpu_fault():
+    """The context stays usable after an OOM: restarting the pool would cost the neighbours their work."""
+    import torch
+    assert not sweep._device_fault(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert not sweep._device_fault(RuntimeError("CUDA error: out of memory"))
+    assert sweep._device_fault(RuntimeError("CUDA error: an illegal memory access was encountered"))
 
 
 def test_in_one_process_a_gpu_fault_stops_the_sweep(tmp_path, monkeypatch):
@@ -148,7 +185,8 @@ def test_a_deadline_judges_each_cell_by_its_own_length(tmp_path, monkeypatch, ca
              for spec, epochs in (("erf", 1), ("tanh", 2), ("sin", 1))]
     sweep.run_cells(cells, deadline=250)
     assert [c.path.exists() for c in cells] == [True, False, True] and clock[0] == 200
-    assert "1 cell(s) not started, they would not finish within the deadline (200 s a cell" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "1 cell(s) left for the next run, they would not finish within the deadline (200 s a cell" in err
 
 
 def test_a_deadline_holds_in_the_process_pool(tmp_path, monkeypatch):
