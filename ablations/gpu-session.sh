@@ -75,8 +75,8 @@ unfinished() {   # the last lines of every cell this stage started and did not f
 
 preflight() {   # one proxy epoch with CUDA graphs in 2 packed processes (args: --mps or none), in about a minute;
   rm -rf "${TMPDIR:-/tmp}/preflight"   # PREFLIGHT_S (180) at most, so one that hangs under MPS leaves time to retry
-  step timeout "${PREFLIGHT_S:-180}" python3 -m lab sweep table1 --protocol proxy --specs erf --seeds 0,1 --jobs 2 "$@" \
-    --results "${TMPDIR:-/tmp}/preflight" --set epochs=1 --set data.train_size=10000 --set optim.batch_size=256 \
+  step timeout "${PREFLIGHT_S:-180}" python3 -m lab sweep table1 --protocol proxy --specs erf --seeds 0,1 --jobs 2 \
+    "$@" --results "${TMPDIR:-/tmp}/preflight" --set epochs=1 --set data.train_size=10000 --set optim.batch_size=256 \
     --set compile=true --set compile_mode=reduce-overhead
 }
 
@@ -93,7 +93,7 @@ run_stage() {
         tests/test_bench.py
       step python3 -m lab bench --proxy --norms erf --modes eager,compiled,compiled-graphs --dtypes bf16
       step python3 -m lab bench --modes "" --packing 1,14 --packing-mode graphed-streams ;;
-    round4)   # a preflight that fails under MPS is tried once more time-sliced, so the call is not lost to MPS
+    round4)   # a preflight that fails or hangs under MPS is tried once more time-sliced: the call is not lost to MPS
       { preflight "${mps[@]}" ||
         { (( ${#mps[@]} )) && echo "== the preflight failed under MPS: once more time-sliced, as MPS=0 would" &&
           mps=() && preflight && failed=0; }; } &&
