@@ -196,15 +196,16 @@ class Deadline:
     """Whether a cell can start and still finish within `seconds` of now, judged by the slowest of the cells finished
     so far, in seconds per training image (the first ones always start): a run on a machine lent for a fixed time
     leaves for the next run the cells it could only half train, and frees the machine sooner. Per image, so a round
-    whose variants train for 80 and 160 epochs judges each by its own length. A cell resumed from a checkpoint looks
-    faster than it is, so after a restart the next cell may overrun. seconds=None: no deadline."""
+    whose variants train for 80 and 160 epochs judges each by its own length. A cell resumed from a checkpoint is
+    judged by its record's wall_s, the training time of all its runs. seconds=None: no deadline."""
 
     def __init__(self, seconds: float | None):
         self.end = None if seconds is None else _now() + float(seconds)
         self.rate = 0.0
 
-    def finished(self, cell: Cell, started: float):
-        self.rate = max(self.rate, (_now() - started) / _images(cell))
+    def finished(self, cell: Cell, started: float, record: dict | None = None):
+        seconds = max(_now() - started, float((record or {}).get("wall_s") or 0))
+        self.rate = max(self.rate, seconds / _images(cell))
 
     def estimate(self, cell: Cell) -> float:
         return self.rate * _images(cell)
@@ -246,7 +247,7 @@ def run_cells(cells, *, jobs: int = 1, progress: bool = True, desc: str = "cells
                 started = _now()
                 kind, value = _run_cell(cell)
                 done(cell, ("error" if kind == "fault" else kind, value))
-                clock.finished(cell, started)
+                clock.finished(cell, started, value if kind == "ok" else None)
                 if kind == "fault" and cells[i + 1:]:
                     _say(f"{desc}: the GPU faulted, and this process cannot use it again: run again to train the "
                          f"{len(cells) - i - 1} cell(s) left", progress)
@@ -304,7 +305,7 @@ def _run_pool(cells, jobs, done, clock: Deadline, pool: dict, say=print) -> list
                         cell, started = running[future]
                         kind, value = future.result()      # a dead worker raises here, its cell still in `running`
                         del running[future]
-                        clock.finished(cell, started)
+                        clock.finished(cell, started, value if kind == "ok" else None)
                         if kind == "fault":
                             faults.append(cell)
                             say(f"the GPU faulted running {cell.spec} seed={cell.seed}; the pool restarts "

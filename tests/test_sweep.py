@@ -189,6 +189,25 @@ def test_a_deadline_judges_each_cell_by_its_own_length(tmp_path, monkeypatch, ca
     assert "1 cell(s) left for the next run, they would not finish within the deadline (200 s a cell" in err
 
 
+def test_a_cell_resumed_from_its_checkpoint_is_judged_by_all_its_runs(tmp_path, monkeypatch):
+    """A fake cell takes 100 s, or 10 s from a checkpoint (its record's wall_s still says 100: all its runs). With 105 s,
+    after the resumed cell no whole cell fits; judged by its 10 s, the next would start and end at 110."""
+    clock = [0.0]
+
+    def fake_run(cfg, norm, out_dir, *, table=None, progress=True, pool=None):
+        path = results.record_path(out_dir, norm, cfg)
+        clock[0] += 10.0 if results.checkpoint_path(path).exists() else 100.0
+        record = {"spec": norm, "status": "ok", "top1": 1.0, "wall_s": 100.0}
+        return results.write_json_atomic(path, record) and record
+
+    monkeypatch.setattr(lab.train, "run", fake_run)
+    monkeypatch.setattr(sweep, "_now", lambda: clock[0])
+    cells = sweep.table_cells("table1", "smoke", tmp_path, limit=3)
+    results.checkpoint_path(cells[0].path).write_bytes(b"")
+    sweep.run_cells(cells, progress=False, deadline=105)
+    assert [c.path.exists() for c in cells] == [True, False, False] and clock[0] == 10
+
+
 def test_a_deadline_holds_in_the_process_pool(tmp_path, monkeypatch):
     """Two workers; the parent's clock runs 1000x fast, so the first finished cell took "thousands of seconds" and
     no further cell fits in 1000: the first two train, the other two are left."""
