@@ -190,8 +190,8 @@ def test_a_deadline_judges_each_cell_by_its_own_length(tmp_path, monkeypatch, ca
 
 
 def test_a_cell_resumed_from_its_checkpoint_is_judged_by_all_its_runs(tmp_path, monkeypatch):
-    """A fake cell takes 100 s, or 10 s from a checkpoint (its record's wall_s still says 100: all its runs). With 105 s,
-    after the resumed cell no whole cell fits; judged by its 10 s, the next would start and end at 110."""
+    """A fake cell takes 100 s, or 10 s from a checkpoint (its record's wall_s still says 100: all its runs). With
+    105 s, after the resumed cell no whole cell fits; judged by its 10 s, the next would start and end at 110."""
     clock = [0.0]
 
     def fake_run(cfg, norm, out_dir, *, table=None, progress=True, pool=None):
