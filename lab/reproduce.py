@@ -184,7 +184,23 @@ def execute(src, dst, parameters: dict, cwd=None):
     with tempfile.TemporaryDirectory(prefix="lab-kernel-") as sockets:
         config = Config({"KernelManager": {"transport": "ipc", "ip": str(Path(sockets) / "ipc")}})
         return papermill.execute_notebook(str(src), str(dst), parameters=parameters, kernel_name="python3",
-                                          progress_bar=False, cwd=None if cwd is None else str(cwd), config=config)
+                                          progress_bar=False, cwd=None if cwd is None else str(cwd), config=config,
+                                          kernel_manager_class=quiet_shutdown_kernel_manager())
+
+
+def quiet_shutdown_kernel_manager():
+    """jupyter_client's kernel manager, less the interrupt it sends a kernel before shutting it down. papermill shuts
+    a kernel down once its notebook has run, and an interrupt that lands while the kernel handles a message only makes
+    it print "ERROR | KeyboardInterrupt caught in kernel" into the job's output. The shutdown request, and the kill
+    after it if the kernel does not exit, are unchanged."""
+    from jupyter_client import AsyncKernelManager
+
+    class QuietShutdownKernelManager(AsyncKernelManager):
+        async def _async_interrupt_kernel(self):
+            if not self.shutting_down:
+                await super()._async_interrupt_kernel()
+
+    return QuietShutdownKernelManager
 
 
 def _report_text(command, protocol, out, results, tables, ran, n_cells, wall, train_error) -> str:

@@ -80,3 +80,28 @@ def test_no_train_renders_the_records_present_and_trains_nothing(tmp_path):
     assert "--no-train" in text and "| [01_table1](01_table1.ipynb) | ok" in text
     table = (tmp_path / "out" / "tables" / "table1.md").read_text()
     assert "2 of 54 cells run" in table and "| – (×) |" in table     # erf at λ = 0 (two rows); the rest not run
+
+
+def test_a_notebooks_kernel_is_shut_down_without_an_interrupt(monkeypatch):
+    """An interrupt at shutdown made a kernel print "ERROR | KeyboardInterrupt caught in kernel" between notebooks of
+    the main job; an interrupt asked for while the kernel runs still reaches it."""
+    import asyncio
+
+    from jupyter_client import AsyncKernelManager
+    sent = []
+
+    async def interrupt(self):
+        sent.append(self.shutting_down)
+
+    monkeypatch.setattr(AsyncKernelManager, "_async_interrupt_kernel", interrupt)
+
+    async def run():
+        km = reproduce.quiet_shutdown_kernel_manager()(kernel_name="python3")
+        await km.start_kernel()
+        try:
+            await km._async_interrupt_kernel()       # what jupyter_client's shutdown calls, as Ctrl-C's path does
+        finally:
+            await km.shutdown_kernel()
+
+    asyncio.run(run())
+    assert sent == [False]
