@@ -73,8 +73,10 @@ unfinished() {   # the last lines of every cell this stage started and did not f
   done
 }
 
-preflight() {   # one proxy epoch with CUDA graphs in 2 packed processes (args: --mps or none), in about a minute;
-  rm -rf "${TMPDIR:-/tmp}/preflight"   # PREFLIGHT_S (180) at most, so one that hangs under MPS leaves time to retry
+# One proxy epoch with CUDA graphs in 2 packed processes (args: --mps or none), in about a minute; PREFLIGHT_S (180)
+# seconds at most, so one that hangs under MPS leaves time to try again.
+preflight() {
+  rm -rf "${TMPDIR:-/tmp}/preflight"
   step timeout "${PREFLIGHT_S:-180}" python3 -m lab sweep table1 --protocol proxy --specs erf --seeds 0,1 --jobs 2 \
     "$@" --results "${TMPDIR:-/tmp}/preflight" --set epochs=1 --set data.train_size=10000 --set optim.batch_size=256 \
     --set compile=true --set compile_mode=reduce-overhead

@@ -121,8 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     def deadline(p):
         p.add_argument("--deadline", type=_seconds, default=None, metavar="SECONDS",
                        help="start no cell that would not finish within SECONDS (judged by the slowest cell so far, "
-                            "per training image); "
-                            "the others wait for the next run")
+                            "per training image); the others wait for the next run")
 
     p = sub.add_parser("train", help="train one cell and write its result record")
     p.add_argument("--protocol", required=True, help="paper, proxy or smoke (configs/protocols/)")

@@ -172,11 +172,10 @@ def reusable(cells, folders) -> dict:
     names = {c.path.name: c for c in cells}
     found = {}
     for folder in folders:
-        for path in sorted(Path(folder).rglob("*.json")):
-            cell = names.get(path.name)
-            if cell is not None and cell not in found \
-                    and results.read_record(path).get("config_hash") == config_hash(cell.cfg):
-                found[cell] = path
+        for record in results.load_records(folder):
+            cell = names.get(Path(record["path"]).name)
+            if cell is not None and cell not in found and record.get("config_hash") == config_hash(cell.cfg):
+                found[cell] = Path(record["path"])
     return found
 
 

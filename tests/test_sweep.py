@@ -149,19 +149,26 @@ def test_in_one_process_a_gpu_fault_stops_the_sweep(tmp_path, monkeypatch):
     assert len(calls) == 1 and len(err.value.errors) == 1
 
 
-def test_a_deadline_starts_only_the_cells_that_would_finish_and_a_rerun_trains_the_rest(tmp_path, monkeypatch):
-    """Each fake cell takes 100 s of a fake clock: with 250 s, two start (the second when 100 + 100 <= 250), the
-    third would end at 300 and waits for the next run."""
+def _clocked_training(monkeypatch, seconds, **record):
+    """Fake training on a fake clock: each cell moves it on by seconds(cfg, record_path) and writes an ok record
+    (with `record`'s fields). Returns the clock."""
     clock = [0.0]
 
     def fake_run(cfg, norm, out_dir, *, table=None, progress=True, pool=None):
-        clock[0] += 100.0
-        record = {"spec": norm, "table": table, "status": "ok", "top1": 42.0, "seed": cfg["seed"]}
-        results.write_json_atomic(results.record_path(out_dir, norm, cfg), record)
-        return record
+        path = results.record_path(out_dir, norm, cfg)
+        clock[0] += seconds(cfg, path)
+        written = {"spec": norm, "table": table, "status": "ok", "top1": 42.0, "seed": cfg["seed"], **record}
+        return results.write_json_atomic(path, written) and written
 
     monkeypatch.setattr(lab.train, "run", fake_run)
     monkeypatch.setattr(sweep, "_now", lambda: clock[0])
+    return clock
+
+
+def test_a_deadline_starts_only_the_cells_that_would_finish_and_a_rerun_trains_the_rest(tmp_path, monkeypatch):
+    """Each fake cell takes 100 s of a fake clock: with 250 s, two start (the second when 100 + 100 <= 250), the
+    third would end at 300 and waits for the next run."""
+    _clocked_training(monkeypatch, lambda cfg, path: 100.0)
     cells = sweep.table_cells("table1", "smoke", tmp_path, limit=4)
     assert len(sweep.sweep("table1", "smoke", tmp_path, limit=4, progress=False, deadline=250)) == 2
     assert [c.path.exists() for c in cells] == [True, True, False, False]
@@ -172,15 +179,7 @@ def test_a_deadline_judges_each_cell_by_its_own_length(tmp_path, monkeypatch, ca
     """A fake cell takes 100 s an epoch. With 250 s: the 1-epoch cell trains (100 s), the 2-epoch one would end at 300
     and waits, the next 1-epoch one still fits (200). Judged by the longest cell alone, the 2-epoch one would have
     started and overrun."""
-    clock = [0.0]
-
-    def fake_run(cfg, norm, out_dir, *, table=None, progress=True, pool=None):
-        clock[0] += 100.0 * cfg["schedule"]["epochs"]
-        record = {"spec": norm, "table": table, "status": "ok", "top1": 42.0, "seed": cfg["seed"]}
-        return results.write_json_atomic(results.record_path(out_dir, norm, cfg), record) and record
-
-    monkeypatch.setattr(lab.train, "run", fake_run)
-    monkeypatch.setattr(sweep, "_now", lambda: clock[0])
+    clock = _clocked_training(monkeypatch, lambda cfg, path: 100.0 * cfg["schedule"]["epochs"])
     cells = [sweep.plan([spec], "smoke", tmp_path, overrides=[f"epochs={epochs}"])[0]
              for spec, epochs in (("erf", 1), ("tanh", 2), ("sin", 1))]
     sweep.run_cells(cells, deadline=250)
@@ -192,16 +191,8 @@ def test_a_deadline_judges_each_cell_by_its_own_length(tmp_path, monkeypatch, ca
 def test_a_cell_resumed_from_its_checkpoint_is_judged_by_all_its_runs(tmp_path, monkeypatch):
     """A fake cell takes 100 s, or 10 s from a checkpoint (its record's wall_s still says 100: all its runs). With
     105 s, after the resumed cell no whole cell fits; judged by its 10 s, the next would start and end at 110."""
-    clock = [0.0]
-
-    def fake_run(cfg, norm, out_dir, *, table=None, progress=True, pool=None):
-        path = results.record_path(out_dir, norm, cfg)
-        clock[0] += 10.0 if results.checkpoint_path(path).exists() else 100.0
-        record = {"spec": norm, "status": "ok", "top1": 1.0, "wall_s": 100.0}
-        return results.write_json_atomic(path, record) and record
-
-    monkeypatch.setattr(lab.train, "run", fake_run)
-    monkeypatch.setattr(sweep, "_now", lambda: clock[0])
+    clock = _clocked_training(monkeypatch, lambda cfg, path: 10.0 if results.checkpoint_path(path).exists() else 100.0,
+                              wall_s=100.0)
     cells = sweep.table_cells("table1", "smoke", tmp_path, limit=3)
     results.checkpoint_path(cells[0].path).write_bytes(b"")
     sweep.run_cells(cells, progress=False, deadline=105)
@@ -327,7 +318,8 @@ def test_a_cell_recorded_elsewhere_under_its_config_is_copied_not_trained(tmp_pa
     sweep.sweep("table1", "smoke", calibration / "v2", specs=[shifted], overrides=[*TINY, "lr=1e-3"], progress=False)
     grid = tmp_path / "grid"
     cells = {c.spec: c for c in sweep.table_cells("table1", "smoke", grid, overrides=TINY, specs=specs)}
-    results.write_json_atomic(calibration / "stale" / cells[shifted].path.name, {"config_hash": "0" * 12})
+    results.write_json_atomic(calibration / "stale" / cells[shifted].path.name,
+                              {"spec": shifted, "status": "ok", "config_hash": "0" * 12})
     calls.clear()
     args = ["sweep", "table1", "--protocol", "smoke", "--results", str(grid), "--specs", ",".join(specs),
             "--reuse", str(calibration), *[a for o in TINY for a in ("--set", o)]]
