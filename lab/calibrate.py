@@ -7,6 +7,7 @@ it was when it ran), `subset` (specs of Tables 1–6, or layernorm) and `variant
 overrides). Records go to RESULTS/<variant>/, so a re-run skips finished cells; the summary goes to
 RESULTS/summary-<file stem>.md.
 """
+import math
 import re
 import time
 from dataclasses import dataclass
@@ -141,8 +142,8 @@ def summary(cal: Calibration, planned: dict, wall_s: float | None, errors=None) 
                      + ", ".join(f"{c.path.parent.name} `{c.spec}` s{c.seed}" for c in errors.errors))
     for name, cells in planned.items():
         lines += ["", f"## {name}: `{' '.join(cal.variants[name]) or '(the protocol as is)'}`", "",
-                  "| spec | paper | top-1 (EMA) | agrees | α at the end: min–max over layers |",
-                  "|---|---:|---:|:---:|:---:|"]
+                  "| spec | paper | top-1 (EMA) | agrees | train loss, last epoch | α at the end: min–max over layers |",
+                  "|---|---:|---:|:---:|---:|:---:|"]
         rows = {}
         for spec in cal.subset:
             cell = ablations.Cell("", "", spec, paper.get(spec))
@@ -153,7 +154,7 @@ def summary(cal: Calibration, planned: dict, wall_s: float | None, errors=None) 
             name_md = spec.replace("|", r"\|")   # a bare | would split the markdown cell
             lines.append(f"| `{name_md}` | {tables.MISSING if baseline else top1.paper_text()} | "
                          f"{_measured(top1, tables.cell_result(cell, runs, 'top1_ema'))} | {agrees} | "
-                         f"{_alpha_range(runs.values())} |")
+                         f"{_final_train_loss(runs.values())} | {_alpha_range(runs.values())} |")
         judged = [r for spec, r in rows.items() if spec != sweep.BASELINE and r.run]
         both = [r for r in judged if r.trained and r.cell.paper is not None]
         rho, _ = tables.spearman([r.mean for r in both], [r.cell.paper for r in both])
@@ -183,6 +184,14 @@ def input_scales(protocol: str, overrides=None, images: int = 16) -> list[float]
     with torch.no_grad():
         model(x)
     return stds
+
+
+def _final_train_loss(runs) -> str:
+    """The training loss of each run's last epoch, averaged over seeds: beside top-1 it tells a norm that learns
+    slower (its loss is higher too) from one that overfits (its loss is as low, its top-1 lower)."""
+    losses = [r["history"][-1].get("train_loss") for r in runs if r.get("history")]
+    losses = [loss for loss in losses if loss is not None and math.isfinite(loss)]
+    return f"{sum(losses) / len(losses):.2f}" if losses else tables.MISSING
 
 
 def _alpha_range(runs) -> str:

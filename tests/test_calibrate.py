@@ -73,6 +73,10 @@ def test_report_summarises_the_committed_gpu_records_and_trains_nothing(tmp_path
     assert errors is None and "NVIDIA H100" in text and "this call" not in text
     e40 = text[text.index("## r2-lr2e-3-light-e40"):]
     assert "train/fail agrees 8/8" in e40.split("##")[1] and r"| `erf\|blend=0.5` | × | × diverged | yes |" in e40
+    history = results.read_record(next((out / "r2-lr2e-3-light-e40").glob("erf.proxy-*.json")))["history"]
+    erf_row = next(line for line in e40.splitlines() if line.startswith("| `erf` |"))
+    assert f"| yes | {history[-1]['train_loss']:.2f} | " in erf_row          # the loss of its last epoch, not its first
+    assert f"{history[0]['train_loss']:.2f}" != f"{history[-1]['train_loss']:.2f}"
 
 
 def test_each_variant_gets_its_folder_and_a_row_per_spec_and_a_rerun_trains_nothing(tmp_path, monkeypatch):
