@@ -68,14 +68,6 @@ class Ablation:
     def cells(self) -> list[Cell]:
         return [c for p in self.panels for c in p.cells]
 
-    @property
-    def row_labels(self) -> list[str]:
-        return list(dict.fromkeys(c.row for c in self.cells))
-
-    @property
-    def col_labels(self) -> list[str]:
-        return list(dict.fromkeys(c.col for c in self.cells))
-
     def specs(self) -> list[str]:
         """Unique canonical specs to train, in table order (row-major, panel by panel)."""
         return list(dict.fromkeys(c.spec for c in self.cells))
@@ -149,7 +141,7 @@ def _panel(name: str, index: int, raw) -> Panel:
             raise ValueError(f"{row_where} ({' '.join(labels)}): 'paper' must list one value per column "
                              f"({len(columns)}), got {paper!r}")
         rows.append(labels)
-        for j, ((col_labels, col_vars, col_spec), value) in enumerate(zip(columns, paper)):
+        for (col_labels, col_vars, col_spec), value in zip(columns, paper):
             cell_where = f"{row_where} ({', '.join(labels)}), column {col_labels[0]!r}"
             template = col_spec or row_spec or raw.get("spec")
             if not template:

@@ -29,7 +29,6 @@ import time
 import warnings
 from contextlib import nullcontext
 from datetime import datetime, timezone
-from pathlib import Path
 
 import numpy as np
 import timm
