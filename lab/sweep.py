@@ -256,6 +256,10 @@ def run_cells(cells, *, jobs: int = 1, progress: bool = True, desc: str = "cells
             with shared_gpu(mps, say=lambda line: _say(line, progress)) as shared:
                 left = _run_pool(cells, workers, done, clock, {"workers": workers, "mps": shared},
                                  say=lambda line: _say(f"{desc}: {line}", progress))
+    except (KeyboardInterrupt, SystemExit):
+        _say(f"{desc}: stopped with {len(cells) - len(records) - len(errors)} cell(s) unfinished: run the same command "
+             "again to train them (finished cells are kept, stopped runs resume from their checkpoints)", progress)
+        raise
     finally:
         bar.close()
     if left:
@@ -346,6 +350,7 @@ def _init_worker(threads: int, parent: int):
     from .cli import unwind
     signal.signal(signal.SIGTERM, unwind)
     os.environ["OMP_NUM_THREADS"] = str(threads)
+    tqdm.set_lock(threading.RLock())     # its default, a named semaphore, would outlive a worker stopped by os._exit
     import torch
     torch.set_num_threads(threads)
     threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()

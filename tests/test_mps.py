@@ -159,7 +159,7 @@ def test_sigterm_stops_a_packed_sweep_at_once_and_its_daemon_quits(control, tmp_
             "layernorm,erf", "--set", "epochs=1000", "--set", "data.train_size=64", "--set", "data.val_size=32"]
     code = ("import sys, torch; from lab import cli, mps; torch.cuda.is_available = lambda: True; "
             f"mps.CLIENT = 'pass'; sys.exit(cli.main({argv!r}))")
-    proc = subprocess.Popen([sys.executable, "-c", code])
+    proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 120
         while len(list(out.glob("*.log"))) < 2 and proc.poll() is None and time.time() < deadline:
@@ -168,10 +168,12 @@ def test_sigterm_stops_a_packed_sweep_at_once_and_its_daemon_quits(control, tmp_
                    and b"resource_tracker" not in open(f"/proc/{pid}/cmdline", "rb").read()]   # which exits after
         assert len(list(out.glob("*.log"))) == 2 and len(workers) >= 2, "the two cells never started training"
         proc.send_signal(signal.SIGTERM)
-        status = proc.wait(timeout=60)
+        stderr = proc.communicate(timeout=60)[1]
     finally:
         proc.kill()
-    assert status == 128 + signal.SIGTERM
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert "stopped with 2 cell(s) unfinished: run the same command again" in stderr
+    assert "leaked" not in stderr                  # no semaphore of a stopped worker's left for the resource tracker
     assert [c.split()[0] for c in control()] == ["-d", "get_server_list", "quit"]
     assert not any(_alive(pid) for pid in workers) and not list(out.glob("*.json"))
     assert all("stopped at update" in log.read_text().splitlines()[-1] for log in out.glob("*.log"))
