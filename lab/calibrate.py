@@ -91,12 +91,13 @@ def load(path) -> Calibration:
 
 
 def calibrate(path, results_dir=RESULTS_DIR, *, jobs: int = 1, dry_run: bool = False, report: bool = False,
-              progress: bool = True, deadline: float | None = None, mps: bool = False):
+              progress: bool = True, deadline: float | None = None, mps: bool = False, specs=None, variants=None):
     """Train the subset under every variant in one pool (finished cells are skipped) and write the summary.
 
     report: train nothing, summarise the records present (e.g. fetched from the GPU machine that ran them).
     deadline: seconds from now within which started cells should finish (see sweep.run_cells).
     mps: the pool's runs share the GPU through NVIDIA MPS (see sweep.run_cells).
+    specs, variants: train only these of the file's subset specs and variants (None: all); the summary shows all.
     Returns (summary path, None), or (summary path, sweep.CellErrors) when cells raised instead of producing a record
     (every other cell still ran). A dry run lists the cells that would run and returns (None, None).
     """
@@ -107,9 +108,13 @@ def calibrate(path, results_dir=RESULTS_DIR, *, jobs: int = 1, dry_run: bool = F
     planned = {name: sweep.plan(cal.subset, cal.protocol, Path(results_dir) / name, seeds=cal.seeds,
                                 overrides=overrides, source=cal.base) for name, overrides in cal.variants.items()}
     cells = [c for variant in planned.values() for c in variant]
-    missing = [c for c in cells if not c.path.exists()]
+    chosen_specs = _chosen("specs", None if specs is None else [_canonical(s) for s in specs], cal.subset)
+    chosen_variants = _chosen("variants", variants, list(cal.variants))
+    chosen = [c for c in cells if c.spec in chosen_specs and c.path.parent.name in chosen_variants]
+    missing = [c for c in chosen if not c.path.exists()]
     sweep._say(f"calibrate {cal.name} [{cal.protocol}]: {len(planned)} variants × {len(cal.subset)} specs × "
-               f"{len(cal.seeds or [None])} seed(s) = {len(cells)} cells, {len(missing)} to run"
+               f"{len(cal.seeds or [None])} seed(s) = {len(cells)} cells"
+               + (f", {len(chosen)} chosen" if len(chosen) < len(cells) else "") + f", {len(missing)} to run"
                + (" (dry run)" if dry_run else ""), progress)
     if dry_run:
         for cell in missing:
@@ -118,12 +123,30 @@ def calibrate(path, results_dir=RESULTS_DIR, *, jobs: int = 1, dry_run: bool = F
     errors = None
     try:
         if not report:
-            sweep.run_cells(cells, jobs=jobs, progress=progress, desc=f"calibrate {cal.name}", deadline=deadline,
+            sweep.run_cells(chosen, jobs=jobs, progress=progress, desc=f"calibrate {cal.name}", deadline=deadline,
                             mps=mps)
     except sweep.CellErrors as err:
         errors = err
     text = summary(cal, planned, None if report else time.time() - start, errors)
     return results.write_text_atomic(Path(results_dir) / f"summary-{cal.name}.md", text), errors
+
+
+def _canonical(spec: str) -> str:
+    try:
+        return canonical_norm(spec)
+    except ValueError as err:
+        raise ValueError(f"specs: {err}") from None
+
+
+def _chosen(field: str, asked, choices: list[str]) -> list[str]:
+    """`asked` (None: all of `choices`); a name that is not a choice is one error naming the field and the choices."""
+    if asked is None:
+        return choices
+    unknown = [name for name in asked if name not in choices]
+    if unknown or not asked:
+        raise ValueError(f"{field}: {(unknown or [''])[0]!r} is not in this calibration file; choose from "
+                         f"{', '.join(choices)}")
+    return list(asked)
 
 
 def summary(cal: Calibration, planned: dict, wall_s: float | None, errors=None) -> str:

@@ -36,7 +36,7 @@ def _sweep(args):
         seeds = None if args.seeds is None else tuple(int(s) for s in args.seeds.split(","))
     except ValueError:
         raise ValueError(f"--seeds {args.seeds!r}: expected comma-separated integers such as 0,1,2") from None
-    specs = None if args.specs is None else [s.strip() for s in args.specs.split(",") if s.strip()]
+    specs = _names(args.specs)
     try:
         sweep.sweep(args.table, args.protocol, args.results, jobs=args.jobs, launcher=args.launcher, seeds=seeds,
                     overrides=args.set, dry_run=args.dry_run, slurm=args.slurm, specs=specs, deadline=args.deadline,
@@ -47,11 +47,16 @@ def _sweep(args):
     return 0
 
 
+def _names(text: str | None) -> list[str] | None:
+    """A comma-separated --specs or --variants option as a list (None when not given)."""
+    return None if text is None else [name.strip() for name in text.split(",") if name.strip()]
+
+
 def _calibrate(args):
     from . import calibrate
     summary, errors = calibrate.calibrate(args.file, args.results or calibrate.RESULTS_DIR, jobs=args.jobs,
                                           dry_run=args.dry_run, report=args.report, deadline=args.deadline,
-                                          mps=args.mps)
+                                          mps=args.mps, specs=_names(args.specs), variants=_names(args.variants))
     if summary:
         print(summary.read_text(encoding="utf-8"), end="")
     if errors:
@@ -160,6 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "(default: ablations/results/calibration)")
     p.add_argument("--dry-run", action="store_true", help="list the cells that would run; run nothing")
     p.add_argument("--report", action="store_true", help="train nothing: summarise the records present")
+    p.add_argument("--specs", default=None, help='train only these of its subset, comma-separated: erf,"erf|flat=1"')
+    p.add_argument("--variants", default=None, help="train only these of its variants, comma-separated")
     deadline(p)
     mps(p)
     p.set_defaults(handler=_calibrate)

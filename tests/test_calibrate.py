@@ -123,6 +123,29 @@ def test_dry_run_lists_the_cells_and_runs_nothing(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_specs_and_variants_choose_the_cells_to_train_and_the_summary_shows_them_all(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["calibrate", str(_file(tmp_path)), "--results", str(out), "--specs", "erf , ERF|HSHIFT=2.0",
+                 "--variants", "B"]) == 0
+    captured = capsys.readouterr()
+    assert "6 cells, 2 chosen, 2 to run" in captured.err
+    assert sorted(p.name.split(".")[0] for p in out.glob("*/*.json")) == ["erf", "erf__hshift_2"]
+    assert {p.parent.name for p in out.glob("*/*.json")} == {"B"}
+    assert captured.out.count("| `layernorm` | – | – |") == 2      # every subset row of every variant, run or not
+
+
+@pytest.mark.parametrize("option, value, says", [
+    ("--specs", "tanh", "'tanh' is not in this calibration file; choose from layernorm, erf, erf|hshift=2"),
+    ("--specs", "erf|nope=1", "unknown transform 'nope'"),
+    ("--variants", "A,C", "'C' is not in this calibration file; choose from A, B"),
+])
+def test_a_spec_or_variant_not_in_the_file_is_one_error_naming_the_choices(tmp_path, capsys, option, value, says):
+    assert main(["calibrate", str(_file(tmp_path)), "--results", str(tmp_path / "out"), option, value]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"lab calibrate: error: {option[2:]}: ") and says in err
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("changes, word", [
     ({"extra": 1}, "extra"), ({"protocol": "smok"}, "smok"), ({"seeds": ["x"]}, "seeds"),
     ({"subset": ["erf", "erff"]}, "erff"), ({"subset": ["erf|hshift=7"]}, "erf|hshift=7"),
