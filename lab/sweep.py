@@ -257,8 +257,9 @@ def run_cells(cells, *, jobs: int = 1, progress: bool = True, desc: str = "cells
                 left = _run_pool(cells, workers, done, clock, {"workers": workers, "mps": shared},
                                  say=lambda line: _say(f"{desc}: {line}", progress))
     except (KeyboardInterrupt, SystemExit):
-        _say(f"{desc}: stopped with {len(cells) - len(records) - len(errors)} cell(s) unfinished: run the same command "
-             "again to train them (finished cells are kept, stopped runs resume from their checkpoints)", progress)
+        raised = f" ({len(errors)} raised: {', '.join(c.spec for c in errors)})" if errors else ""
+        _say(f"{desc}: stopped with {len(cells) - len(records)} cell(s) unfinished{raised}: run the same command again "
+             "to train them (finished cells are kept, stopped runs resume from their checkpoints)", progress)
         raise
     finally:
         bar.close()

@@ -31,6 +31,23 @@ def test_cells_are_the_baseline_plus_the_table_times_seeds(tmp_path):
     assert len(sweep.table_cells("table1", "smoke", tmp_path, limit=3)) == 3
 
 
+def test_a_stopped_sweep_counts_the_cells_a_rerun_will_train(tmp_path, monkeypatch, capsys):
+    """Ctrl-C in the third of five cells: the cell that raised has no record either, so the rerun trains four."""
+    outcomes = [("ok", {"spec": "layernorm", "status": "ok", "top1": 50.0}), ("error", "Traceback: boom")]
+
+    def run_cell(cell):
+        if not outcomes:
+            raise KeyboardInterrupt
+        return outcomes.pop(0)
+
+    monkeypatch.setattr(sweep, "_run_cell", run_cell)
+    cells = sweep.table_cells("table6", "smoke", tmp_path)[:5]
+    with pytest.raises(KeyboardInterrupt):
+        sweep.run_cells(cells, jobs=1)
+    assert f"stopped with 4 cell(s) unfinished (1 raised: {cells[1].spec}): run the same command again" in \
+        capsys.readouterr().err
+
+
 @pytest.mark.parametrize("kwargs, word", [({"table": "table9"}, "table9"), ({"protocol": "smok"}, "smok"),
                                           ({"launcher": "pbs"}, "pbs"), ({"overrides": ["epochz=1"]}, "epochz"),
                                           ({"launcher": "slurm", "deadline": 60}, "deadline")])
