@@ -114,8 +114,9 @@ def calibrate(path, results_dir=RESULTS_DIR, *, jobs: int = 1, dry_run: bool = F
     missing = [c for c in chosen if not c.path.exists()]
     sweep._say(f"calibrate {cal.name} [{cal.protocol}]: {len(planned)} variants × {len(cal.subset)} specs × "
                f"{len(cal.seeds or [None])} seed(s) = {len(cells)} cells"
-               + (f", {len(chosen)} chosen" if len(chosen) < len(cells) else "") + f", {len(missing)} to run"
-               + (" (dry run)" if dry_run else ""), progress)
+               + (f", {len(chosen)} chosen" if len(chosen) < len(cells) else "")
+               + (f", {len(missing)} without a record (report: trains nothing)" if report else
+                  f", {len(missing)} to run" + (" (dry run)" if dry_run else "")), progress)
     if dry_run:
         for cell in missing:
             sweep._say(f"  would run {cell.path.parent.name}: {cell.spec} seed={cell.seed} -> {cell.path}", progress)
@@ -225,11 +226,13 @@ def _alpha_range(runs) -> str:
 
 
 def _measured(top1: tables.CellResult, ema: tables.CellResult) -> str:
-    """"41.2 (43.0)" (EMA in brackets), the failure kind ("× diverged"), or "–" for a cell with no record."""
+    """"41.2 (43.0)" (EMA in brackets), "41.2 ± 0.35, 2 seeds (43.0)" (mean ± std over seeds), the failure kind
+    ("× diverged"), or "–" for a cell with no record."""
     if top1.failures:
         n = len(top1.failures) + len(top1.values)
         return "× " + "/".join(dict.fromkeys(k or "?" for k in top1.failures)) + (
             f" ({len(top1.failures)}/{n} seeds)" if n > 1 else "")
     if not top1.values:
         return tables.MISSING
-    return f"{top1.mean:.1f}" + (f" ({ema.mean:.1f})" if ema.mean is not None else "")
+    spread = f" ± {top1.std:.2f}, {len(top1.values)} seeds" if top1.std is not None else ""
+    return f"{top1.mean:.1f}{spread}" + (f" ({ema.mean:.1f})" if ema.mean is not None else "")

@@ -116,6 +116,20 @@ def test_a_crashing_cell_is_reported_after_the_summary(tmp_path, monkeypatch, ca
     assert (tmp_path / "out" / "summary-round.md").exists()
 
 
+def test_a_cell_with_several_seeds_shows_their_mean_and_spread(tmp_path, monkeypatch):
+    def fake_run(cfg, norm, out_dir, *, table=None, progress=True, pool=None):
+        top1 = {"erf": [50.0, 53.0], "layernorm": [60.0, 60.0]}[norm][cfg["seed"]]
+        record = {"spec": norm, "status": "ok", "top1": top1, "top1_ema": top1 + 1, "seed": cfg["seed"]}
+        results.write_json_atomic(results.record_path(out_dir, norm, cfg), record)
+        return record
+
+    monkeypatch.setattr(lab.train, "run", fake_run)
+    path = _file(tmp_path, seeds=[0, 1], subset=["layernorm", "erf"], variants={"A": TINY})
+    text = calibrate.calibrate(path, tmp_path / "out", progress=False)[0].read_text()
+    assert "| `erf` | 82.6 | 51.5 ± 2.12, 2 seeds (52.5) |" in text
+    assert "| `layernorm` | – | 60.0 ± 0.00, 2 seeds (61.0) |" in text and "erf − LayerNorm -8.5 pt" in text
+
+
 def test_dry_run_lists_the_cells_and_runs_nothing(tmp_path, capsys):
     assert main(["calibrate", str(_file(tmp_path)), "--results", str(tmp_path / "out"), "--dry-run"]) == 0
     err = capsys.readouterr().err
