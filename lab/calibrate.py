@@ -108,15 +108,16 @@ def calibrate(path, results_dir=RESULTS_DIR, *, jobs: int = 1, dry_run: bool = F
     planned = {name: sweep.plan(cal.subset, cal.protocol, Path(results_dir) / name, seeds=cal.seeds,
                                 overrides=overrides, source=cal.base) for name, overrides in cal.variants.items()}
     cells = [c for variant in planned.values() for c in variant]
-    chosen_specs = _chosen("specs", None if specs is None else [_canonical(s) for s in specs], cal.subset)
+    chosen_specs = _chosen("specs", None if specs is None else [_canonical(s, cal.subset) for s in specs], cal.subset)
     chosen_variants = _chosen("variants", variants, list(cal.variants))
     chosen = [c for c in cells if c.spec in chosen_specs and c.path.parent.name in chosen_variants]
     missing = [c for c in chosen if not c.path.exists()]
     sweep._say(f"calibrate {cal.name} [{cal.protocol}]: {len(planned)} variants × {len(cal.subset)} specs × "
                f"{len(cal.seeds or [None])} seed(s) = {len(cells)} cells"
                + (f", {len(chosen)} chosen" if len(chosen) < len(cells) else "")
-               + (f", {len(missing)} without a record (report: trains nothing)" if report else
-                  f", {len(missing)} to run" + (" (dry run)" if dry_run else "")), progress)
+               + (f", {len(missing)} to run (dry run)" if dry_run else
+                  f", {len(missing)} without a record (report: trains nothing)" if report else
+                  f", {len(missing)} to run"), progress)
     if dry_run:
         for cell in missing:
             sweep._say(f"  would run {cell.path.parent.name}: {cell.spec} seed={cell.seed} -> {cell.path}", progress)
@@ -132,11 +133,11 @@ def calibrate(path, results_dir=RESULTS_DIR, *, jobs: int = 1, dry_run: bool = F
     return results.write_text_atomic(Path(results_dir) / f"summary-{cal.name}.md", text), errors
 
 
-def _canonical(spec: str) -> str:
+def _canonical(spec: str, subset: list[str]) -> str:
     try:
         return canonical_norm(spec)
     except ValueError as err:
-        raise ValueError(f"specs: {err}") from None
+        raise ValueError(f"specs: {err}; this calibration file's: {', '.join(subset)}") from None
 
 
 def _chosen(field: str, asked, choices: list[str]) -> list[str]:
@@ -145,8 +146,8 @@ def _chosen(field: str, asked, choices: list[str]) -> list[str]:
         return choices
     unknown = [name for name in asked if name not in choices]
     if unknown or not asked:
-        raise ValueError(f"{field}: {(unknown or [''])[0]!r} is not in this calibration file; choose from "
-                         f"{', '.join(choices)}")
+        raise ValueError(f"{field}: " + (f"{unknown[0]!r} is not in this calibration file" if unknown else
+                                         "no name given") + f"; choose from {', '.join(choices)}")
     return list(asked)
 
 
@@ -157,7 +158,8 @@ def summary(cal: Calibration, planned: dict, wall_s: float | None, errors=None) 
     devices = ", ".join(sorted({str(r.get("device")) for r in records.values()})) or "–"
     pools = "".join(f" · {text}" for text in sorted({results.pool_text(r["pool"]) for r in records.values()
                                                      if "pool" in r}))
-    seeds = f" · seeds {', '.join(map(str, cal.seeds))} (means over seeds)" if cal.seeds and len(cal.seeds) > 1 else ""
+    multi_seed = bool(cal.seeds and len(cal.seeds) > 1)
+    seeds = f" · seeds {', '.join(map(str, cal.seeds))} (means over seeds)" if multi_seed else ""
     lines = [f"# Calibration `{cal.name}` — protocol {cal.protocol}", "",
              f"- `{cal.path}` · device {devices}{pools} · {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC"
              f"{'' if wall_s is None else f' · this call {wall_s:.0f} s'}{seeds}"]
@@ -166,7 +168,8 @@ def summary(cal: Calibration, planned: dict, wall_s: float | None, errors=None) 
                      + ", ".join(f"{c.path.parent.name} `{c.spec}` s{c.seed}" for c in errors.errors))
     for name, cells in planned.items():
         lines += ["", f"## {name}: `{' '.join(cal.variants[name]) or '(the protocol as is)'}`", "",
-                  "| spec | paper | top-1 (EMA) | agrees | train loss, last epoch | α at the end: min–max over layers |",
+                  "| spec | paper | top-1 (EMA) | agrees | train loss, last epoch "
+                  "| α at the end: min–max over layers |",
                   "|---|---:|---:|:---:|---:|:---:|"]
         rows = {}
         for spec in cal.subset:
@@ -177,7 +180,7 @@ def summary(cal: Calibration, planned: dict, wall_s: float | None, errors=None) 
             agrees = tables.MISSING if baseline or top1.agrees is None else "yes" if top1.agrees else "**no**"
             name_md = spec.replace("|", r"\|")   # a bare | would split the markdown cell
             lines.append(f"| `{name_md}` | {tables.MISSING if baseline else top1.paper_text()} | "
-                         f"{_measured(top1, tables.cell_result(cell, runs, 'top1_ema'))} | {agrees} | "
+                         f"{_measured(top1, tables.cell_result(cell, runs, 'top1_ema'), multi_seed)} | {agrees} | "
                          f"{_final_train_loss(runs.values())} | {_alpha_range(runs.values())} |")
         judged = [r for spec, r in rows.items() if spec != sweep.BASELINE and r.run]
         both = [r for r in judged if r.trained and r.cell.paper is not None]
@@ -225,14 +228,17 @@ def _alpha_range(runs) -> str:
     return f"{min(alphas):.2f}–{max(alphas):.2f}" if alphas else tables.MISSING
 
 
-def _measured(top1: tables.CellResult, ema: tables.CellResult) -> str:
-    """"41.2 (43.0)" (EMA in brackets), "41.2 ± 0.35, 2 seeds (43.0)" (mean ± std over seeds), the failure kind
-    ("× diverged"), or "–" for a cell with no record."""
+def _measured(top1: tables.CellResult, ema: tables.CellResult, multi_seed: bool = False) -> str:
+    """"41.2 (43.0)" (EMA in brackets), "41.2 ± 0.35, 2 seeds (43.0)" (mean ± std over seeds; with `multi_seed`, a
+    round of several seeds, the count also where one seed has a record), the failure kind ("× diverged"), or "–" for a
+    cell with no record."""
     if top1.failures:
         n = len(top1.failures) + len(top1.values)
         return "× " + "/".join(dict.fromkeys(k or "?" for k in top1.failures)) + (
             f" ({len(top1.failures)}/{n} seeds)" if n > 1 else "")
     if not top1.values:
         return tables.MISSING
-    spread = f" ± {top1.std:.2f}, {len(top1.values)} seeds" if top1.std is not None else ""
+    n = len(top1.values)
+    spread = (f" ± {top1.std:.2f}" if top1.std is not None else "") + (
+        f", {n} seed{'s' if n > 1 else ''}" if multi_seed else "")
     return f"{top1.mean:.1f}{spread}" + (f" ({ema.mean:.1f})" if ema.mean is not None else "")

@@ -257,7 +257,7 @@ def run_cells(cells, *, jobs: int = 1, progress: bool = True, desc: str = "cells
                 left = _run_pool(cells, workers, done, clock, {"workers": workers, "mps": shared},
                                  say=lambda line: _say(f"{desc}: {line}", progress))
     except (KeyboardInterrupt, SystemExit):
-        raised = f" ({len(errors)} raised: {', '.join(c.spec for c in errors)})" if errors else ""
+        raised = f" ({len(errors)} raised: {', '.join(_name(c) for c in errors)})" if errors else ""
         _say(f"{desc}: stopped with {len(cells) - len(records)} cell(s) unfinished{raised}: run the same command again "
              "to train them (finished cells are kept, stopped runs resume from their checkpoints)", progress)
         raise
@@ -455,6 +455,11 @@ def _verdict(record: dict) -> str:
     if record.get("status") == "ok":
         return f"{record['top1']:.1f}%"
     return f"failed ({(record.get('failure') or {}).get('kind', '?')})"
+
+
+def _name(cell: Cell) -> str:
+    """A cell as a person tells it from the others of a sweep or calibration round: folder, spec and seed."""
+    return f"{cell.path.parent.name}/{cell.spec} s{cell.seed}"
 
 
 def _say(line: str, progress: bool):

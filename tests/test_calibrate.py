@@ -116,7 +116,7 @@ def test_a_crashing_cell_is_reported_after_the_summary(tmp_path, monkeypatch, ca
     assert (tmp_path / "out" / "summary-round.md").exists()
 
 
-def test_a_cell_with_several_seeds_shows_their_mean_and_spread(tmp_path, monkeypatch):
+def test_a_cell_with_several_seeds_shows_their_mean_and_spread(tmp_path, monkeypatch, capsys):
     def fake_run(cfg, norm, out_dir, *, table=None, progress=True, pool=None):
         top1 = {"erf": [50.0, 53.0], "layernorm": [60.0, 60.0]}[norm][cfg["seed"]]
         record = {"spec": norm, "status": "ok", "top1": top1, "top1_ema": top1 + 1, "seed": cfg["seed"]}
@@ -128,6 +128,11 @@ def test_a_cell_with_several_seeds_shows_their_mean_and_spread(tmp_path, monkeyp
     text = calibrate.calibrate(path, tmp_path / "out", progress=False)[0].read_text()
     assert "| `erf` | 82.6 | 51.5 ± 2.12, 2 seeds (52.5) |" in text
     assert "| `layernorm` | – | 60.0 ± 0.00, 2 seeds (61.0) |" in text and "erf − LayerNorm -8.5 pt" in text
+    next((tmp_path / "out" / "A").glob("layernorm.*-s1.json")).unlink()        # as when one seed is still to run
+    assert main(["calibrate", str(path), "--results", str(tmp_path / "out"), "--report"]) == 0
+    captured = capsys.readouterr()
+    assert "| `layernorm` | – | 60.0, 1 seed (61.0) |" in captured.out
+    assert "4 cells, 1 without a record (report: trains nothing)" in captured.err
 
 
 def test_dry_run_lists_the_cells_and_runs_nothing(tmp_path, capsys):
@@ -150,7 +155,7 @@ def test_specs_and_variants_choose_the_cells_to_train_and_the_summary_shows_them
 
 @pytest.mark.parametrize("option, value, says", [
     ("--specs", "tanh", "'tanh' is not in this calibration file; choose from layernorm, erf, erf|hshift=2"),
-    ("--specs", "erf|nope=1", "unknown transform 'nope'"),
+    ("--specs", "erf|nope=1", "unknown transform 'nope'"), ("--specs", " , ", "no name given; choose from layernorm"),
     ("--variants", "A,C", "'C' is not in this calibration file; choose from A, B"),
 ])
 def test_a_spec_or_variant_not_in_the_file_is_one_error_naming_the_choices(tmp_path, capsys, option, value, says):

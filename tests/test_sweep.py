@@ -44,8 +44,8 @@ def test_a_stopped_sweep_counts_the_cells_a_rerun_will_train(tmp_path, monkeypat
     cells = sweep.table_cells("table6", "smoke", tmp_path)[:5]
     with pytest.raises(KeyboardInterrupt):
         sweep.run_cells(cells, jobs=1)
-    assert f"stopped with 4 cell(s) unfinished (1 raised: {cells[1].spec}): run the same command again" in \
-        capsys.readouterr().err
+    assert (f"stopped with 4 cell(s) unfinished (1 raised: {tmp_path.name}/{cells[1].spec} s{cells[1].seed}): run the "
+            "same command again") in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("kwargs, word", [({"table": "table9"}, "table9"), ({"protocol": "smok"}, "smok"),
