@@ -100,8 +100,9 @@ def union_cells(tables, protocol: str, results_dir, *, seeds=None, overrides=Non
         wanted = [canonical_norm(s) for s in specs]
         known = list(dict.fromkeys(s for table_specs in per_table.values() for s in table_specs))
         unknown = [s for s in wanted if s not in known]
-        if unknown:
-            raise ValueError(f"specs: {unknown[0]!r} is not in {', '.join(tables)}; its specs: {', '.join(known)}")
+        if unknown or not wanted:
+            why = f"{unknown[0]!r} is not in {', '.join(tables)}" if unknown else "none given"
+            raise ValueError(f"specs: {why}; its specs: {', '.join(known)}")
         per_table = {t: [s for s in table_specs if s in wanted] for t, table_specs in per_table.items()}
     cells = {}
     for table, table_specs in per_table.items():

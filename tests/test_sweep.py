@@ -50,7 +50,8 @@ def test_a_stopped_sweep_counts_the_cells_a_rerun_will_train(tmp_path, monkeypat
 
 @pytest.mark.parametrize("kwargs, word", [({"table": "table9"}, "table9"), ({"protocol": "smok"}, "smok"),
                                           ({"launcher": "pbs"}, "pbs"), ({"overrides": ["epochz=1"]}, "epochz"),
-                                          ({"launcher": "slurm", "deadline": 60}, "deadline")])
+                                          ({"launcher": "slurm", "deadline": 60}, "deadline"),
+                                          ({"specs": []}, "specs: none given; its specs: layernorm, erf")])
 def test_bad_input_is_one_clear_error(tmp_path, kwargs, word):
     args = {"table": "table1", "protocol": "smoke", **kwargs}
     with pytest.raises(ValueError, match=word):
