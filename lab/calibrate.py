@@ -110,7 +110,7 @@ def calibrate(path, results_dir=RESULTS_DIR, *, jobs: int = 1, dry_run: bool = F
     cells = [c for variant in planned.values() for c in variant]
     chosen_specs = _chosen("specs", None if specs is None else [_canonical(s, cal.subset) for s in specs], cal.subset)
     chosen_variants = _chosen("variants", variants, list(cal.variants))
-    chosen = [c for c in cells if c.spec in chosen_specs and c.path.parent.name in chosen_variants]
+    chosen = [c for name in planned if name in chosen_variants for c in planned[name] if c.spec in chosen_specs]
     missing = [c for c in chosen if not c.path.exists()]
     sweep._say(f"calibrate {cal.name} [{cal.protocol}]: {len(planned)} variants × {len(cal.subset)} specs × "
                f"{len(cal.seeds or [None])} seed(s) = {len(cells)} cells"
