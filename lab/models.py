@@ -8,7 +8,7 @@ from timm.layers import PatchEmbed
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from .layers import NORMALIZATIONS, PointwiseNorm, norm_layer
+from .layers import norm_layer
 
 PAPER_DEFAULTS = {"global_pool": "avg"}
 """The paper's code builds ViTs with global_pool='avg', so the final norm is `fc_norm` (one per model)."""
@@ -36,19 +36,27 @@ def build_model(model: str = "vit_base_patch16_224", norm: str = "layernorm", al
                 shift: float | None = None, **timm_kwargs) -> nn.Module:
     """A timm ViT whose every norm (2 per block + the final one) is `norm` ("layernorm", "rmsnorm" or a spec).
 
-    `model` is a timm model name, or "vit" for timm's VisionTransformer built from keyword arguments alone
-    (img_size, patch_size, embed_dim, depth, num_heads, num_classes, ...), which the proxy and smoke protocols use.
+    `model` is a name from timm's vision_transformer module (the models its VisionTransformer builds; hybrids and
+    other families fix their own stems or norms), or "vit" for timm's VisionTransformer built from keyword arguments
+    alone (img_size, patch_size, embed_dim, depth, num_heads, num_classes, ...), which the proxy and smoke protocols
+    use. A model that keeps a norm its constructor does not take as `norm_layer` is an error, not a partial swap.
     """
     kwargs = {**PAPER_DEFAULTS, "embed_layer": LinearPatchEmbed, **timm_kwargs,
               "norm_layer": norm_layer(norm, alpha0=alpha0, shift=shift)}
     if model == "vit":
         return VisionTransformer(**kwargs)
-    names = timm.list_models("vit_*")
+    names = timm.list_models(module="vision_transformer")
     if model not in names:
         close = difflib.get_close_matches(model, names, n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(f"unknown model '{model}': use 'vit' or a timm ViT name (timm.list_models('vit_*')){hint}")
-    return timm.create_model(model, pretrained=False, **kwargs)
+        raise ValueError(f"unknown model '{model}': use 'vit' or a name from timm's vision_transformer module "
+                         f"(timm.list_models(module='vision_transformer')){hint}")
+    vit = timm.create_model(model, pretrained=False, **kwargs)
+    kinds = count_norms(vit)
+    if len(kinds) > 1:
+        raise ValueError(f"model '{model}' keeps norms that its norm_layer argument does not set "
+                         f"({dict(kinds)}): choose a model whose every norm is its norm_layer")
+    return vit
 
 
 def from_config(cfg: dict, norm: str, num_classes: int) -> nn.Module:
@@ -59,6 +67,6 @@ def from_config(cfg: dict, norm: str, num_classes: int) -> nn.Module:
 
 
 def count_norms(model: nn.Module) -> Counter:
-    """How many modules of each norm class the model holds (to check a replacement was complete)."""
-    kinds = (PointwiseNorm, *(n.func for n in NORMALIZATIONS.values()))
-    return Counter(type(m).__name__ for m in model.modules() if isinstance(m, kinds))
+    """How many modules of each norm class (a class name ending in "Norm") the model holds: one kind means the
+    replacement was complete."""
+    return Counter(type(m).__name__ for m in model.modules() if type(m).__name__.endswith("Norm"))

@@ -56,6 +56,18 @@ def test_unknown_model_is_a_clear_error():
         lab.build_model("vit_bass_patch16_224")
 
 
+@pytest.mark.parametrize("name", ["vit_base_r50_s16_224", "vit_base_patch16_dinov3"])
+def test_a_vit_name_outside_timms_vision_transformer_is_refused(name):
+    # a hybrid's ResNet stem would be replaced by a patch projection, and Eva takes no embed_layer: both refused
+    with pytest.raises(ValueError, match=f"unknown model '{name}': use 'vit' or a name from timm's vision_transformer"):
+        lab.build_model(name, norm="erf")
+
+
+def test_a_model_with_norms_its_norm_layer_does_not_set_is_refused():
+    with torch.device("meta"), pytest.raises(ValueError, match="'vit_dwee_patch16_reg1_gap_256' keeps norms .*RmsNorm"):
+        lab.build_model("vit_dwee_patch16_reg1_gap_256", norm="erf")
+
+
 @pytest.mark.parametrize("img_size,patch_size", [(32, 8), ((24, 40), (8, 4))])
 def test_patch_embedding_as_a_matmul_equals_timms_convolution(img_size, patch_size):
     kw = {**SMALL, "img_size": img_size, "patch_size": patch_size}
