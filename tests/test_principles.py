@@ -32,6 +32,8 @@ def test_audit_reports_the_numbers_behind_each_verdict():
     narrow = lab.audit("erf|flat=0.0005")                     # narrower than the coarse grid's step: still a zone
     assert narrow["flat_halfwidth"] == pytest.approx(0.0005) and not narrow["center_sensitive"]
     assert lab.audit("erf")["flat_halfwidth"] == 0
+    cos = lab.audit("sin|hshift=1.5707963267948966")          # slope 0 at 0, yet it responds to any input off 0
+    assert cos["slope_at_0"] == 0 and cos["flat_halfwidth"] == 0 and cos["center_sensitive"]
     assert lab.audit("logsign")["growth"] == pytest.approx(2.0, rel=1e-3)
     assert lab.audit("dampx")["growth"] == 1            # its peak (x = 1) lies between the ±1e6 grid's points
     assert lab.audit("erf|neg")["direction"] == "decreasing"
