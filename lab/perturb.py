@@ -4,8 +4,9 @@ A spec is `BASE` followed by any number of `|TRANSFORM` or `|TRANSFORM=VALUE`, a
 function built so far: "erf|hshift=0.5|neg" is −erf(x + 0.5). This module is the one place that parses specs.
 
 Canonical form: lower case, numbers as Python's shortest float repr without a trailing ".0" ("0.5", "2", "-1"), and
-identity transforms dropped ("erf|hshift=0" is "erf"), so equal functions share one name across configs, result files,
-tables and legends.
+identity transforms dropped ("erf|hshift=0" is "erf"), so the spellings of one spec share one name across configs,
+result files, tables and legends. Specs that are equal as functions but built differently keep their own names
+("erf|neg|neg" is not "erf"; "erf|hshift=0.5|hshift=0.5" is not "erf|hshift=1"): the name records the construction.
 """
 import difflib
 import math
