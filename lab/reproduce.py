@@ -66,11 +66,12 @@ def table_report(table: str, protocol: str = "smoke", results_dir="results", out
 
 
 def demo_report(specs=("erf", "linear"), protocol: str = "smoke", results_dir="results", *,
-                device: str | None = None, overrides=None, progress: bool = True, train: bool = True) -> Report:
+                device: str | None = None, overrides=None, data_path: str | None = None, progress: bool = True,
+                train: bool = True) -> Report:
     """Train a few specs side by side (e.g. one that trains, one that fails): verdicts beside the paper's, and train
     loss per epoch. train=False: only the specs whose records are present."""
     from . import ablations, results
-    cells = _sweep.plan(specs, protocol, results_dir, overrides=overrides, device=device)
+    cells = _sweep.plan(specs, protocol, results_dir, overrides=_with_data_path(overrides, data_path), device=device)
     if train:
         _sweep.run_cells(cells, progress=progress, desc="demo")
     records = [results.read_record(c.path) for c in cells if c.path.exists()]

@@ -16,10 +16,10 @@ results_dir = "results"   # one JSON per cell, shared by all tables; finished ce
 out_dir = "reproduction"  # rendered tables (md, tex, csv) and figures
 device = None             # None: the protocol's default; or "cpu", "cuda"
 overrides = []            # config overrides, e.g. {"epochs": 1, "lr": 0.002}
+data_path = None          # ImageNet folder (train/, val/) for the paper protocol
 train = True              # False: render the records present (a grid trained elsewhere), train nothing'''
 TABLE = RUN + '''
 jobs = 1                  # cells at once (a process pool; several share one GPU)
-data_path = None          # ImageNet folder (train/, val/) for the paper protocol
 seeds = None              # a list such as 0, 1, 2: the table shows mean ± std; None: the protocol's seed
 limit = None              # only the first N cells (a quick look)'''
 
@@ -50,7 +50,8 @@ def build() -> dict:
         "from lab.principles import audit_table\nprint(audit_table())",
         "## A tiny training run: erf against linear(x) = x (× in the paper)",
         "from lab.reproduce import demo_report\n"
-        "demo_report(demo_specs, protocol, results_dir, device=device, overrides=overrides, train=train)")}
+        "demo_report(demo_specs, protocol, results_dir, device=device, overrides=overrides, data_path=data_path, "
+        "train=train)")}
     for i, title in TITLES.items():
         books[f"0{i}_table{i}"] = notebook(
             f"Table {i} — {title}",

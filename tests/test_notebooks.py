@@ -82,6 +82,19 @@ def test_no_train_renders_the_records_present_and_trains_nothing(tmp_path):
     assert "2 of 54 cells run" in table and "| – (×) |" in table     # erf at λ = 0 (two rows); the rest not run
 
 
+def test_the_demo_notebook_takes_the_image_folder(jpeg_folder, tmp_path):
+    """`data_path` reaches notebook 00's demo as it reaches the tables: the demo finds the cell trained on the folder."""
+    from lab import config, train
+    folder = ["data.kind=imagefolder", "data.num_classes=3", "data.workers=0", "batch_size=6", "epochs=1"]
+    res = tmp_path / "results"
+    train.run(config.load("smoke", [*folder, f"data_path={jpeg_folder}"]), "erf", res, progress=False)
+    reproduce.reproduce("smoke", tmp_path / "out", overrides=folder, data_path=str(jpeg_folder), results_dir=res,
+                        train=False, notebooks=("00_four_principles",), progress=False)
+    nb = nbformat.read(tmp_path / "out" / "00_four_principles.ipynb", as_version=4)
+    outputs = str([c.get("outputs") for c in nb.cells if c.cell_type == "code"])
+    assert re.search(r"\| `erf` \| \w+ \| [\d.–]+ \| 82\.6 \|", outputs)
+
+
 def test_a_notebooks_kernel_is_shut_down_without_an_interrupt(monkeypatch):
     """An interrupt at shutdown made a kernel print "ERROR | KeyboardInterrupt caught in kernel" between notebooks of
     the main job; an interrupt asked for while the kernel runs still reaches it."""
