@@ -1,7 +1,8 @@
 """Protocols are plain YAML (configs/protocols/NAME.yaml); a run's config is a protocol plus `key=value` overrides.
 
 Overrides take a dotted path into the config ("optim.weight_decay=0.1") or one of the SHORTCUTS ("lr=1e-3").
-Values are parsed as YAML ("1e-3", "null", "[0.9, 0.95]"). An unknown protocol or key is a ValueError naming it.
+Values are parsed as YAML ("1e-3", "null", "[0.9, 0.95]"). An unknown protocol or key is a ValueError naming it, and
+so is a value of the wrong type, out of range, not among the choices, or null where the setting cannot be off.
 """
 import copy
 import difflib
@@ -10,6 +11,9 @@ import json
 from pathlib import Path
 
 import yaml
+from timm.optim import list_optimizers
+
+from . import data
 
 PROTOCOL_DIR = Path(__file__).resolve().parent.parent / "configs" / "protocols"
 PROTOCOLS = tuple(sorted(p.stem for p in PROTOCOL_DIR.glob("*.yaml")))
@@ -53,7 +57,23 @@ RANGES = {
     "checkpoint.every_steps": _NON_NEGATIVE, "checkpoint.every_minutes": _NON_NEGATIVE,
 }
 """The values a numeric setting may take (each element, for a list): checked once the overrides are applied, so a
-bad value fails before anything is trained or written. null (the setting off) is always allowed."""
+bad value fails before anything is trained or written. aug.scale's [min, max] must also be in order."""
+
+CHOICES = {
+    "optim.opt": tuple(list_optimizers()),
+    "aug.interpolation": data.INTERPOLATIONS,
+    "aug.remode": ("const", "rand", "pixel"),
+    "aug.mixup_mode": ("batch", "pair", "elem"),
+}
+"""The values a named setting may take, checked with RANGES: timm's optimizer registry; the embedded set's resampling
+modes (lab/data.py, where any other name was silently bilinear; timm's folder transforms take them too); timm's
+RandomErasing modes (else a bare AssertionError) and Mixup modes (any other was silently "batch")."""
+
+NULLABLE = {"threads": 1, "data.path": "/datasets/imagenet", "optim.micro_batch": 128, "optim.clip_grad": 1.0,
+            "optim.layer_decay": 0.75, "aug.auto_augment": "rand-m9-mstd0.5-inc1"}
+"""The settings that may be null, each with an example of its value when set (an override must match its type): null
+is torch's threads, the whole batch in one step, no clipping, no layer decay, no RandAugment; data.path matters for an
+image folder only. A null anywhere else is an error: lr=null trained at timm's default lr, most others crashed later."""
 
 
 def load(protocol: str, overrides: list[str] | dict | None = None, *, source=None) -> dict:
@@ -71,16 +91,27 @@ def load(protocol: str, overrides: list[str] | dict | None = None, *, source=Non
     items = overrides.items() if isinstance(overrides, dict) else [_split(o) for o in overrides or []]
     for key, value in items:
         _set(cfg, key, _parse(value) if isinstance(value, str) else value)
-    _check_ranges(cfg)
+    _check(cfg)
     return cfg
 
 
-def _check_ranges(cfg: dict):
-    for dotted, (allowed, ok) in RANGES.items():
+def _check(cfg: dict):
+    """RANGES, aug.scale's order and CHOICES, on the config as it will run."""
+    def get(dotted):
         section, _, leaf = dotted.rpartition(".")
-        value = cfg.get(section, {}).get(leaf)
+        return cfg.get(section, {}).get(leaf)
+    for dotted, (allowed, ok) in RANGES.items():
+        value = get(dotted)
         if value is not None and not all(ok(v) for v in (value if isinstance(value, list) else [value])):
             raise ValueError(f"config key {dotted!r}: {value!r} is out of range (allowed: {allowed})")
+    low, high = get("aug.scale")
+    if low > high:
+        raise ValueError(f"config key 'aug.scale': {[low, high]!r} is out of range (allowed: [min, max], min <= max)")
+    for dotted, choices in CHOICES.items():
+        value = get(dotted)
+        if value not in choices:
+            raise ValueError(f"config key {dotted!r}: {value!r} is not a valid choice{_hint(value, choices)}; "
+                             f"choose one of {', '.join(choices)}")
 
 
 def config_hash(cfg: dict) -> str:
@@ -124,7 +155,8 @@ def _parse(text: str):
 
 
 def _set(cfg: dict, key: str, value):
-    path = SHORTCUTS.get(key, key).split(".")
+    dotted = SHORTCUTS.get(key, key)
+    path = dotted.split(".")
     node = cfg
     for i, part in enumerate(path):
         if not isinstance(node, dict) or part not in node:
@@ -135,18 +167,25 @@ def _set(cfg: dict, key: str, value):
             if isinstance(old, dict):
                 raise ValueError(f"config key {key!r} is a section; set one of its fields: "
                                  f"{', '.join(f'{key}.{k}' for k in old)}")
-            if not _compatible(old, value):
-                kind = f"list of {len(old)}" if isinstance(old, list) else type(old).__name__
-                raise ValueError(f"config key {key!r}: {value!r} is not a {kind} like {old!r}")
-            node[part] = float(value) if isinstance(old, float) and isinstance(value, int) else value
+            if value is None and dotted not in NULLABLE:
+                raise ValueError(f"config key {key!r}: null is not allowed (only {', '.join(NULLABLE)} may be null)")
+            like = NULLABLE[dotted] if old is None else old
+            if value is not None and not _compatible(like, value):
+                kind = f"list of {len(like)}" if isinstance(like, list) else type(like).__name__
+                raise ValueError(f"config key {key!r}: {value!r} is not a {kind} like {like!r}")
+            node[part] = _coerce(like, value)
         node = node[part]
 
 
+def _coerce(like, value):
+    """An int where the protocol has a float becomes a float, in lists too: 1 and 1.0 are one setting, one hash."""
+    if isinstance(like, list):
+        return [_coerce(a, b) for a, b in zip(like, value)]
+    return float(value) if isinstance(like, float) and isinstance(value, int) else value
+
+
 def _compatible(old, new) -> bool:
-    """Numbers for numbers, text for text, lists of the same length for lists; None on either side is always
-    allowed."""
-    if old is None or new is None:
-        return True
+    """Numbers for numbers, text for text, lists of the same length for lists."""
     if isinstance(old, list):
         return isinstance(new, list) and len(new) == len(old) and all(map(_compatible, old, new))
     if isinstance(old, bool) or isinstance(new, bool):

@@ -127,7 +127,7 @@ class Embedded:
         zero = torch.zeros_like(sx)
         theta = torch.stack([torch.stack([sx * flip, zero, tx], 1), torch.stack([zero, sy, ty], 1)], 1)
         grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-        x = F.grid_sample(x, grid, mode=_GRID_MODE.get(a["interpolation"], "bilinear"), align_corners=False)
+        x = F.grid_sample(x, grid, mode=a["interpolation"], align_corners=False)
         if a["color_jitter"]:
             j = a["color_jitter"]
             b, c, s = (torch.empty(3, n, 1, 1, 1, device=x.device).uniform_(1 - j, 1 + j)).unbind(0)
@@ -142,7 +142,8 @@ class Embedded:
         return x
 
 
-_GRID_MODE = {"bicubic": "bicubic", "bilinear": "bilinear", "nearest": "nearest"}
+INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
+"""The resampling modes of the embedded set's random crop (grid_sample's); lab.config refuses any other name."""
 
 
 def _randaugment(spec: str | None):

@@ -1,7 +1,8 @@
 """Protocols and overrides: paper.yaml is Table 17 field by field; overrides are checked; hashes and paths stable."""
 import pytest
+import yaml
 
-from lab import config, results
+from lab import cli, config, results
 
 # Table 17 of arXiv 2512.10938 (ViT-B) and the official code's defaults (see shared reference, paper-section3.md).
 TABLE17 = {
@@ -61,6 +62,7 @@ def test_protocols_agree_on_every_field_type():
     ("smoke", ["failure.loss_factor=-1"], "loss_factor"),
     ("smoke", ["ema.decay=1"], r"ema.decay.*\[0, 1\)"), ("smoke", ["optim.betas=[0.9]"], "not a list of 2"),
     ("smoke", ["optim.betas=[0.9, 1.5]"], "optim.betas"), ("smoke", ["aug.scale=[0, 1]"], "aug.scale"),
+    ("smoke", ["optim.betas=[0.9, null]"], "not a list of 2"),
 ])
 def test_bad_protocol_or_override_is_a_value_error_naming_it(protocol, overrides, word):
     with pytest.raises(ValueError, match=word):
@@ -74,6 +76,84 @@ def test_every_range_names_a_setting_of_every_protocol_that_has_its_section():
         for protocol in config.PROTOCOLS:
             cfg = config.load(protocol)
             assert leaf in cfg[section] or protocol == "paper" and section in ("model", "data"), (dotted, protocol)
+
+
+@pytest.mark.parametrize("key", ["lr", "epochs", "warmup_epochs", "batch_size", "alpha0", "ema.decay",
+                                 "data.train_size", "optim.weight_decay", "eval.every_epochs",
+                                 "checkpoint.every_minutes", "aug.remode"])
+def test_null_is_an_error_where_the_setting_cannot_be_off(key):
+    """lr=null trained at timm's default lr (exit 0); epochs=null and the like crashed later with a TypeError."""
+    with pytest.raises(ValueError, match=rf"config key '{key}': null is not allowed \(only threads, .*clip_grad"):
+        config.load("smoke", [f"{key}=null"])
+    with pytest.raises(ValueError, match="null is not allowed"):
+        config.load("smoke", {key: None})
+
+
+def test_null_lr_on_the_command_line_is_exit_2_and_writes_nothing(tmp_path, capsys):
+    """It trained at timm's default lr and exited 0."""
+    out = tmp_path / "out"
+    assert cli.main(["train", "--protocol", "smoke", "--norm", "erf", "--set", "lr=null", "--set", "epochs=1",
+                     "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lab train: error: config key 'lr': null is not allowed (only threads,") and \
+        err.count("\n") == 1
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("protocol", config.PROTOCOLS)
+@pytest.mark.parametrize("dotted", sorted(config.NULLABLE))
+def test_a_nullable_setting_takes_null_or_a_value_of_its_type(protocol, dotted):
+    """Where the protocol writes null, an override still has a type to match (clip_grad=abc was a TypeError)."""
+    example = config.NULLABLE[dotted]
+    assert _get(config.load(protocol, {dotted: None}), dotted) is None
+    assert _get(config.load(protocol, {dotted: example}), dotted) == example
+    with pytest.raises(ValueError, match=rf"config key '{dotted}': \[1\] is not a {type(example).__name__}"):
+        config.load(protocol, {dotted: [1]})
+    if isinstance(example, float):
+        assert type(_get(config.load(protocol, {dotted: 1}), dotted)) is float
+
+
+def test_every_null_of_a_protocol_or_calibration_base_is_nullable():
+    """Else a protocol's own null could not be set back, and NULLABLE would lie about what may be off."""
+    def nulls(cfg, prefix=""):
+        for k, v in cfg.items():
+            if isinstance(v, dict):
+                yield from nulls(v, f"{prefix}{k}.")
+            elif v is None:
+                yield f"{prefix}{k}"
+    bases = (config.PROTOCOL_DIR.parent / "calibration" / "bases").glob("*.yaml")
+    files = [config.PROTOCOL_DIR / f"{p}.yaml" for p in config.PROTOCOLS] + sorted(bases)
+    assert len(files) > len(config.PROTOCOLS)
+    for path in files:
+        assert set(nulls(yaml.safe_load(path.read_text()))) <= set(config.NULLABLE), path
+
+
+def test_hash_is_the_same_for_an_int_or_a_float_inside_a_list():
+    """aug.scale=[0.5, 1] is smoke's [0.5, 1.0]: ints became floats in scalars only, so the two hashed apart."""
+    h = config.config_hash(config.load("smoke"))             # smoke's aug.scale is [0.5, 1.0]
+    for same in ("aug.scale=[0.5, 1]", "aug.scale=[0.5, 1.0]"):
+        cfg = config.load("smoke", [same])
+        assert config.config_hash(cfg) == h and all(type(v) is float for v in cfg["aug"]["scale"]), same
+    assert config.load("smoke", {"aug.scale": [1, 1]})["aug"]["scale"] == [1.0, 1.0]
+
+
+@pytest.mark.parametrize("override, choices", [
+    ("aug.interpolation=lanczos", "bicubic, bilinear, nearest"),         # silently bilinear on the embedded set
+    ("aug.remode=foo", "const, rand, pixel"),                            # a bare AssertionError in timm
+    ("aug.mixup_mode=foo", "batch, pair, elem"),                         # silently "batch" in timm's Mixup
+    ("optim.opt=sgdx", r"\(did you mean 'sgd'\?\); choose one of .*adamw.*, sgd, "),  # timm: not in registry
+])
+def test_a_setting_with_choices_names_them(override, choices):
+    key, value = override.split("=")
+    with pytest.raises(ValueError, match=rf"config key '{key}': '{value}' is not a valid choice.*{choices}"):
+        config.load("smoke", [override])
+
+
+def test_crop_scale_with_min_above_max_is_a_value_error():
+    """uniform_(1.0, 0.5) failed only once training began."""
+    with pytest.raises(ValueError, match=r"config key 'aug.scale': \[1.0, 0.5\] is out of range .*min <= max"):
+        config.load("smoke", ["aug.scale=[1.0, 0.5]"])
+    assert config.load("smoke", ["aug.scale=[0.7, 0.7]"])["aug"]["scale"] == [0.7, 0.7]
 
 
 def test_hash_covers_the_result_but_not_seed_device_or_checkpoints():
