@@ -1,9 +1,11 @@
 """`lab bench`: LayerNorm against point-wise norms in one process — training-step images/s, peak memory, MFU.
 
-A training step is forward + backward + AdamW on random images (the data path is not measured). FLOPs per image come
-from torch's FlopCounterMode on one real step (matmuls and attention: what MFU conventionally counts); MFU divides the
-achieved FLOP/s by the device's dense peak for the dtype (PEAK_TFLOPS, or --peak-tflops). On a GPU the real ViT-B/16
-benchmark runs; on a CPU a small model stands in (for tests and a quick look; CPU numbers are never GPU results).
+A training step is forward + backward + AdamW on random images (the data path is not measured). FLOPs per image are
+torch's FlopCounterMode count of one real step (matmuls and attention; on a GPU also the QKᵀ that fused attention's
+backward recomputes, +0.7 % for ViT-B/16: see _countable_attention); MFU is that count times images/s over the
+device's dense peak for the dtype (PEAK_TFLOPS, or --peak-tflops), where the device is known. On a GPU the real
+ViT-B/16 benchmark runs; on a CPU a small model stands in (for tests and a quick look; CPU numbers are never GPU
+results).
 --proxy measures the proxy protocol's small model instead (the per-run speed of a calibration cell). Packing measures
 the aggregate images/s of N concurrent proxy-size runs on one device (the proxy sweep's `--jobs`), eager or compiled.
 --profile DIR writes, per cell, the time of each kernel over a few more steps (torch.profiler): where a norm's step
@@ -39,9 +41,18 @@ GPU_MODEL = {"model": "vit_base_patch16_224", "img_size": 224, "batch": 256}
 CPU_MODEL = {"model": "vit", "img_size": 32, "patch_size": 8, "embed_dim": 64, "depth": 2, "num_heads": 2, "batch": 16}
 PROXY_MODEL = {"model": "vit", "img_size": 32, "patch_size": 4, "embed_dim": 192, "depth": 12, "num_heads": 3,
                "batch": 256}
-PEAK_TFLOPS = {  # dense tensor-core peaks from the vendors' data sheets (SXM parts)
-    ("H100", "bf16"): 989.0, ("H100", "fp32"): 67.0, ("H200", "bf16"): 989.0, ("H200", "fp32"): 67.0,
-    ("A100", "bf16"): 312.0, ("A100", "fp32"): 19.5,
+PEAK_TFLOPS = {  # device name (torch.cuda.get_device_name) -> dense peaks from NVIDIA's data sheets (half the sparse
+    # figure): bf16 tensor cores, fp32 without TF32 (torch's matmul default). One chip's form factors differ in clocks
+    # and power, hence in peak, and a name is matched whole: an unknown variant gets no MFU rather than a wrong one.
+    "NVIDIA H100 80GB HBM3": {"bf16": 989.0, "fp32": 67.0},       # H100 SXM5
+    "NVIDIA H100 PCIe": {"bf16": 756.0, "fp32": 51.0},
+    "NVIDIA H100 NVL": {"bf16": 835.0, "fp32": 60.0},
+    "NVIDIA H200": {"bf16": 989.0, "fp32": 67.0},                 # H200 SXM
+    "NVIDIA H200 NVL": {"bf16": 835.0, "fp32": 60.0},
+    "NVIDIA A100-SXM4-40GB": {"bf16": 312.0, "fp32": 19.5},       # A100 SXM4 and PCIe: the same peaks
+    "NVIDIA A100-SXM4-80GB": {"bf16": 312.0, "fp32": 19.5},
+    "NVIDIA A100-PCIE-40GB": {"bf16": 312.0, "fp32": 19.5},
+    "NVIDIA A100 80GB PCIe": {"bf16": 312.0, "fp32": 19.5},
 }
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "ablations" / "results" / "bench"
 
@@ -56,10 +67,8 @@ def device_name(device: torch.device) -> str:
 
 
 def peak_tflops(device: torch.device, dtype: str, override: float | None = None) -> float | None:
-    if override:
-        return override
-    name = device_name(device)
-    return next((v for (chip, dt), v in PEAK_TFLOPS.items() if chip in name and dt == dtype), None)
+    """`override`, else the device's dense peak for `dtype` from PEAK_TFLOPS; None for a device not listed."""
+    return override or PEAK_TFLOPS.get(device_name(device), {}).get(dtype)
 
 
 def _step_fn(model, optimizer, images, targets, dtype):
@@ -148,8 +157,10 @@ def _setup(norm: str, mode: str, dtype: str, shape: dict, device: torch.device, 
 
 def _countable_attention(device: torch.device):
     """FlopCounterMode has formulas for the GPU's fused attention kernels, not for the CPU's, so a CPU count would leave
-    attention out (the proxy: 2.07 instead of 2.19 GFLOP an image). The math kernel runs attention as matmuls, which
-    it counts as the GPU formulas do."""
+    attention out (the proxy at patch 4: 2.07 instead of 2.19 GFLOP an image); the math kernel runs attention as
+    matmuls, which it counts. A GPU count is one QKᵀ a layer higher: torch's formula for the fused kernels' backward
+    counts their recompute of the scores (ViT-B/16: 105.87 GFLOP an image, the GPU records' MFU, against 105.15 here;
+    the proxy: 2.21 against 2.19 at patch 4, 0.554 against 0.553 at patch 8)."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
     return sdpa_kernel(SDPBackend.MATH) if device.type == "cpu" else contextlib.nullcontext()
 
@@ -166,13 +177,28 @@ def _inputs(shape: dict, num_classes: int, device: torch.device):
 
 def _seconds(step, steps: int, device: torch.device) -> float:
     """Wall time of `steps` training steps, the device idle before and after."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    sync()
+    _sync(device)
     start = time.perf_counter()
     for _ in range(steps):
         step()
-    sync()
+    _sync(device)
     return time.perf_counter() - start
+
+
+def _steps_per_s(step, seconds: float, device: torch.device) -> float:
+    """Steps per second of `step` repeated for `seconds`, over the time until the device has run them all: the CPU
+    queues steps ahead of a GPU (with CUDA graphs, far ahead), so dividing by `seconds` would overstate the rate."""
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        step()
+        done += 1
+    _sync(device)
+    return done / (time.perf_counter() - start)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _record(norm, mode, dtype, shape, device, steps, warmup, img_per_s, mem_bytes, flops_per_image, peak) -> dict:
@@ -234,14 +260,9 @@ def _packed_worker(shape, device, mode, seconds, ready, queue):
     step = _step_fn(_compiled(model, mode), optimizer, images, targets, "bf16" if device.type == "cuda" else "fp32")
     for _ in range(3):          # compile, record the CUDA graphs
         step()
+    _sync(device)               # the warm-up's queued work is not timed
     ready.wait()                # every worker warm: the clock starts for all at once
-    done, end = 0, time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        step()
-        done += 1
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    queue.put(done * shape["batch"] / seconds)
+    queue.put(_steps_per_s(step, seconds, device) * shape["batch"])
 
 
 def packing(ns, shape: dict, device: torch.device, seconds: float, mode: str = "eager", mps: bool = False,
@@ -275,15 +296,14 @@ def packing_streams(ns, shape: dict, device: torch.device, seconds: float) -> li
     for n in ns:
         runs = [_graphed_step(shape, device) for _ in range(n)]
         streams = [torch.cuda.Stream(device) for _ in range(n)]
-        torch.cuda.synchronize(device)
-        done, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds:
+
+        def replay_all():
             for (graph, _), stream in zip(runs, streams):
                 with torch.cuda.stream(stream):
                     graph.replay()
-            done += 1
-        torch.cuda.synchronize(device)
-        rows.append(_packing_row(n, STREAMS, done * n * shape["batch"] / (time.perf_counter() - start), shape,
+
+        _sync(device)
+        rows.append(_packing_row(n, STREAMS, _steps_per_s(replay_all, seconds, device) * n * shape["batch"], shape,
                                  device))
         del runs
         torch.cuda.empty_cache()

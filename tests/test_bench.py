@@ -1,7 +1,9 @@
 """`lab bench` on the CPU stand-in model, and the layer under torch.compile (what the GPU benchmark relies on)."""
+import contextlib
 import json
 import re
 import statistics
+from types import SimpleNamespace
 
 import pytest
 import timm
@@ -22,15 +24,50 @@ def test_measure_records_the_fields_of_a_bench_record():
     assert row["mfu"] == pytest.approx(row["gflop_per_img"] * 1e9 * row["img_per_s"] / 1e12)
 
 
-def test_a_cpu_count_includes_attention_as_a_gpu_count_does(monkeypatch):
+def test_a_cpu_count_includes_attention_as_matmuls(monkeypatch):
     """The CPU's fused attention kernel has no FLOP formula; the count must equal that of timm's explicit attention
-    (q @ kᵀ and attn @ v as matmuls), which is what the GPU's formulas count."""
+    (q @ kᵀ and attn @ v as matmuls)."""
     shape = {**TINY, "img_size": 32, "patch_size": 4, "embed_dim": 32}      # 65 tokens: attention is a visible share
     _, counted, _ = bench._setup("erf", "eager", "fp32", shape, torch.device("cpu"))
     monkeypatch.setattr(timm.layers.config, "_USE_FUSED_ATTN", 0)
     assert not timm.layers.use_fused_attn()
     _, explicit, _ = bench._setup("erf", "eager", "fp32", shape, torch.device("cpu"))
     assert counted == explicit
+
+
+def test_a_gpu_count_adds_fused_attentions_backward_recompute(monkeypatch):
+    """torch's formulas for a GPU's fused attention (forward, and a backward that recomputes QKᵀ) on this model's
+    attention shapes, added to its count without attention, give the CPU's count plus one QKᵀ a layer."""
+    from torch.utils.flop_counter import sdpa_backward_flop_count, sdpa_flop_count
+    shape, cpu = {**TINY, "img_size": 32, "patch_size": 4, "embed_dim": 32}, torch.device("cpu")
+    _, counted, _ = bench._setup("erf", "eager", "fp32", shape, cpu)
+    sdpa, shapes = torch.nn.functional.scaled_dot_product_attention, []
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                        lambda q, k, v, **kw: shapes.append((q.shape, k.shape, v.shape)) or sdpa(q, k, v, **kw))
+    monkeypatch.setattr(bench, "_countable_attention", lambda device: contextlib.nullcontext())
+    _, without, _ = bench._setup("erf", "eager", "fp32", shape, cpu)     # the CPU's fused kernel: not counted
+    attention = sum(sdpa_flop_count(q, k, v) + sdpa_backward_flop_count(q, q, k, v) for q, k, v in shapes)
+    recompute = sum(2 * q.numel() * k[2] for q, k, _ in shapes)      # (b·h, s, d) @ (b·h, d, s) a layer
+    gpu = without + attention / shape["batch"]
+    assert len(shapes) == shape["depth"] and without < counted
+    assert gpu == pytest.approx(counted + recompute / shape["batch"])
+
+
+@pytest.mark.parametrize("name, bf16, fp32", [
+    ("NVIDIA H100 80GB HBM3", 989.0, 67.0),         # SXM5: the committed records' device
+    ("NVIDIA H100 PCIe", 756.0, 51.0),
+    ("NVIDIA H100 NVL", 835.0, 60.0),
+    ("NVIDIA H200", 989.0, 67.0),
+    ("NVIDIA H200 NVL", 835.0, 60.0),
+    ("NVIDIA A100 80GB PCIe", 312.0, 19.5),
+    ("NVIDIA RTX A1000", None, None),               # not an A100
+    ("NVIDIA H100 SXM5 64GB", None, None),          # a variant not listed: no MFU rather than a wrong one
+])
+def test_the_peak_is_the_named_devices_own(monkeypatch, name, bf16, fp32):
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: name)
+    cuda = torch.device("cuda")
+    assert (bench.peak_tflops(cuda, "bf16"), bench.peak_tflops(cuda, "fp32")) == (bf16, fp32)
+    assert bench.peak_tflops(cuda, "bf16", override=500.0) == 500.0
 
 
 def test_table_is_relative_to_layernorm():
@@ -167,6 +204,30 @@ def test_packing_times_concurrent_runs_together():
     assert all(r["img_per_s"] > 0 for r in rows)
     table = bench.format_table(rows)
     assert "| 1 | eager |" in table and f"| {rows[1]['img_per_s'] / rows[0]['img_per_s']:.2f} |" in table
+
+
+def test_a_packed_runs_speed_is_over_the_time_the_gpu_took(monkeypatch):
+    """The CPU queues a step in 1/8 s, the GPU runs it in 1/2 s: in a 1 s window 8 steps are queued, which the GPU
+    finishes 4 s after the start (after the warm-up's queued work). The run's speed is 2 steps/s, not 8."""
+    class FakeGpu:
+        cpu = gpu = 0.0
+
+        def step(self):
+            self.gpu = max(self.gpu, self.cpu) + 0.5
+            self.cpu += 0.125
+
+        def synchronize(self, *device):
+            self.cpu = max(self.cpu, self.gpu)
+
+    fake, speeds = FakeGpu(), []
+    monkeypatch.setattr(bench, "time", SimpleNamespace(perf_counter=lambda: fake.cpu))
+    monkeypatch.setattr(torch.cuda, "synchronize", fake.synchronize)
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)
+    monkeypatch.setattr(bench, "_erf_run", lambda shape, device: (None,) * 4)
+    monkeypatch.setattr(bench, "_step_fn", lambda *args: fake.step)
+    bench._packed_worker(TINY, "cuda", "eager", 1.0, SimpleNamespace(wait=lambda: None),
+                         SimpleNamespace(put=speeds.append))
+    assert speeds == [pytest.approx(2 * TINY["batch"])]
 
 
 def test_mps_packing_rows_are_compared_with_one_run_under_mps(tmp_path, capsys):

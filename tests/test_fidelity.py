@@ -75,6 +75,18 @@ def test_ranking_against_the_paper_fails_the_spearman_goal():
     assert f.mean_rho < -0.9 and f.met()["spearman"] is False and f.met()["agreement"] is True
 
 
+def test_a_table_without_a_rho_leaves_the_mean_to_the_others_once_the_grid_is_complete():
+    """Table 4 has 3 cells the paper trains: one failing in the proxy leaves it no ρ, and the ranking goal is graded on
+    the other tables' mean, which names it; while cells are missing, the goal stays ungraded."""
+    f = fidelity.measure(paper_grid(shift={"logsign": None}))     # Tables 2 and 4; Table 2 keeps 19 pairs
+    assert f.run == f.cells and f.agreements["table4"]["spearman_rho"] is None
+    assert f.met() == dict.fromkeys(fidelity.GOALS, True)
+    assert f.unranked == {"table4": "fewer than 3 cells trained in both"}
+    assert "; the mean leaves out table4: fewer than 3 cells trained in both) | yes |" in fidelity.render(f)
+    partial = fidelity.measure([r for r in paper_grid(shift={"logsign": None}) if r["spec"] != "erf|neg"])
+    assert partial.run < partial.cells and partial.mean_rho > 0.9 and partial.met()["spearman"] is None
+
+
 def test_partial_records_leave_ungraded_goals_open():
     grid = [r for r in paper_grid() if r["spec"] in ("erf", "layernorm", "erf|hshift=2")]
     f = fidelity.measure(grid)
