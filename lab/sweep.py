@@ -8,9 +8,11 @@ the rest. A divergence is a "failed" record; an unexpected exception in one cell
 (`CellErrors`) after every other cell has run. A worker that dies, or whose GPU faults, is replaced (see _run_pool).
 """
 import contextlib
+import json
 import os
 import signal
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -274,7 +276,8 @@ def run_cells(cells, *, jobs: int = 1, progress: bool = True, desc: str = "cells
 
 
 def _run_pool(cells, jobs, done, clock: Deadline, pool: dict, say=print) -> list:
-    """At most `jobs` cells in flight, so a dead worker (segfault, OOM kill) implicates only those; retry them.
+    """At most `jobs` cells in flight. A dead worker (segfault, OOM kill) breaks the pool, which stops the others: its
+    cell is retried, the others start again unblamed (see _died_alone).
     A GPU fault (see _run_cell) implicates its own cell; the pool is replaced by a new one (new CUDA contexts: under
     MPS one client's fault breaks every client's) and the other cells in flight start again from their checkpoints.
     Returns the cells left because `clock` said they would not finish in time. `pool` goes into each record."""
@@ -291,15 +294,16 @@ def _run_pool(cells, jobs, done, clock: Deadline, pool: dict, say=print) -> list
             queue.insert(0, cell)
 
     while queue:
-        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
-                                 initializer=_init_worker, initargs=(threads, os.getpid())) as executor:
+        with tempfile.TemporaryDirectory(prefix="lab-pool-") as taken, \
+                ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
+                                    initializer=_init_worker, initargs=(threads, os.getpid())) as executor:
             running = {}
             try:
                 while queue or running:
                     while queue and len(running) < jobs:
                         cell = queue.pop(0)
                         if clock.allows(cell):
-                            running[executor.submit(_run_in_worker, cell, pool)] = cell, _now()
+                            running[executor.submit(_run_in_worker, cell, pool, taken)] = cell, _now()
                         else:
                             left.append(cell)
                     if not running:
@@ -323,12 +327,29 @@ def _run_pool(cells, jobs, done, clock: Deadline, pool: dict, say=print) -> list
                         _stop_now(executor)
                         break
             except BrokenProcessPool:
+                processes = dict(getattr(executor, "_processes", None) or {})     # no public way (see _stop_now)
+                executor.shutdown(wait=True)        # the others are stopped: every exit code is in
+                culprits = _died_alone(processes, taken, [cell for cell, _ in running.values()])
                 for cell, _ in running.values():
-                    retry(cell, "worker process died")
+                    if not culprits or cell in culprits:
+                        retry(cell, "worker process died")
+                    else:
+                        queue.insert(0, cell)
             except BaseException:
                 _stop_now(executor)
                 raise
     return left
+
+
+def _died_alone(processes: dict, taken, cells) -> set:
+    """Those of `cells` whose worker ended on its own rather than by the SIGTERM with which the broken pool stopped
+    the rest (-15, or 143 once lab.cli.unwind handles it), found by the pid each worker notes in folder `taken` as it
+    takes a cell. Empty when none is found (a SIGTERM to one worker alone reads like the pool's): the caller then
+    charges every cell, as a cell that kills its worker must not be retried forever."""
+    stopped = (-signal.SIGTERM, 128 + signal.SIGTERM)
+    notes = [Path(taken, str(pid)) for pid, p in processes.items() if p.exitcode not in (None, *stopped)]
+    paths = {note.read_text() for note in notes if note.exists()}
+    return {cell for cell in cells if str(cell.path) in paths}
 
 
 def _stop_now(executor: ProcessPoolExecutor):
@@ -365,10 +386,12 @@ def _exit_with(parent: int):
     os._exit(1)
 
 
-def _run_in_worker(cell: Cell, pool: dict):
-    """_run_cell in a pool's worker. A SIGTERM (lab.cli.unwind) ends the worker once its run has logged where it
-    stopped: the pool then sees a dead worker, as after a kill, rather than the SystemExit that would end the sweep."""
+def _run_in_worker(cell: Cell, pool: dict, taken):
+    """_run_cell in a pool's worker, which first notes its pid against the cell in folder `taken` (see _died_alone).
+    A SIGTERM (lab.cli.unwind) ends the worker once its run has logged where it stopped: the pool then sees a dead
+    worker, as after a kill, rather than the SystemExit that would end the sweep."""
     try:
+        Path(taken, str(os.getpid())).write_text(str(cell.path))
         return _run_cell(cell, pool)
     except SystemExit as stop:
         os._exit(stop.code if isinstance(stop.code, int) else 1)
@@ -441,10 +464,12 @@ def _slurm_params(params) -> dict:
 
 
 def _overrides(overrides, device) -> list[str]:
+    """As "key=value" strings, which config.load parses as YAML: a dict's values written as JSON (a YAML subset), so
+    None is null rather than the text 'None', and a string stays text to parse, as config.load treats a dict."""
     if overrides is None:
         items = []
     elif isinstance(overrides, dict):
-        items = [f"{k}={v}" for k, v in overrides.items()]
+        items = [f"{k}={v if isinstance(v, str) else json.dumps(v, default=str)}" for k, v in overrides.items()]
     elif isinstance(overrides, str):
         items = [overrides]
     else:

@@ -85,20 +85,30 @@ def test_finished_cells_are_skipped_and_a_crashing_cell_does_not_stop_the_others
 FAULTING_WORKERS = """
 import os
 if os.environ.get("LAB_TEST_FAULT_SPEC"):
-    import signal, time, torch, lab.train
+    import pathlib, signal, time, torch, lab.sweep, lab.train
     train = lab.train.run
 
+    def faults():
+        path = os.environ["LAB_TEST_FAULT_LOG"]
+        return len(open(path).read().split()) if os.path.exists(path) else 0
+
     def run(cfg, norm, out_dir, **kw):
+        if norm == os.environ.get("LAB_TEST_HOLD_SPEC") and faults() < lab.sweep.MAX_WORKER_DEATHS:
+            time.sleep(60)                                # in flight at each fault, until its pool stops it
         if norm != os.environ["LAB_TEST_FAULT_SPEC"]:
             return train(cfg, norm, out_dir, **kw)
+        wait = os.environ.get("LAB_TEST_FAULT_AFTER")   # a record to wait for: the cell beside it finishes first
+        while wait and not os.path.exists(wait):
+            time.sleep(0.05)
+        # one more record of another cell per fault: its pool has had a result since its last worker was spawned
+        # (CPython 3.11 may watch for that worker's death only from the next result on)
+        while os.environ.get("LAB_TEST_FAULT_PACED") and len(list(pathlib.Path(out_dir).glob("*.json"))) <= faults():
+            time.sleep(0.05)
         with open(os.environ["LAB_TEST_FAULT_LOG"], "a") as log:
             log.write(f"{os.getpid()}\\n")
         how = os.environ.get("LAB_TEST_FAULT_HOW", "cuda")
         if how == "cuda":
             raise torch.AcceleratorError("CUDA error: an illegal memory access was encountered")
-        wait = os.environ.get("LAB_TEST_FAULT_AFTER")   # a record to wait for: the cell beside it finishes first
-        while wait and not os.path.exists(wait):
-            time.sleep(0.05)
         if how == "exit":
             os._exit(9)                                   # as a segfault or the OOM killer ends a process
         os.kill(os.getpid(), signal.SIGTERM)              # someone stops this worker alone
@@ -144,6 +154,39 @@ def test_a_dead_worker_is_replaced_and_its_cell_retried_then_reported(tmp_path, 
     assert f"worker process died {sweep.MAX_WORKER_DEATHS} times" in err.value.errors[dying]
     assert [r["spec"] for r in err.value.records] == [innocent.spec]
     assert len(set((tmp_path / "deaths").read_text().split())) == sweep.MAX_WORKER_DEATHS
+
+
+def test_a_dead_worker_does_not_cost_the_cells_beside_it_a_try(tmp_path, monkeypatch):
+    """A dead worker breaks the whole pool, which then stops the others: the cells in flight beside it start again
+    unblamed, so one held in flight while the pool breaks under it twice still trains."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(FAULTING_WORKERS)
+    held, dying, *quick = cells = sweep.table_cells("table1", "smoke", tmp_path, overrides=TINY, limit=4)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(hook), os.environ.get("PYTHONPATH")])))
+    monkeypatch.setenv("LAB_TEST_FAULT_SPEC", dying.spec)
+    monkeypatch.setenv("LAB_TEST_FAULT_LOG", str(tmp_path / "deaths"))
+    monkeypatch.setenv("LAB_TEST_FAULT_HOW", "exit")
+    monkeypatch.setenv("LAB_TEST_FAULT_PACED", "1")       # each death after one of `quick` trains
+    monkeypatch.setenv("LAB_TEST_HOLD_SPEC", held.spec)
+    with pytest.raises(sweep.CellErrors) as err:
+        sweep.sweep("table1", "smoke", tmp_path, overrides=TINY, limit=4, jobs=3, progress=False)
+    assert list(err.value.errors) == [dying]
+    assert f"worker process died {sweep.MAX_WORKER_DEATHS} times" in err.value.errors[dying]
+    assert sorted(r["spec"] for r in err.value.records) == sorted(c.spec for c in [held, *quick])
+    assert [c.path.exists() for c in cells] == [c is not dying for c in cells]
+    assert len(set((tmp_path / "deaths").read_text().split())) == sweep.MAX_WORKER_DEATHS
+
+
+def test_dict_overrides_keep_their_values(tmp_path):
+    """A dict's values are values, not text: None is null (not 'None'), lists and booleans stay what they are."""
+    overrides = {"aug.auto_augment": None, "optim.clip_grad": None, "optim.betas": [0.9, 0.95], "compile": True,
+                 "lr": 1e-5, "data.path": "a=b c"}
+    [cell] = sweep.plan(["erf"], "smoke", tmp_path, overrides=overrides)
+    cfg = cell.cfg
+    assert cfg["aug"]["auto_augment"] is None and cfg["optim"]["clip_grad"] is None
+    assert cfg["optim"]["betas"] == [0.9, 0.95] and cfg["compile"] is True and cfg["optim"]["lr"] == 1e-5
+    assert cfg["data"]["path"] == "a=b c"
 
 
 def test_out_of_memory_is_an_error_of_its_cell_not_a_gpu_fault():
