@@ -168,6 +168,10 @@ def generate(num_classes: int, train_size: int, val_size: int, img_size: int, *,
              device="cpu", clutter: int = 2, noise: float = 0.05):
     """(train_x, train_y, val_x, val_y): uint8 images [N, 3, R, R] and balanced labels, deterministic in `seed`.
 
+    One random stream on `device` draws the classes, then the training images, then the validation images: the
+    validation set is the same for the same seed and sizes, but changes with train_size, and a CPU and a GPU draw
+    different sets from one seed (a record names its device). Kept so: every committed record was drawn this way.
+
     A class is an object: a textured super-ellipse (shape exponent, aspect, grating frequency and orientation,
     colour) with a second part at a class-specific offset. Each image draws the object at a random position, scale,
     rotation and brightness over a random smooth background with `clutter` distractor shapes and pixel noise, so the
