@@ -8,6 +8,7 @@ import copy
 import difflib
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import yaml
@@ -66,7 +67,8 @@ CHOICES = {
     "aug.mixup_mode": ("batch", "pair", "elem"),
 }
 """The values a named setting may take, checked with RANGES: timm's optimizer registry; the embedded set's resampling
-modes (lab/data.py, where any other name was silently bilinear; timm's folder transforms take them too); timm's
+modes (lab/data.py, where any other name was silently bilinear; one list for both data kinds, so a protocol means the
+same on either: lanczos or random, which timm's folder transforms also take, are refused); timm's
 RandomErasing modes (else a bare AssertionError) and Mixup modes (any other was silently "batch")."""
 
 NULLABLE = {"threads": 1, "data.path": "/datasets/imagenet", "optim.micro_batch": 128, "optim.clip_grad": 1.0,
@@ -109,8 +111,9 @@ def _check(cfg: dict):
         raise ValueError(f"config key 'aug.scale': {[low, high]!r} is out of range (allowed: [min, max], min <= max)")
     for dotted, choices in CHOICES.items():
         value = get(dotted)
-        if value not in choices:
-            raise ValueError(f"config key {dotted!r}: {value!r} is not a valid choice{_hint(value, choices)}; "
+        name = value.lower().split("_")[-1] if dotted == "optim.opt" and isinstance(value, str) else value
+        if name not in choices:     # timm reads "AdamW" and "lookahead_adamw" as adamw (its create_optimizer_v2)
+            raise ValueError(f"config key {dotted!r}: {value!r} is not a valid choice{_hint(name, choices)}; "
                              f"choose one of {', '.join(choices)}")
 
 
@@ -169,8 +172,10 @@ def _set(cfg: dict, key: str, value):
                                  f"{', '.join(f'{key}.{k}' for k in old)}")
             if value is None and dotted not in NULLABLE:
                 raise ValueError(f"config key {key!r}: null is not allowed (only {', '.join(NULLABLE)} may be null)")
-            like = NULLABLE[dotted] if old is None else old
-            if value is not None and not _compatible(like, value):
+            if isinstance(value, os.PathLike):
+                value = os.fspath(value)
+            like = NULLABLE.get(dotted) if old is None else old     # None: a null of one's own base file
+            if value is not None and like is not None and not _compatible(like, value):
                 kind = f"list of {len(like)}" if isinstance(like, list) else type(like).__name__
                 raise ValueError(f"config key {key!r}: {value!r} is not a {kind} like {like!r}")
             node[part] = _coerce(like, value)

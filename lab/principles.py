@@ -8,13 +8,13 @@ Definitions (float64, on the function f itself, before α, γ, β):
 - center-sensitive: f responds to inputs around 0, i.e. it is not constant on any interval [-δ, δ]:
   `flat_halfwidth` (the largest δ, on a grid of step FINE_STEP within ±0.01 and GRID_STEP beyond, with
   |f(x) - f(0)| <= FLAT_TOL on [-δ, δ]) must be 0. Any flat zone breaks the principle; its width says how badly
-  (Table 5). A zero slope at 0 does not (cos, logquad and cubsign respond to any input off 0); `slope_at_0` is
-  reported as the secant over ±GRID_STEP.
+  (Table 5). A zero slope at 0 does not (cos, i.e. "sin|hshift=1.5707963267948966", logquad and cubsign respond to
+  any input off 0); `slope_at_0` is reported as the secant over ±GRID_STEP.
 - monotonic: f never reverses direction on [-MONO_RANGE, MONO_RANGE] (grid step GRID_STEP): all steps
   f(x+h) - f(x) are >= -MONO_TOL, or all are <= MONO_TOL. `direction` says which, or "non-monotonic".
-The verdicts are read off finite windows and grids: growth too late or too small to show within ±1e6
-(linear|clip=2000, erf|blend=1e-9) or a flat zone narrower than FINE_STEP escapes them; every spec of Tables 1–6 is
-far from these limits.
+The verdicts are read off finite windows and grids: a bound reached only beyond ±1e3 reads unbounded
+(linear|clip=2000), growth too small to show within ±1e6 reads bounded (erf|blend=1e-9), and a flat zone narrower than
+FINE_STEP escapes the grid; every spec of Tables 1–6 is far from these limits.
 """
 import numpy as np
 import torch

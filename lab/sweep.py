@@ -303,7 +303,11 @@ def _run_pool(cells, jobs, done, clock: Deadline, pool: dict, say=print) -> list
                     while queue and len(running) < jobs:
                         cell = queue.pop(0)
                         if clock.allows(cell):
-                            running[executor.submit(_run_in_worker, cell, pool, taken)] = cell, _now()
+                            try:
+                                running[executor.submit(_run_in_worker, cell, pool, taken)] = cell, _now()
+                            except BrokenProcessPool:   # a worker died since the last wait: this cell never ran
+                                queue.insert(0, cell)
+                                raise
                         else:
                             left.append(cell)
                     if not running:
@@ -345,7 +349,9 @@ def _died_alone(processes: dict, taken, cells) -> set:
     """Those of `cells` whose worker ended on its own rather than by the SIGTERM with which the broken pool stopped
     the rest (-15, or 143 once lab.cli.unwind handles it), found by the pid each worker notes in folder `taken` as it
     takes a cell. Empty when none is found (a SIGTERM to one worker alone reads like the pool's): the caller then
-    charges every cell, as a cell that kills its worker must not be retried forever."""
+    charges every cell, as a cell that kills its worker must not be retried forever. The kernel's OOM killer ends the
+    process with the most memory, which need not be the one whose allocation failed: such a death is charged to the
+    cell its victim was running."""
     stopped = (-signal.SIGTERM, 128 + signal.SIGTERM)
     notes = [Path(taken, str(pid)) for pid, p in processes.items() if p.exitcode not in (None, *stopped)]
     paths = {note.read_text() for note in notes if note.exists()}

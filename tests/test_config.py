@@ -149,6 +149,29 @@ def test_a_setting_with_choices_names_them(override, choices):
         config.load("smoke", [override])
 
 
+def test_an_optimizer_name_is_read_as_timm_reads_it():
+    """timm lower-cases the name and takes the part after a lookahead_ prefix; the config keeps what was written."""
+    for name in ("AdamW", "lookahead_adamw"):
+        assert config.load("smoke", [f"optim.opt={name}"])["optim"]["opt"] == name
+    with pytest.raises(ValueError, match=r"'lookahead_adamx' is not a valid choice \(did you mean 'adamax'\?\)"):
+        config.load("smoke", ["optim.opt=lookahead_adamx"])
+
+
+def test_a_path_object_is_taken_as_its_text(tmp_path):
+    cfg = config.load("paper", {"data.path": tmp_path})
+    assert cfg["data"]["path"] == str(tmp_path)
+    assert config.config_hash(cfg) == config.config_hash(config.load("paper", [f"data_path={tmp_path}"]))
+
+
+def test_a_null_of_ones_own_base_file_takes_a_value(tmp_path):
+    """A source file may write null where no protocol does: setting it is then untyped, not a KeyError."""
+    base = yaml.safe_load((config.PROTOCOL_DIR / "smoke.yaml").read_text())
+    base["eval"]["every_epochs"] = None
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
+    cfg = config.load("smoke", ["eval.every_epochs=5"], source=tmp_path / "base.yaml")
+    assert cfg["eval"]["every_epochs"] == 5
+
+
 def test_crop_scale_with_min_above_max_is_a_value_error():
     """uniform_(1.0, 0.5) failed only once training began."""
     with pytest.raises(ValueError, match=r"config key 'aug.scale': \[1.0, 0.5\] is out of range .*min <= max"):

@@ -178,6 +178,24 @@ def test_a_dead_worker_does_not_cost_the_cells_beside_it_a_try(tmp_path, monkeyp
     assert len(set((tmp_path / "deaths").read_text().split())) == sweep.MAX_WORKER_DEATHS
 
 
+def test_a_cell_whose_submit_finds_the_pool_broken_is_not_lost(tmp_path, monkeypatch):
+    """A worker that dies between the sweep's wait and its next submit breaks the pool under that submit: the cell
+    being submitted goes back to the queue rather than vanishing with neither record nor error."""
+    from concurrent.futures.process import BrokenProcessPool, ProcessPoolExecutor
+    submit, calls = ProcessPoolExecutor.submit, []
+
+    def breaks_once(self, *args, **kwargs):
+        calls.append(args[1])
+        if len(calls) == 3:           # the first submit after a wait
+            raise BrokenProcessPool("a worker died")
+        return submit(self, *args, **kwargs)
+
+    monkeypatch.setattr(ProcessPoolExecutor, "submit", breaks_once)
+    cells = sweep.table_cells("table1", "smoke", tmp_path, overrides=TINY, limit=3)
+    sweep.sweep("table1", "smoke", tmp_path, overrides=TINY, limit=3, jobs=2, progress=False)
+    assert calls[2] in cells and [c.path.exists() for c in cells] == [True] * 3
+
+
 def test_dict_overrides_keep_their_values(tmp_path):
     """A dict's values are values, not text: None is null (not 'None'), lists and booleans stay what they are."""
     overrides = {"aug.auto_augment": None, "optim.clip_grad": None, "optim.betas": [0.9, 0.95], "compile": True,
