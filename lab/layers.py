@@ -27,11 +27,17 @@ def _per_channel(grad: Tensor) -> Tensor:
 
 
 def _argument(x: Tensor, alpha: Tensor, shift: Tensor | None) -> Tensor:
+    """u = αx + s, in fp32 for a half-precision x, as LayerNorm computes its statistics: in fp16, u² overflows at
+    |u| ≈ 256 (isru, logquad, dampx, relsign, cubsign). The fused kernels compute in fp32 anyway; now the plain path
+    agrees with them."""
+    if x.dtype in (torch.float16, torch.bfloat16):
+        x = x.float()
     return alpha * x if shift is None else alpha * x + shift
 
 
 def _forward(x, alpha, shift, weight, bias, fn: Pointwise) -> Tensor:
-    return torch.addcmul(bias, weight, fn.value(_argument(x, alpha, shift)))
+    y = torch.addcmul(bias, weight, fn.value(_argument(x, alpha, shift)))
+    return y.to(torch.promote_types(x.dtype, weight.dtype))
 
 
 def _backward(grad, x, alpha, shift, weight, fn: Pointwise):

@@ -163,3 +163,18 @@ def test_bf16_autocast_runs():
         out = layer(y)
     out.float().sum().backward()
     assert torch.isfinite(x.grad).all()
+
+
+@pytest.mark.parametrize("spec", ["isru", "logquad", "dampx", "relsign", "cubsign", "erf|flat=0.5"])
+def test_a_half_precision_layer_computes_in_fp32_and_returns_its_dtype(spec):
+    """A .half() layer at |x| up to 1000: u² would overflow fp16 (65504) at |u| ≈ 256, giving inf or NaN."""
+    x = torch.linspace(-1000, 1000, 201).reshape(1, -1, 1).repeat(1, 1, 4)
+    half, full = PointwiseNorm(4, spec, shift=0.1).half(), PointwiseNorm(4, spec, shift=0.1)
+    xh, xf = x.half().requires_grad_(), x.clone().requires_grad_()
+    y = half(xh)
+    y.sum().backward()
+    full(xf).sum().backward()
+    assert y.dtype == xh.grad.dtype == half.alpha.grad.dtype == torch.float16
+    torch.testing.assert_close(y.float(), full(x), rtol=2e-3, atol=2e-3)
+    torch.testing.assert_close(xh.grad.float(), xf.grad, rtol=2e-3, atol=2e-3)
+    torch.testing.assert_close(half.alpha.grad.float(), full.alpha.grad, rtol=2e-3, atol=2e-2)
