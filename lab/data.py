@@ -41,9 +41,10 @@ class Plan:
         self.batch, self.rank, self.world, self.seed = int(o["batch_size"]), rank, world, int(cfg["seed"])
         per_rank, rest = divmod(self.batch, world)
         micro = min(int(o.get("micro_batch") or per_rank), per_rank)
-        if rest or per_rank % micro or micro % 2:
+        even = mixup(cfg, 2) is not None        # timm's Mixup pairs each image with its mirror in the batch
+        if rest or per_rank % micro or (even and micro % 2):
             raise ValueError(f"optim.batch_size {self.batch} must split into {world} process(es) x accumulation x "
-                             f"an even optim.micro_batch (got micro_batch {o.get('micro_batch')})")
+                             f"{'an even ' if even else ''}optim.micro_batch (got micro_batch {o.get('micro_batch')})")
         self.micro, self.accum = micro, per_rank // micro
         self._order = (None, None)
 

@@ -40,6 +40,15 @@ def test_embedded_batches_are_normalised_sharded_and_resumable():
         data.Plan(config.load("smoke", ["batch_size=16", "optim.micro_batch=6"]), 0, 1)
 
 
+def test_only_mixup_needs_an_even_micro_batch():
+    """timm's Mixup and CutMix mix each image with its mirror in the batch; without them, any micro-batch splits."""
+    odd = ["batch_size=15", "optim.micro_batch=5"]
+    with pytest.raises(ValueError, match="an even optim.micro_batch"):
+        data.Plan(config.load("smoke", odd + ["aug.mixup=0.8", "aug.cutmix=0"]), 0, 1)
+    plan = data.Plan(config.load("smoke", odd + ["aug.mixup=0", "aug.cutmix=0"]), 0, 1)
+    assert (plan.micro, plan.accum) == (5, 3)
+
+
 def test_imagenet_folder_goes_through_timm_with_the_paper_transforms(jpeg_folder):
     cfg = config.load("paper", [f"data_path={jpeg_folder}", "data.num_classes=3", "data.img_size=32",
                                 "batch_size=8", "optim.micro_batch=4", "data.workers=0"])
