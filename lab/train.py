@@ -214,7 +214,8 @@ class Trainer:
         self.scaler.unscale_(self.optimizer)
         clip = self.cfg["optim"]["clip_grad"]
         gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip if clip else float("inf"))
-        due = self.rank == 0 and time.time() - self.mark > 60 * self.cfg["checkpoint"]["every_minutes"]
+        minutes = self.cfg["checkpoint"]["every_minutes"]
+        due = self.rank == 0 and minutes > 0 and time.time() - self.mark > 60 * minutes
         values = torch.stack([total, gnorm.float(), total.new_full((), float(due))])
         if self.world > 1:
             dist.all_reduce(values)

@@ -114,7 +114,7 @@ def test_compile_mode_reaches_torch_compile(tmp_path, monkeypatch):
 def test_timed_checkpoints_follow_rank_0s_clock_and_see_settled_updates(tmp_path, monkeypatch):
     """A timed checkpoint is due when rank 0's clock says so (ranks that disagree would deadlock in _save), and it is
     taken only when every queued update has been judged and booked."""
-    cfg = config.load("smoke", ["epochs=1", "checkpoint.every_minutes=0", "checkpoint.every_steps=0"])
+    cfg = config.load("smoke", ["epochs=1", "checkpoint.every_minutes=1e-9", "checkpoint.every_steps=0"])
     trainer = train.Trainer(cfg, "erf", tmp_path / "r.json", 0, 1, torch.device("cpu"))
     queued, saves = [], []
     update = trainer._update
@@ -123,9 +123,11 @@ def test_timed_checkpoints_follow_rank_0s_clock_and_see_settled_updates(tmp_path
     trainer.fit(False, None)
     assert len(saves) >= trainer.spe // 2 and all(settled == n for settled, n in saves)
     _, micro = next(trainer.data.train_batches(0))
-    assert update(0, micro)[2] > 0                  # rank 0: due (every_minutes=0)
+    assert update(0, micro)[2] > 0                  # rank 0: due (every_minutes=1e-9)
     trainer.rank = 1
     assert update(0, micro)[2] == 0                 # any other rank's clock is not asked
+    trainer.rank, trainer.cfg["checkpoint"]["every_minutes"] = 0, 0
+    assert update(0, micro)[2] == 0                 # 0 minutes: off, as 0 steps is
 
 
 @pytest.mark.parametrize("native", [False, True])
