@@ -41,7 +41,7 @@ class Plan:
         self.batch, self.rank, self.world, self.seed = int(o["batch_size"]), rank, world, int(cfg["seed"])
         per_rank, rest = divmod(self.batch, world)
         micro = min(int(o.get("micro_batch") or per_rank), per_rank)
-        even = mixup(cfg, 2) is not None        # timm's Mixup pairs each image with its mirror in the batch
+        even = _mixes(cfg["aug"])               # timm's Mixup pairs each image with its mirror in the batch
         if rest or per_rank % micro or (even and micro % 2):
             raise ValueError(f"optim.batch_size {self.batch} must split into {world} process(es) x accumulation x "
                              f"{'an even ' if even else ''}optim.micro_batch (got micro_batch {o.get('micro_batch')})")
@@ -63,10 +63,14 @@ class Plan:
         return [chunks[a * self.world + self.rank] for a in range(self.accum)]
 
 
+def _mixes(aug: dict) -> bool:
+    return aug["mixup"] > 0 or aug["cutmix"] > 0
+
+
 def mixup(cfg: dict, num_classes: int):
     """timm's Mixup/CutMix with label smoothing (soft targets), or None when both alphas are 0."""
     a = cfg["aug"]
-    if not (a["mixup"] > 0 or a["cutmix"] > 0):
+    if not _mixes(a):
         return None
     return Mixup(mixup_alpha=a["mixup"], cutmix_alpha=a["cutmix"], prob=a["mixup_prob"],
                  switch_prob=a["mixup_switch_prob"], mode=a["mixup_mode"], label_smoothing=a["smoothing"],
