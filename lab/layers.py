@@ -166,12 +166,13 @@ def is_norm_name(name: str) -> bool:
         return False
 
 
-def norm_layer(spec: str, alpha0: float = 0.5, shift: float | None = None):
-    """A constructor timm accepts as `norm_layer` (called `norm_layer(dim, **factory_kwargs)`).
+def norm_layer(spec: str, alpha0: float = 0.5, shift: float | None = None, **kw):
+    """A constructor timm accepts as `norm_layer` (called `norm_layer(dim, **factory_kwargs)`); `kw` are the layer's
+    own options (`eps` of a baseline, say).
 
     "layernorm" and "rmsnorm" give the normalization baselines (alpha0/shift do not apply to them).
     """
     name = canonical_norm(spec)
     if name in NORMALIZATIONS:
-        return NORMALIZATIONS[name]
-    return functools.partial(PointwiseNorm, spec=name, alpha0=alpha0, shift=shift)
+        return functools.partial(NORMALIZATIONS[name], **kw)
+    return functools.partial(PointwiseNorm, spec=name, alpha0=alpha0, shift=shift, **kw)

@@ -143,6 +143,8 @@ def test_norm_layer_is_a_timm_constructor():
     assert layer.alpha.item() == pytest.approx(0.3) and layer.weight.dtype == torch.float64
     assert isinstance(lab.norm_layer("layernorm")(16), nn.LayerNorm)
     assert type(lab.norm_layer("rmsnorm")(16)).__name__ == "RmsNorm"
+    assert lab.norm_layer("layernorm")(16).eps == 1e-6 and lab.norm_layer("layernorm", eps=1e-5)(16).eps == 1e-5
+    assert lab.norm_layer("erf", dtype=torch.float64)(16).weight.dtype == torch.float64
     with pytest.raises(ValueError, match="unknown base function"):
         lab.norm_layer("erff")
 
