@@ -64,6 +64,13 @@ def math_label(spec: str) -> str:
     return expr if transforms or expr.startswith(base) else f"{base} = {expr}"
 
 
+def legend_label(spec: str) -> str:
+    """The math of a spec, and below it the spec, the name to train it by: "erf(x + 1)" over "[erf|hshift=1]". A bare
+    base's math already starts with its name ("erf(x)", "dampx = 2x/(1+x²)")."""
+    label = math_label(spec)
+    return label if label.startswith(spec) else f"{label}\n[{spec}]"
+
+
 def _is_atom(expr: str) -> bool:
     """Whether `expr` has no operator outside parentheses (the formulas write binary + and − with spaces)."""
     depth = 0
@@ -117,7 +124,7 @@ def _figure2() -> Figure:
             x = np.linspace(-half, half, 2001)
             for color, label, specs in ((BLUE, good, good_specs), (RED, bad, bad_specs)):
                 for dash, spec in zip(DASHES, specs):
-                    ax.plot(x, _curve(spec, x), color=color, ls=dash, lw=2, label=f"{label}: {math_label(spec)}")
+                    ax.plot(x, _curve(spec, x), color=color, ls=dash, lw=2, label=f"{label}: {legend_label(spec)}")
             ax.axhline(0, color="0.4", lw=0.6)
             ax.axvline(0, color="0.4", lw=0.6)
             ax.set(title=title, xlabel="x", xlim=(-half, half))
@@ -137,7 +144,7 @@ def figure3(out_dir="figures") -> list[Path]:
         for spec in FIGURE3:
             trains = paper.get(spec) is not None
             ax.plot(x, _curve(spec, x), lw=2, color=next(good if trains else bad), ls="-" if trains else "--",
-                    label=math_label(spec) if trains else f"{math_label(spec)} (× in paper)")
+                    label=legend_label(spec) if trains else f"{legend_label(spec)} (× in paper)")
         ax.set(xlim=(0, 18), ylim=(0, 18), xlabel="x", ylabel="f(x)", title="Growth of unbounded functions")
         ax.legend(loc="upper left")
         return _save(fig, out_dir, "figure3")
@@ -153,7 +160,7 @@ def figure4(out_dir="figures") -> list[Path]:
                   "dampexp": (REDS[2], "-.")}
         for spec in FIGURE4:
             color, dash = styles[spec]
-            ax.plot(x, _curve(spec, x), color=color, ls=dash, lw=2, label=math_label(spec))
+            ax.plot(x, _curve(spec, x), color=color, ls=dash, lw=2, label=legend_label(spec))
         ax.set(xlim=(-8, 8), ylim=(-1.05, 1.05), xlabel="x", ylabel="f(x)", title="Monotonic and non-monotonic")
         ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5))
         return _save(fig, out_dir, "figure4")
