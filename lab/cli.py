@@ -224,6 +224,9 @@ def main(argv=None) -> int:
     except ValueError as err:
         print(f"lab {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:     # Ctrl-C: the runs have said where they stopped; no traceback
+        print(f"lab {args.command}: interrupted", file=sys.stderr)
+        return 130
     except BrokenPipeError:       # `lab render … | head`: the reader left; exit quietly as Unix tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0

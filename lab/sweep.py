@@ -10,6 +10,7 @@ the rest. A divergence is a "failed" record; an unexpected exception in one cell
 import contextlib
 import json
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -228,6 +229,9 @@ def run_cells(cells, *, jobs: int = 1, progress: bool = True, desc: str = "cells
     next run. mps: the pool's workers share the GPU through NVIDIA MPS (lab.mps.shared_gpu); each record's "pool"
     says how its cell ran ({"workers": N, "mps": bool}; null: alone in its process)."""
     cells = [c for c in dict.fromkeys(cells) if not c.path.exists()]
+    from .train import resolve_device
+    for device in {c.cfg["device"] for c in cells}:
+        resolve_device(device)          # one ValueError before any cell starts, not one traceback per cell
     clock, left = Deadline(deadline), []
     records, errors = [], {}
     bar = tqdm(total=len(cells), desc=desc, unit="cell", disable=not progress or not cells, dynamic_ncols=True)
@@ -437,6 +441,10 @@ def submit_slurm(cells, results_dir, *, dry_run: bool = False, params: dict | No
     import submitit
     if not cells:
         return []
+    missing = [command for command in ("sbatch", "srun") if not shutil.which(command)]
+    if missing and not dry_run:
+        raise ValueError(f"launcher slurm: no SLURM on this machine ({' and '.join(missing)} not found): run it where "
+                         "SLURM is, or add --dry-run to write the job files here")
     with _dry_run_sbatch() if dry_run else contextlib.nullcontext():
         executor = submitit.SlurmExecutor(folder=Path(results_dir) / "slurm" / "%j")
         executor.update_parameters(**{"job_name": "lab-sweep", "time": 60 * 24, "gpus_per_node": 1,

@@ -74,7 +74,7 @@ def run(cfg: dict, norm: str, out_dir, *, table: str | None = None, progress: bo
     try:
         if cfg.get("threads"):
             torch.set_num_threads(int(cfg["threads"]))
-        device = _device(cfg["device"], rank)
+        device = _device(cfg["device"])
         return Trainer(cfg, spec, path, rank, world, device, pool).fit(progress and rank == 0, table)
     finally:
         torch.set_num_threads(threads)
@@ -120,10 +120,10 @@ class Trainer:
                   f"torch {torch.__version__} · {self.total} updates, {self.spe} an epoch"
                   + (f" · compiled ({cfg['compile_mode']})" if cfg.get("compile") else "")
                   + (f" · {pool_text(pool)}" if pool else ""))
-        slow = _emulated_precision(device, self.dtype)
-        if slow:
-            warnings.warn(slow, stacklevel=2)
-            self._log(slow)
+        for slow in (_cpu_fallback(cfg, device), _emulated_precision(device, self.dtype)):
+            if slow:
+                warnings.warn(slow, stacklevel=2)
+                self._log(slow)
 
     def _log(self, line: str):
         """Append one line to the cell's log (rank 0), stamped with the seconds since this process took the cell."""
@@ -379,7 +379,9 @@ def _device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else str(device)
 
 
-def _device(name: str, rank: int) -> torch.device:
+def resolve_device(name: str) -> torch.device:
+    """The device a config's `device` names on this machine (auto: cuda:LOCAL_RANK if a GPU is visible, else cpu);
+    ValueError if it has none such. Touches no GPU: a sweep asks it once before any cell starts."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
@@ -389,10 +391,29 @@ def _device(name: str, rank: int) -> torch.device:
     except RuntimeError:
         raise ValueError(f"device {name!r}: use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda":
-        if not torch.cuda.is_available():
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if not count:
             raise ValueError(f"device {name!r}: no CUDA GPU is visible (use device=cpu or auto)")
+        if device.index is not None and device.index >= count:
+            raise ValueError(f"device {name!r}: {count} CUDA GPU(s) visible, cuda:0 to cuda:{count - 1}")
+    return device
+
+
+def _device(name: str) -> torch.device:
+    device = resolve_device(name)
+    if device.type == "cuda":
         torch.cuda.set_device(device)
     return device
+
+
+def _cpu_fallback(cfg: dict, device: torch.device) -> str | None:
+    """Why this run will be slow, where device auto found no GPU: the proxy and paper protocols are sized for one (a
+    proxy cell takes minutes on a GPU; on 2 CPU cores its first epoch's pace said about 14 hours). device=cpu says the
+    CPU is meant."""
+    if cfg["device"] == "auto" and device.type == "cpu":
+        return (f"device auto found no CUDA GPU: protocol {cfg['protocol']} trains on the CPU, which can take many "
+                "hours a cell (--set device=cpu to say that is meant; the smoke protocol is sized for a CPU)")
+    return None
 
 
 def _emulated_precision(device: torch.device, dtype) -> str | None:

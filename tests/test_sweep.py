@@ -51,7 +51,9 @@ def test_a_stopped_sweep_counts_the_cells_a_rerun_will_train(tmp_path, monkeypat
 @pytest.mark.parametrize("kwargs, word", [({"table": "table9"}, "table9"), ({"protocol": "smok"}, "smok"),
                                           ({"launcher": "pbs"}, "pbs"), ({"overrides": ["epochz=1"]}, "epochz"),
                                           ({"launcher": "slurm", "deadline": 60}, "deadline"),
-                                          ({"specs": []}, "specs: none given; its specs: layernorm, erf")])
+                                          ({"specs": []}, "specs: none given; its specs: layernorm, erf"),
+                                          ({"overrides": ["device=cuda:7"]}, "device 'cuda:7': "),
+                                          ({"overrides": ["device=gpu"]}, "use auto, cpu, cuda or cuda:N")])
 def test_bad_input_is_one_clear_error(tmp_path, kwargs, word):
     args = {"table": "table1", "protocol": "smoke", **kwargs}
     with pytest.raises(ValueError, match=word):
@@ -345,6 +347,26 @@ def test_cli_sweep_dry_run_and_bad_seeds(tmp_path, capsys):
     assert main(["sweep", "table6", "--protocol", "smoke", "--results", str(tmp_path), "--dry-run", "--specs", "erf",
                  "--set", "seed=3"]) == 0                          # without --seeds: the config's own seed
     assert "erf seed=3 -> " in capsys.readouterr().err
+
+
+def test_cli_errors_and_ctrl_c_are_one_line_not_a_traceback(tmp_path, capsys, monkeypatch):
+    from lab.cli import main
+    sweep_cells = ["sweep", "table6", "--protocol", "smoke", "--results", str(tmp_path), "--specs", "erf,tanh"]
+    monkeypatch.setattr(lab.train.torch.cuda, "is_available", lambda: False)
+    assert main([*sweep_cells, "--set", "device=cuda"]) == 2        # checked once, before any cell starts
+    err = capsys.readouterr().err
+    assert err.count("no CUDA GPU is visible") == 1 and "Traceback" not in err and not any(tmp_path.iterdir())
+    monkeypatch.setattr(sweep.shutil, "which", lambda command: None)
+    assert main(["sweep", "table4", "--protocol", "smoke", "--results", str(tmp_path), "--launcher", "slurm"]) == 2
+    assert "no SLURM on this machine (sbatch and srun not found)" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+    def interrupted(cell):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(sweep, "_run_cell", interrupted)
+    assert main(sweep_cells) == 130
+    err = capsys.readouterr().err
+    assert "stopped with 2 cell(s) unfinished" in err and "lab sweep: interrupted" in err and "Traceback" not in err
 
 
 def test_all_is_the_baseline_plus_every_tables_unique_specs_once(tmp_path, capsys):

@@ -130,6 +130,18 @@ def test_timed_checkpoints_follow_rank_0s_clock_and_see_settled_updates(tmp_path
     assert update(0, micro)[2] == 0                 # 0 minutes: off, as 0 steps is
 
 
+@pytest.mark.parametrize("device, warned", [("auto", True), ("cpu", False)])
+def test_device_auto_without_a_gpu_says_the_run_trains_on_the_cpu(tmp_path, monkeypatch, device, warned):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cfg = config.load("smoke", [f"device={device}"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer = train.Trainer(cfg, "erf", tmp_path / "r.json", 0, 1, train.resolve_device(cfg["device"]))
+    said = [str(w.message) for w in caught if "found no CUDA GPU" in str(w.message)]
+    assert len(said) == warned and trainer.device.type == "cpu"
+    assert ("protocol smoke trains on the CPU" in trainer.log_file.read_text()) is warned
+
+
 @pytest.mark.parametrize("native", [False, True])
 def test_bf16_on_a_cpu_without_bf16_instructions_warns_in_the_log_and_keeps_the_config(tmp_path, monkeypatch, native):
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: native)
