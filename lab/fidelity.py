@@ -65,13 +65,17 @@ class Fidelity:
         return None if None in means else means[0] - means[1]
 
     def met(self) -> dict:
-        """Goal -> True / False, or None where there is nothing to judge yet."""
-        g, complete = GOALS, self.run == self.cells
-        return {"agreement": self.agree >= g["agreement"] * self.cells if self.run else None,
+        """Goal -> True / False, or None where it cannot be judged yet. While cells have no record, a goal is judged
+        only where they cannot change the verdict: agreement already reached, or out of reach even if every missing
+        cell agreed; the grid's time already over its limit (the missing cells can only add to it)."""
+        g, complete, missing = GOALS, self.run == self.cells, self.cells - self.run
+        target, wall_limit = g["agreement"] * self.cells, 60 * g["wall_min"]
+        return {"agreement": True if self.agree >= target else False if self.agree + missing < target else None,
                 # while cells are missing, an undefined ρ may still become defined: the mean is not final
                 "spearman": None if not complete or self.mean_rho is None else self.mean_rho >= g["spearman"],
                 "erf_gap": None if self.erf_gap is None else self.erf_gap >= g["erf_gap"],
-                "wall_min": None if self.wall_s is None else self.wall_s <= 60 * g["wall_min"],
+                "wall_min": None if self.wall_s is None or not (complete or self.wall_s > wall_limit)
+                else self.wall_s <= wall_limit,
                 "seeds": min(self.seeds.values()) >= g["seeds"]}
 
 

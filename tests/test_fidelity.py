@@ -88,11 +88,19 @@ def test_a_table_without_a_rho_leaves_the_mean_to_the_others_once_the_grid_is_co
 
 
 def test_partial_records_leave_ungraded_goals_open():
+    """A goal the missing cells could still change is not judged: 6 of 123 cells agreeing, in a few minutes, may yet
+    be a grid that agrees and fits in 15 minutes; more than 6 disagreeing, or the time already spent, may not."""
     grid = [r for r in paper_grid() if r["spec"] in ("erf", "layernorm", "erf|hshift=2")]
     f = fidelity.measure(grid)
-    assert f.run == 6 and f.met()["agreement"] is False    # erf is 5 cells (2 in Table 1); 6 of 123 cannot make 95 %
+    assert f.run == 6 and f.met()["agreement"] is None and f.met()["wall_min"] is None   # erf: 5 cells; 6 of 123
     assert f.mean_rho is None and f.met()["spearman"] is None
     assert f.seeds == {"layernorm": 3, "erf": 3, "tanh": 0, "arctan": 0, "isru": 0}
+    assert fidelity.measure(paper_grid(minutes=40.0)[:60]).met()["wall_min"] is False     # 20 minutes, half run
+    failing = [r for r in paper_grid() if r["spec"] != "erf"]        # erf's 5 cells missing
+    for r in [r for r in failing if r["spec"] not in fidelity.NOISE_SPECS][:7]:      # 7 specs (8 cells) flipped
+        r["top1"], r["status"] = (None, "failed") if r["top1"] is not None else (80.0, "ok")
+    f = fidelity.measure(failing)
+    assert (f.run, f.agree, f.met()["agreement"]) == (118, 110, False)      # 110 + 5 < 95 % of 123
 
 
 def test_one_protocol_at_a_time():
