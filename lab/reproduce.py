@@ -151,9 +151,12 @@ def reproduce(protocol: str, out_dir="reproduction", *, jobs: int = 2, overrides
                  + ("" if error is None else f" — {error}"))
 
     report = out / "REPORT.md"
-    command = " ".join(["lab reproduce --protocol", protocol, f"--jobs {jobs}", *([] if train else ["--no-train"]),
-                        *([f"--results {results_dir}"] if results_dir else []),
-                        *(f"--set {o}" for o in _with_data_path(overrides, data_path))])
+    command = " ".join(["lab reproduce --protocol", protocol, f"--out {out_dir}", f"--jobs {jobs}",
+                        *([] if train else ["--no-train"]), *([f"--results {results_dir}"] if results_dir else []),
+                        *(f"--set {o}" for o in _sweep._overrides(_with_data_path(overrides, data_path), device))])
+    python_only = {"seeds": seeds, "limit": limit, "notebooks": None if notebooks == NOTEBOOKS else list(notebooks)}
+    extras = ", ".join(f"{k}={v!r}" for k, v in python_only.items() if v is not None)     # arguments with no flag
+    command += f" (and, from Python, {extras})" if extras else ""
     report.write_text(_report_text(command, protocol, out, results, tables, ran, len(cells), time.time() - start,
                                    train_error))
     _say(f"reproduce [{protocol}]: done in {time.time() - start:.0f} s → {report}")

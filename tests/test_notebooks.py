@@ -45,6 +45,8 @@ def test_reproduce_runs_every_notebook_and_writes_the_report(tmp_path):
     report = reproduce.reproduce("smoke", tmp_path, jobs=2, limit=2, overrides=TINY, progress=False)
     text = report.read_text()
     assert "not comparable to the paper" in text and "**Fidelity to the paper — protocol smoke**" in text
+    assert (f"command: `lab reproduce --protocol smoke --out {tmp_path} --jobs 2 "
+            f"{' '.join(f'--set {o}' for o in TINY)} (and, from Python, limit=2)`") in text
     for name in reproduce.NOTEBOOKS:
         assert f"[{name}]({name}.ipynb) | ok" in text
         nb = nbformat.read(tmp_path / f"{name}.ipynb", as_version=4)
