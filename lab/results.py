@@ -1,8 +1,8 @@
 """One JSON record per trained cell: where it lives, how it is written (atomically) and read back."""
 import json
 import os
+import secrets
 import subprocess
-import tempfile
 from pathlib import Path
 
 from .config import config_hash
@@ -36,10 +36,12 @@ def write_json_atomic(path, obj) -> Path:
 
 
 def write_text_atomic(path, text: str) -> Path:
-    """Write `text` through a temporary file and os.replace: readers only ever see complete files."""
+    """Write `text` through a temporary file and os.replace: readers only ever see complete files. The file gets the
+    umask's mode, as one written by `open` does (mkstemp's 0600 hid records in a shared results folder)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)

@@ -25,9 +25,7 @@ def _env():
 
 
 def test_smoke_cell_learns_and_writes_a_complete_record(tmp_path):
-    start = time.time()
     record = train.run(config.load("smoke"), "erf", tmp_path, table="table1", progress=False)
-    seconds = time.time() - start
     path = results.record_path(tmp_path, "erf", config.load("smoke"))
     saved = json.loads(path.read_text())
     assert FIELDS <= set(saved) and record["path"] == str(path)
@@ -39,13 +37,24 @@ def test_smoke_cell_learns_and_writes_a_complete_record(tmp_path):
     assert len(alpha) == 2 * saved["config"]["model"]["depth"] + 1 and all(a != 0.5 for a in alpha)
     assert saved["loss_curve"][0][1] > saved["loss_curve"][-1][1]
     assert set(saved["versions"]) == {"python", "torch", "timm"} and saved["device"] == "cpu"
-    assert not list(tmp_path.glob("*.ckpt")) and seconds < 20
+    assert not list(tmp_path.glob("*.ckpt"))
     log = results.log_path(path).read_text().splitlines()   # one line per epoch and event, as they happen
     assert log[0].split("s  ", 1)[1].startswith("start erf · smoke-") and "finished: top-1" in log[-1]
     epochs = [line for line in log if " epoch " in line]
     assert len(epochs) == 8 and "epoch 8/8 · update" in epochs[-1] and "img/s · top-1" in epochs[-1]
     # a finished cell is not trained again
     assert train.run(config.load("smoke"), "erf", tmp_path, progress=False)["created"] == saved["created"]
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600)])
+def test_a_record_gets_the_umasks_mode_as_any_written_file_does(tmp_path, umask, mode):
+    """In a shared results folder, mkstemp's 0600 left records unreadable to the others while logs were 0644."""
+    old = os.umask(umask)
+    try:
+        results.write_text_atomic(tmp_path / "r.json", "{}")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "r.json").stat().st_mode & 0o777 == mode and [p.name for p in tmp_path.iterdir()] == ["r.json"]
 
 
 def test_divergence_is_a_failed_record_and_exit_code_0(tmp_path, capsys):
