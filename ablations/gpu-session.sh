@@ -27,7 +27,7 @@
 # leaves less of the session's 15 minutes) still brings back every cell finished 30 s before.
 # Unpack that in the repo root before the next call: the records travel back with the working tree, so the same stage
 # run again trains only what is missing.
-# The device has torch and timm but not this project installed: the checkout goes on PYTHONPATH (../shared/gpu).
+# The device has torch and timm but not this project installed: the checkout goes on PYTHONPATH (the device's own notes).
 set -uo pipefail
 stage=${1:-}
 case "$stage" in
