@@ -55,7 +55,11 @@ def write_text_atomic(path, text: str) -> Path:
 
 
 def read_record(path) -> dict:
-    record = json.loads(Path(path).read_text())
+    """The record at `path`; ValueError naming it if it is not JSON (written by hand, or cut off by a full disk)."""
+    try:
+        record = json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"record {path} is not readable JSON ({err}): delete it to train its cell again") from None
     return {**record, "path": str(path)} if isinstance(record, dict) else record
 
 

@@ -27,8 +27,14 @@ import random
 import sys
 import time
 import warnings
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from datetime import datetime, timezone
+from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:     # Windows
+    fcntl = None
 
 import numpy as np
 import timm
@@ -72,14 +78,34 @@ def run(cfg: dict, norm: str, out_dir, *, table: str | None = None, progress: bo
     path.parent.mkdir(parents=True, exist_ok=True)
     threads = torch.get_num_threads()
     try:
-        if cfg.get("threads"):
-            torch.set_num_threads(int(cfg["threads"]))
-        device = _device(cfg["device"])
-        return Trainer(cfg, spec, path, rank, world, device, pool).fit(progress and rank == 0, table)
+        with _sole_trainer(path, rank):
+            if world == 1 and path.exists() and read_record(path).get("status") in ("ok", "failed"):
+                return read_record(path)     # finished by another process while this one waited to start it
+            if cfg.get("threads"):
+                torch.set_num_threads(int(cfg["threads"]))
+            device = _device(cfg["device"])
+            return Trainer(cfg, spec, path, rank, world, device, pool).fit(progress and rank == 0, table)
     finally:
         torch.set_num_threads(threads)
         if owned:
             dist.destroy_process_group()
+
+
+@contextmanager
+def _sole_trainer(path: Path, rank: int):
+    """Hold a lock on the cell's log while rank 0 trains it: a second process asked for the same cell (two sweeps on
+    one results folder) is refused, instead of training it twice and racing for its checkpoint. The kernel drops the
+    lock when the process ends, however it ends."""
+    if rank or fcntl is None:       # (no fcntl: Windows, unlocked)
+        yield
+        return
+    with open(log_path(path), "a", encoding="utf-8") as log:
+        try:
+            fcntl.flock(log, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ValueError(f"{path.name}: another process is training this cell now (its log: "
+                             f"{log_path(path)}); run again once it has finished") from None
+        yield
 
 
 class Trainer:
@@ -295,9 +321,16 @@ class Trainer:
                     "model": self.model.state_dict(), "ema": self.ema.state_dict(),
                     "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                     "scaler": self.scaler.state_dict(), "rng": rngs, "state": self.state}
-            tmp = self.ckpt.with_name(f".{self.ckpt.name}.tmp")
-            torch.save(blob, tmp)
-            os.replace(tmp, self.ckpt)
+            tmp = self.ckpt.with_name(f".{self.ckpt.name}.{os.getpid()}.tmp")
+            try:
+                with open(tmp, "wb") as f:
+                    torch.save(blob, f)
+                    f.flush()
+                    os.fsync(f.fileno())     # a crash after the rename leaves a whole checkpoint, not an empty one
+                os.replace(tmp, self.ckpt)
+            except BaseException:
+                tmp.unlink(missing_ok=True)  # a stop during the write leaves no half file (gigabytes for ViT-B)
+                raise
             self._log(f"checkpoint at update {self.state['step']}")
         if self.world > 1:
             dist.barrier()
@@ -311,8 +344,13 @@ class Trainer:
                 raise RuntimeError(f"only some ranks see {self.ckpt}: the results folder must be shared by all nodes")
         if not found:
             return
-        blob = torch.load(self.ckpt, map_location=self.device, weights_only=False)
-        if (blob["config_hash"], blob["spec"], blob["seed"]) != (config_hash(self.cfg), self.spec, self.seed):
+        try:
+            blob = torch.load(self.ckpt, map_location=self.device, weights_only=False)
+            owner = (blob["config_hash"], blob["spec"], blob["seed"])
+        except Exception as err:    # cut off, empty, or not a checkpoint: the cell would fail on every rerun
+            raise ValueError(f"checkpoint {self.ckpt} cannot be read ({type(err).__name__}: {err}); delete it to "
+                             "start the cell over") from None
+        if owner != (config_hash(self.cfg), self.spec, self.seed):
             raise ValueError(f"checkpoint {self.ckpt} belongs to another run; delete it to start over")
         self.model.load_state_dict(blob["model"])
         self.ema.load_state_dict(blob["ema"])

@@ -171,6 +171,49 @@ def test_on_a_gpu_adamw_is_fused_and_a_cell_trains(tmp_path):
     assert train.run(cfg, "erf", tmp_path, progress=False)["status"] == "ok"
 
 
+def test_a_cell_another_process_is_training_is_refused_not_trained_twice(tmp_path):
+    """Two sweeps on one results folder: the second is told, instead of training the cell beside the first."""
+    import fcntl
+    cfg = config.load("smoke", ["epochs=1"])
+    path = results.record_path(tmp_path, "erf", cfg)
+    with open(results.log_path(path), "a") as held:       # the lock as the other process holds it
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(ValueError, match="another process is training this cell now"):
+            train.run(cfg, "erf", tmp_path, progress=False)
+    assert not path.exists()
+    assert train.run(cfg, "erf", tmp_path, progress=False)["status"] in ("ok", "failed")      # once it has let go
+
+
+@pytest.mark.parametrize("content", [b"", b"garbage\n", None])
+def test_an_unreadable_checkpoint_or_record_is_named_with_the_fix(tmp_path, content):
+    cfg = config.load("smoke", ["epochs=1"])
+    path = results.record_path(tmp_path, "erf", cfg)
+    if content is None:      # a record cut off mid-write by a full disk, say
+        path.write_text('{"spec": "erf", "status": "ok", "top')
+        culprit, fix = f"record {path}", "delete it to train its cell again"
+    else:
+        results.checkpoint_path(path).write_bytes(content)
+        culprit, fix = f"checkpoint {results.checkpoint_path(path)}", "delete it to start the cell over"
+    with pytest.raises(ValueError, match="cannot be read|is not readable JSON") as err:
+        train.run(cfg, "erf", tmp_path, progress=False)
+    assert str(err.value).startswith(culprit) and str(err.value).endswith(fix)
+
+
+def test_a_checkpoint_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    """A stop during torch.save leaves neither a half checkpoint nor its temporary file (gigabytes for ViT-B)."""
+    trainer = train.Trainer(config.load("smoke"), "erf", tmp_path / "r.json", 0, 1, torch.device("cpu"))
+    trainer._save()
+    saved = trainer.ckpt.read_bytes()
+
+    def stopped(blob, f):
+        f.write(b"half")
+        raise KeyboardInterrupt
+    monkeypatch.setattr(torch, "save", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        trainer._save()
+    assert trainer.ckpt.read_bytes() == saved and [p.name for p in tmp_path.iterdir() if ".tmp" in p.name] == []
+
+
 @pytest.mark.slow
 def test_sigkill_and_rerun_ends_with_exactly_the_uninterrupted_metrics(tmp_path):
     overrides = ["epochs=4", "checkpoint.every_steps=3"]
