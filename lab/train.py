@@ -93,19 +93,24 @@ def run(cfg: dict, norm: str, out_dir, *, table: str | None = None, progress: bo
 
 @contextmanager
 def _sole_trainer(path: Path, rank: int):
-    """Hold a lock on the cell's log while rank 0 trains it: a second process asked for the same cell (two sweeps on
-    one results folder) is refused, instead of training it twice and racing for its checkpoint. The kernel drops the
-    lock when the process ends, however it ends."""
+    """Hold a lock beside the record while rank 0 trains the cell: a second process asked for the same cell (two
+    sweeps on one results folder) is refused, instead of training it twice and racing for its checkpoint. The kernel
+    drops the lock when the process ends, however it ends; the file goes when the run does (a killed run's stays,
+    unlocked, for the next). One that opened the file just before it went gets the lock, then finds the record."""
     if rank or fcntl is None:       # (no fcntl: Windows, unlocked)
         yield
         return
-    with open(log_path(path), "a", encoding="utf-8") as log:
+    lock = path.with_name(f".{path.name}.lock")
+    with open(lock, "a") as held:
         try:
-            fcntl.flock(log, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise ValueError(f"{path.name}: another process is training this cell now (its log: "
                              f"{log_path(path)}); run again once it has finished") from None
-        yield
+        try:
+            yield
+        finally:
+            lock.unlink(missing_ok=True)
 
 
 class Trainer:

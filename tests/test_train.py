@@ -176,12 +176,13 @@ def test_a_cell_another_process_is_training_is_refused_not_trained_twice(tmp_pat
     import fcntl
     cfg = config.load("smoke", ["epochs=1"])
     path = results.record_path(tmp_path, "erf", cfg)
-    with open(results.log_path(path), "a") as held:       # the lock as the other process holds it
+    with open(path.with_name(f".{path.name}.lock"), "a") as held:       # the lock as the other process holds it
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         with pytest.raises(ValueError, match="another process is training this cell now"):
             train.run(cfg, "erf", tmp_path, progress=False)
-    assert not path.exists()
+    assert not path.exists() and not results.log_path(path).exists()
     assert train.run(cfg, "erf", tmp_path, progress=False)["status"] in ("ok", "failed")      # once it has let go
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([path.name, results.log_path(path).name])
 
 
 @pytest.mark.parametrize("content", [b"", b"garbage\n", None])
