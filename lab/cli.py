@@ -65,17 +65,26 @@ def _calibrate(args):
     return 0
 
 
-def _render(args):
-    from . import results, tables
+def _records(args) -> list[dict]:
+    """The records in --results; a --protocol none of them has is an error, not a table of "–" that exits 0."""
+    from . import results
     records = results.load_records(results.records_dir(args.results))
-    print(tables.render(args.table, records, args.format, protocol=args.protocol))
+    present = sorted({str(r.get("protocol")) for r in records})
+    if args.protocol is not None and records and args.protocol not in present:
+        raise ValueError(f"protocol {args.protocol!r}: no record in {args.results} has it (theirs: "
+                         f"{', '.join(present)})")
+    return records
+
+
+def _render(args):
+    from . import tables
+    print(tables.render(args.table, _records(args), args.format, protocol=args.protocol))
     return 0
 
 
 def _fidelity(args):
-    from . import fidelity, results
-    records = results.load_records(results.records_dir(args.results))
-    print(fidelity.render(fidelity.measure(records, args.protocol)), end="")
+    from . import fidelity
+    print(fidelity.render(fidelity.measure(_records(args), args.protocol)), end="")
     return 0
 
 
@@ -230,6 +239,9 @@ def main(argv=None) -> int:
     except BrokenPipeError:       # `lab render … | head`: the reader left; exit quietly as Unix tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as err:        # a folder that is a file, a read-only folder, a full disk: the path, no traceback
+        print(f"lab {args.command}: error: {err}", file=sys.stderr)
+        return 1
     finally:
         signal.signal(signal.SIGTERM, previous)
 

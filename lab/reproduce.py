@@ -117,7 +117,12 @@ def reproduce(protocol: str, out_dir="reproduction", *, jobs: int = 2, overrides
     unknown = [n for n in notebooks if n not in NOTEBOOKS]
     if unknown:
         raise ValueError(f"unknown notebook(s) {', '.join(unknown)}: choose from {', '.join(NOTEBOOKS)}")
+    if jobs < 1:
+        raise ValueError(f"jobs {jobs}: at least 1")
     out = Path(out_dir).resolve()
+    if out == NOTEBOOK_DIR.resolve():
+        raise ValueError(f"out {out_dir}: the notebooks' own folder, which the executed copies would overwrite; "
+                         "choose another")
     results = Path(results_dir).resolve() if results_dir else out / "results"
     if not train:       # rendering only: the records must be there
         _results.records_dir(results)

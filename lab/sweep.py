@@ -232,6 +232,10 @@ def run_cells(cells, *, jobs: int = 1, progress: bool = True, desc: str = "cells
     from .train import resolve_device
     for device in {c.cfg["device"] for c in cells}:
         resolve_device(device)          # one ValueError before any cell starts, not one traceback per cell
+    for folder in {c.path.parent for c in cells}:
+        folder.mkdir(parents=True, exist_ok=True)       # a file in the way: OSError naming it, before any cell
+        if not os.access(folder, os.W_OK):
+            raise ValueError(f"results {folder}: not writable")
     clock, left = Deadline(deadline), []
     records, errors = [], {}
     bar = tqdm(total=len(cells), desc=desc, unit="cell", disable=not progress or not cells, dynamic_ncols=True)

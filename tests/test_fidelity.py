@@ -121,3 +121,7 @@ def test_cli(tmp_path, capsys):
     assert out.startswith("**Fidelity to the paper — protocol proxy**") and "layernorm 1, erf 1" in out
     assert cli.main(["fidelity", "--results", str(tmp_path / "typo")]) == 2
     assert "--results" in capsys.readouterr().err
+    for command in (["fidelity"], ["render", "table1"]):      # a typo'd protocol is not an all-"–" report
+        assert cli.main([*command, "--results", str(tmp_path), "--protocol", "proxi"]) == 2
+        assert f"protocol 'proxi': no record in {tmp_path} has it (theirs: proxy)" in capsys.readouterr().err
+    assert cli.main(["render", "table1", "--results", str(tmp_path), "--protocol", "proxy"]) == 0

@@ -67,7 +67,13 @@ def test_a_bad_parameter_fails_the_notebook_with_labs_message(tmp_path):
         reproduce.reproduce("smoke", tmp_path / "never", notebooks=["08_nope"])
     with pytest.raises(ValueError, match="nope: no such directory"):      # nothing to render: not an empty report
         reproduce.reproduce("smoke", tmp_path / "never", results_dir=tmp_path / "nope", train=False)
+    with pytest.raises(ValueError, match="jobs 0: at least 1"):
+        reproduce.reproduce("smoke", tmp_path / "never", jobs=0)
     assert not (tmp_path / "never").exists()
+    before = {p: p.read_bytes() for p in reproduce.NOTEBOOK_DIR.iterdir()}
+    with pytest.raises(ValueError, match="the notebooks' own folder"):
+        reproduce.reproduce("smoke", reproduce.NOTEBOOK_DIR, train=False, results_dir=tmp_path)
+    assert {p: p.read_bytes() for p in reproduce.NOTEBOOK_DIR.iterdir()} == before
 
 
 def test_no_train_renders_the_records_present_and_trains_nothing(tmp_path):

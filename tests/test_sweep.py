@@ -356,6 +356,14 @@ def test_cli_errors_and_ctrl_c_are_one_line_not_a_traceback(tmp_path, capsys, mo
     assert main([*sweep_cells, "--set", "device=cuda"]) == 2        # checked once, before any cell starts
     err = capsys.readouterr().err
     assert err.count("no CUDA GPU is visible") == 1 and "Traceback" not in err and not any(tmp_path.iterdir())
+    (tmp_path / "file").write_text("")
+    assert main([*sweep_cells[:5], str(tmp_path / "file" / "r"), *sweep_cells[6:]]) == 1    # a file in the way
+    err = capsys.readouterr().err
+    assert "\nlab sweep: error: [Errno 20] Not a directory" in err and "Traceback" not in err
+    (tmp_path / "file").unlink()
+    with monkeypatch.context() as read_only:       # (root would write anyway)
+        read_only.setattr(sweep.os, "access", lambda path, mode: False)
+        assert main(sweep_cells) == 2 and f"results {tmp_path}: not writable" in capsys.readouterr().err
     monkeypatch.setattr(sweep.shutil, "which", lambda command: None)
     assert main(["sweep", "table4", "--protocol", "smoke", "--results", str(tmp_path), "--launcher", "slurm"]) == 2
     assert "no SLURM on this machine (sbatch and srun not found)" in capsys.readouterr().err
