@@ -19,6 +19,7 @@ import contextlib
 import datetime
 import functools
 import json
+import math
 import multiprocessing as mp
 import platform
 import re
@@ -470,7 +471,11 @@ def _plain_kernels(plain: bool):
 
 def main(args: argparse.Namespace) -> int:
     from .layers import canonical_norm
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    from .train import resolve_device
+    try:
+        device = resolve_device(args.device or "auto")
+    except ValueError as err:
+        raise ValueError(f"--device: {err}") from None
     names = args.norms.split(",") if args.norms else SECTION3_VARIANTS + (DERF,)
     norms = [n if n == DERF else canonical_norm(n) for n in names]
     shape = dict(PROXY_MODEL if args.proxy else GPU_MODEL if device.type == "cuda" else CPU_MODEL)
@@ -488,24 +493,54 @@ def main(args: argparse.Namespace) -> int:
                          f"not {'no --packing' if not args.packing else STREAMS + ' (one process)'}")
     if args.packing and args.packing_mode == STREAMS and device.type != "cuda":
         raise ValueError(f"--packing-mode {STREAMS}: CUDA graphs and streams need a CUDA device, not {device.type}")
-    if args.rounds < 1:
-        raise ValueError(f"--rounds: expected a positive number of rounds, got {args.rounds}")
     if args.traffic:
         from . import traffic
         print(traffic.format_table([traffic.traffic(norm, dtype) for dtype in dtypes
                                     for norm in ("layernorm", *[n for n in norms if n != "layernorm"])]))
         return 0
-    packing_ns = [int(n) for n in args.packing.split(",")] if args.packing else []
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"bench-{device.type}-{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
     save = functools.partial(write_json_atomic, path)     # after every cell: a killed bench keeps what it measured
-    rows = run(norms, modes, dtypes, device, args.steps, args.warmup, shape, packing_ns, args.packing_seconds,
+    rows = run(norms, modes, dtypes, device, args.steps, args.warmup, shape, args.packing, args.packing_seconds,
                args.peak_tflops, on_row=save, profile_dir=args.profile, packing_mode=args.packing_mode,
                rounds=args.rounds, mps=args.mps)
     print(format_table(rows))
     print(f"records: {path}")
     return 0
+
+
+def _integer(low: int):
+    """An argparse type: an integer >= low, checked before anything is measured, in an error naming the option
+    (--steps 0 divided by zero after the warm-up, --packing -1 hung)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}")
+        return value
+    return parse
+
+
+def _positive(text: str) -> float:
+    """An argparse type: a finite number > 0 (seconds, TFLOPS)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _run_counts(text: str) -> list[int]:
+    """An argparse type: --packing's comma-separated numbers of concurrent runs ("": none)."""
+    try:
+        return [_integer(1)(n) for n in text.split(",")] if text else []
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected numbers of runs >= 1 such as 1,2,4,8, got {text!r}") from None
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -514,15 +549,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help='eager,eager-plain,compiled,compiled-graphs,compiled-autotune '
                         '("" with --packing: packing only)')
     p.add_argument("--dtypes", default="bf16,fp32", help="bf16,fp32")
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--rounds", type=int, default=1, metavar="K",
+    p.add_argument("--steps", type=_integer(1), default=20)
+    p.add_argument("--warmup", type=_integer(0), default=5)
+    p.add_argument("--rounds", type=_integer(1), default=1, metavar="K",
                    help="build each (mode, dtype)'s norms once and time them in K interleaved rounds, one norm later "
                         "each round: records each round's images/s and ratio to LayerNorm, apart from the drift")
-    p.add_argument("--batch", type=int, default=None, help="default 256 on a GPU (ViT-B/16), 16 on a CPU")
-    p.add_argument("--device", default=None)
-    p.add_argument("--packing", default="", help="e.g. 1,2,4,8: concurrent small-model runs on one device")
-    p.add_argument("--packing-seconds", type=float, default=10.0)
+    p.add_argument("--batch", type=_integer(1), default=None, help="default 256 on a GPU (ViT-B/16), 16 on a CPU")
+    p.add_argument("--device", default=None, help="auto (default), cpu, cuda or cuda:N")
+    p.add_argument("--packing", type=_run_counts, default="",
+                   help="e.g. 1,2,4,8: concurrent small-model runs on one device")
+    p.add_argument("--packing-seconds", type=_positive, default=10.0)
     p.add_argument("--packing-mode", default="eager",
                    help="each packed run's step: eager, compiled, compiled-graphs (N processes), or graphed-streams "
                         "(N runs in one process, each step one CUDA graph, on N streams; CUDA only)")
@@ -531,7 +567,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "message and the processes time-slice): each packing row says which")
     p.add_argument("--proxy", action="store_true",
                    help="the proxy's model (depth 12, width 192, 32 px, batch 256), not ViT-B/16 or the CPU one")
-    p.add_argument("--peak-tflops", type=float, default=None, help="dense peak for MFU (default: by device name)")
+    p.add_argument("--peak-tflops", type=_positive, default=None, help="dense peak for MFU (default: by device name)")
     p.add_argument("--out", default=str(RESULTS_DIR))
     p.add_argument("--profile", default=None, metavar="DIR",
                    help="also write each cell's per-kernel times (torch.profiler, 3 steps) into DIR")

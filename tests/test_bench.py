@@ -181,11 +181,37 @@ def test_rounds_build_each_model_once_per_group(monkeypatch):
         ("eager", 3, True), ("eager", 3, True), ("eager-plain", 3, False)]
 
 
-def test_rounds_must_be_positive(tmp_path, capsys):
+@pytest.mark.parametrize("option, value, says", [
+    ("--steps", "0", "an integer >= 1"), ("--steps", "-1", "an integer >= 1"), ("--warmup", "-1", "an integer >= 0"),
+    ("--rounds", "0", "an integer >= 1"), ("--batch", "-4", "an integer >= 1"), ("--batch", "0", "an integer >= 1"),
+    *[("--packing", runs, "numbers of runs >= 1 such as 1,2,4,8") for runs in ("-1", "2,0", "a")],
+    ("--packing-seconds", "0", "a positive number"),
+    ("--peak-tflops", "-1", "a positive number"), ("--peak-tflops", "nan", "a positive number"),
+])
+def test_a_bad_number_is_one_error_naming_the_option_before_anything_is_measured(tmp_path, capsys, monkeypatch,
+                                                                                 option, value, says):
+    """--steps 0 divided by zero, --steps -1 recorded negative images/s, --batch 0 was the default, --packing -1 hung,
+    --packing a was an error naming no option, --peak-tflops -1 recorded a negative MFU."""
+    monkeypatch.setattr(bench, "run", lambda *args, **kwargs: pytest.fail("measured despite a bad argument"))
     out = tmp_path / "records"
-    assert main(["bench", "--norms", "erf", "--modes", "eager", "--dtypes", "fp32", "--rounds", "0",
-                 "--out", str(out)]) == 2
-    assert "--rounds" in capsys.readouterr().err and not out.exists()
+    with pytest.raises(SystemExit) as exited:
+        main(["bench", "--modes", "eager", option, value, "--out", str(out)])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and f"lab bench: error: argument {option}: expected {says}, got '{value}'" in err
+    assert "Traceback" not in err and not out.exists()
+
+
+@pytest.mark.parametrize("device, says", [("bogus", "device 'bogus': use auto, cpu, cuda or cuda:N"),
+                                          ("cuda", "no CUDA GPU is visible")])
+def test_a_device_this_machine_lacks_is_one_error(tmp_path, capsys, monkeypatch, device, says):
+    """torch's RuntimeError tracebacks before (an unknown name; 'Found no NVIDIA driver' at the first cell)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)      # a machine without a GPU
+    monkeypatch.setattr(bench, "run", lambda *args, **kwargs: pytest.fail("measured on a device it does not have"))
+    out = tmp_path / "records"
+    assert main(["bench", "--modes", "eager", "--device", device, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lab bench: error: --device: ") and says in err and err.count("\n") == 1
+    assert not out.exists()
 
 
 def test_table_shows_the_median_ratio_of_the_rounds_and_its_spread():

@@ -177,6 +177,35 @@ def test_bad_file_content_is_one_clear_error(tmp_path, changes, word):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_yaml_syntax_error_is_one_error_naming_the_file(tmp_path, capsys):
+    path = tmp_path / "round.yaml"
+    path.write_text("protocol: smoke\nsubset: [erf\nvariants: {A: []}\n")
+    assert main(["calibrate", str(path), "--dry-run"]) == 2
+    assert capsys.readouterr().err == (f"lab calibrate: error: {path}: not valid YAML (line 3, column 9): expected ',' "
+                                       "or ']', but got ':'\n")
+
+
+@pytest.mark.parametrize("old, new, says", [
+    (None, "seed: [0\n", "not valid YAML (line 2, column 1)"),
+    (None, "- seed: 0\n", "expected a mapping of settings like"),
+    ("  lr: 5.0e-3", "  lr: fast", "config key 'optim.lr': 'fast' is not a float like 0.005"),
+    ("\nmodel:", "\nmodle:", "unknown key 'modle.name' (did you mean 'model.name'?)"),
+    ("  epochs:", "  epocs:", "unknown key 'schedule.epocs' (did you mean 'schedule.epochs'?)"),
+    ("  depth: 3", "", "missing key(s) 'model.depth', which"),
+    ("  depth: 3", "  depth: -3", "config key 'model.depth': -3 is out of range"),
+])
+def test_a_base_is_checked_as_the_protocol_file_it_replaces(tmp_path, capsys, old, new, says):
+    """Same keys, same types and ranges as configs/protocols/PROTOCOL.yaml: a misspelt key passed --dry-run and every
+    cell raised KeyError; a syntax error, a list or a wrong type was a traceback."""
+    smoke = (config.PROTOCOL_DIR / "smoke.yaml").read_text()
+    (tmp_path / "old-smoke.yaml").write_text(new if old is None else smoke.replace(old, new, 1))
+    path = _file(tmp_path, base="old-smoke.yaml")
+    assert main(["calibrate", str(path), "--results", str(tmp_path / "out"), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"lab calibrate: error: {path}: base {tmp_path / 'old-smoke.yaml'}: ") and says in err
+    assert err.count("\n") == 1 and not (tmp_path / "out").exists()
+
+
 def test_input_scales_measure_what_alpha0_multiplies():
     """One std per point-wise layer (2 per block + the final one) of the input before α: the first layer's input, the
     patch embedding, does not depend on α0; the later ones do (through the blocks)."""

@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -26,7 +27,8 @@ exit "${FAKE_MPS_EXIT:-0}"
 def control(tmp_path, monkeypatch):
     """A GPU that torch says is there, a control program that logs each call ("-d PIPE", "get_server_list PIPE",
     "quit PIPE") and lists one server, and a check client that fails unless it was started under the daemon's pipe.
-    Returns a reader of the calls."""
+    The daemon's folder is made in tmp_path (here and in a child `lab`), not /tmp: a test's daemon that is not to stop
+    keeps it. Returns a reader of the calls."""
     bin_dir, log = tmp_path / "bin", tmp_path / "control.log"
     bin_dir.mkdir()
     (bin_dir / mps.CONTROL).write_text(FAKE_CONTROL)
@@ -34,6 +36,8 @@ def control(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("FAKE_MPS_LOG", str(log))
     monkeypatch.delenv(mps.PIPE, raising=False)
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(mps, "CLIENT", f"import os; assert os.environ[{mps.PIPE!r}]")
     return lambda: log.read_text().split("\n")[:-1] if log.exists() else []
@@ -76,13 +80,14 @@ def test_a_daemon_or_check_that_fails_means_time_slicing_and_nothing_left(contro
     assert len(said) == 1 and why in said[0] and "time-slice" in said[0]
 
 
-def test_a_daemon_that_will_not_stop_keeps_its_folder_and_says_how_to_stop_it(control, monkeypatch):
+def test_a_daemon_that_will_not_stop_keeps_its_folder_and_says_how_to_stop_it(control, monkeypatch, tmp_path):
     monkeypatch.setenv("FAKE_MPS_QUIT_S", "5")
     monkeypatch.setattr(mps, "QUIT_S", 1)
     said = []
     with mps.shared_gpu(True, said.append):
         pipe = os.environ[mps.PIPE]
     assert os.path.isdir(pipe) and f"echo quit | {mps.PIPE}={pipe} {mps.CONTROL}" in said[-1]
+    assert os.path.dirname(pipe) == str(tmp_path)       # kept where pytest cleans up, not in /tmp
 
 
 def test_without_a_gpu_or_the_control_program_it_says_why_and_starts_nothing(control, monkeypatch):
