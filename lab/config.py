@@ -41,6 +41,7 @@ _PROBABILITY = ("in [0, 1]", lambda v: 0 <= v <= 1)
 _BELOW_ONE = ("in [0, 1)", lambda v: 0 <= v < 1)
 _FRACTION = ("in (0, 1]", lambda v: 0 < v <= 1)
 RANGES = {
+    "threads": _POSITIVE,
     "schedule.epochs": _POSITIVE, "schedule.warmup_epochs": _NON_NEGATIVE, "schedule.min_lr": _NON_NEGATIVE,
     "schedule.warmup_lr": _NON_NEGATIVE,
     "optim.lr": _NON_NEGATIVE, "optim.batch_size": _POSITIVE, "optim.micro_batch": _POSITIVE, "optim.eps": _POSITIVE,
@@ -65,11 +66,13 @@ CHOICES = {
     "aug.interpolation": data.INTERPOLATIONS,
     "aug.remode": ("const", "rand", "pixel"),
     "aug.mixup_mode": ("batch", "pair", "elem"),
+    "model.global_pool": ("", "avg", "avgmax", "max", "token", "map", "prr"),
 }
 """The values a named setting may take, checked with RANGES: timm's optimizer registry; the embedded set's resampling
 modes (lab/data.py, where any other name was silently bilinear; one list for both data kinds, so a protocol means the
 same on either: lanczos or random, which timm's folder transforms also take, are refused); timm's
-RandomErasing modes (else a bare AssertionError) and Mixup modes (any other was silently "batch")."""
+RandomErasing modes (else a bare AssertionError) and Mixup modes (any other was silently "batch"); timm
+VisionTransformer's pooling modes (else a bare AssertionError)."""
 
 NULLABLE = {"threads": 1, "data.path": "/datasets/imagenet", "optim.micro_batch": 128, "optim.clip_grad": 1.0,
             "optim.layer_decay": 0.75, "aug.auto_augment": "rand-m9-mstd0.5-inc1"}
@@ -98,10 +101,10 @@ def load(protocol: str, overrides: list[str] | dict | None = None, *, source=Non
 
 
 def _check(cfg: dict):
-    """RANGES, aug.scale's order and CHOICES, on the config as it will run."""
+    """RANGES, aug.scale's order, whole heads and CHOICES, on the config as it will run."""
     def get(dotted):
         section, _, leaf = dotted.rpartition(".")
-        return cfg.get(section, {}).get(leaf)
+        return (cfg.get(section, {}) if section else cfg).get(leaf)
     for dotted, (allowed, ok) in RANGES.items():
         value = get(dotted)
         if value is not None and not all(ok(v) for v in (value if isinstance(value, list) else [value])):
@@ -109,6 +112,10 @@ def _check(cfg: dict):
     low, high = get("aug.scale")
     if low > high:
         raise ValueError(f"config key 'aug.scale': {[low, high]!r} is out of range (allowed: [min, max], min <= max)")
+    width, heads = get("model.embed_dim"), get("model.num_heads")
+    if width and heads and width % heads:
+        raise ValueError(f"config keys 'model.embed_dim' and 'model.num_heads': {width} is not a multiple of {heads} "
+                         "(each head takes embed_dim / num_heads channels)")
     for dotted, choices in CHOICES.items():
         value = get(dotted)
         name = value.lower().split("_")[-1] if dotted == "optim.opt" and isinstance(value, str) else value

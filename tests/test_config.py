@@ -63,6 +63,9 @@ def test_protocols_agree_on_every_field_type():
     ("smoke", ["ema.decay=1"], r"ema.decay.*\[0, 1\)"), ("smoke", ["optim.betas=[0.9]"], "not a list of 2"),
     ("smoke", ["optim.betas=[0.9, 1.5]"], "optim.betas"), ("smoke", ["aug.scale=[0, 1]"], "aug.scale"),
     ("smoke", ["optim.betas=[0.9, null]"], "not a list of 2"),
+    ("smoke", ["threads=-1"], r"'threads': -1 is out of range"), ("smoke", ["model.global_pool=maxx"], "avgmax"),
+    ("smoke", ["model.num_heads=5"], "'model.embed_dim' and 'model.num_heads': 48 is not a multiple of 5"),
+    ("proxy", ["model.embed_dim=50"], "50 is not a multiple of 3"),
 ])
 def test_bad_protocol_or_override_is_a_value_error_naming_it(protocol, overrides, word):
     with pytest.raises(ValueError, match=word):
@@ -75,7 +78,8 @@ def test_every_range_names_a_setting_of_every_protocol_that_has_its_section():
         section, _, leaf = dotted.rpartition(".")
         for protocol in config.PROTOCOLS:
             cfg = config.load(protocol)
-            assert leaf in cfg[section] or protocol == "paper" and section in ("model", "data"), (dotted, protocol)
+            assert leaf in (cfg[section] if section else cfg) or protocol == "paper" and section in ("model", "data"), \
+                (dotted, protocol)
 
 
 @pytest.mark.parametrize("key", ["lr", "epochs", "warmup_epochs", "batch_size", "alpha0", "ema.decay",
