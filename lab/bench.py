@@ -21,6 +21,7 @@ import functools
 import json
 import math
 import multiprocessing as mp
+import os
 import platform
 import re
 import statistics
@@ -500,6 +501,8 @@ def main(args: argparse.Namespace) -> int:
         return 0
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if not os.access(out, os.W_OK):         # before the first measurement, not after it (minutes on a GPU)
+        raise ValueError(f"--out {out}: not writable")
     path = out / f"bench-{device.type}-{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
     save = functools.partial(write_json_atomic, path)     # after every cell: a killed bench keeps what it measured
     rows = run(norms, modes, dtypes, device, args.steps, args.warmup, shape, args.packing, args.packing_seconds,

@@ -141,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--protocol", required=True, help="paper, proxy or smoke (configs/protocols/)")
     p.add_argument("--norm", required=True, help='layernorm, rmsnorm or a point-wise spec such as "erf|hshift=0.5"')
     p.add_argument("--out", default="results", help="results folder (default: results)")
-    p.add_argument("--table", default=None, help="table the cell belongs to (recorded only)")
+    p.add_argument("--table", default=None, choices=TABLE_CHOICES, help="table the cell belongs to (recorded only)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     overrides(p)
     p.set_defaults(handler=_train)

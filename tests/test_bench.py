@@ -214,6 +214,13 @@ def test_a_device_this_machine_lacks_is_one_error(tmp_path, capsys, monkeypatch,
     assert not out.exists()
 
 
+def test_an_out_folder_it_cannot_write_is_an_error_before_anything_is_measured(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(bench, "run", lambda *args, **kwargs: pytest.fail("measured, then could not save"))
+    monkeypatch.setattr(bench.os, "access", lambda path, mode: False)       # read-only (root would write anyway)
+    assert main(["bench", "--modes", "eager", "--out", str(tmp_path)]) == 2
+    assert f"--out {tmp_path}: not writable" in capsys.readouterr().err
+
+
 def test_table_shows_the_median_ratio_of_the_rounds_and_its_spread():
     rows = [{"norm": n, "mode": "eager", "dtype": "fp32", "img_per_s": v, "peak_mem_gib": None, "mfu": None,
              "rounds": [v] * 3, "ratio_rounds": ratios}
