@@ -20,6 +20,7 @@ the embedded data (augmented on the device from those RNG states). With an image
 images in the same order, but its augmentation draws differ: the DataLoader's workers and its iterator's seed start
 mid-epoch (same distribution, not the same numbers).
 """
+import errno
 import math
 import os
 import platform
@@ -78,7 +79,7 @@ def run(cfg: dict, norm: str, out_dir, *, table: str | None = None, progress: bo
     path.parent.mkdir(parents=True, exist_ok=True)
     threads = torch.get_num_threads()
     try:
-        with _sole_trainer(path, rank):
+        with _sole_trainer(path, world):
             if world == 1 and path.exists() and read_record(path).get("status") in ("ok", "failed"):
                 return read_record(path)     # finished by another process while this one waited to start it
             if cfg.get("threads"):
@@ -92,25 +93,31 @@ def run(cfg: dict, norm: str, out_dir, *, table: str | None = None, progress: bo
 
 
 @contextmanager
-def _sole_trainer(path: Path, rank: int):
-    """Hold a lock beside the record while rank 0 trains the cell: a second process asked for the same cell (two
-    sweeps on one results folder) is refused, instead of training it twice and racing for its checkpoint. The kernel
-    drops the lock when the process ends, however it ends; the file goes when the run does (a killed run's stays,
-    unlocked, for the next). One that opened the file just before it went gets the lock, then finds the record."""
-    if rank or fcntl is None:       # (no fcntl: Windows, unlocked)
-        yield
-        return
+def _sole_trainer(path: Path, world: int):
+    """Hold a lock beside the record while a one-process run trains the cell: a second process asked for the same cell
+    (two sweeps on one results folder) is refused, instead of training it twice and racing for its checkpoint. A
+    POSIX lock: the kernel drops it when the process ends, however it ends, and forked DataLoader workers do not
+    inherit it. The empty file stays (removing it would let a latecomer lock a file no longer there). A DDP run, or a
+    folder that cannot be locked (no fcntl, a filesystem without locks), is not locked."""
     lock = path.with_name(f".{path.name}.lock")
-    with open(lock, "a") as held:
-        try:
-            fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ValueError(f"{path.name}: another process is training this cell now (its log: "
-                             f"{log_path(path)}); run again once it has finished") from None
-        try:
-            yield
-        finally:
-            lock.unlink(missing_ok=True)
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666) if world == 1 and fcntl else None
+    except OSError:
+        fd = None
+    try:
+        if fd is not None:
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as err:
+                if err.errno not in (errno.EACCES, errno.EAGAIN):
+                    warnings.warn(f"{lock}: cannot lock ({err}); two processes could train this cell at once")
+                else:
+                    raise ValueError(f"{path.name}: another process is training this cell now (its log: "
+                                     f"{log_path(path)}); run again once it has finished") from None
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)
 
 
 class Trainer:
@@ -326,7 +333,7 @@ class Trainer:
                     "model": self.model.state_dict(), "ema": self.ema.state_dict(),
                     "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                     "scaler": self.scaler.state_dict(), "rng": rngs, "state": self.state}
-            tmp = self.ckpt.with_name(f".{self.ckpt.name}.{os.getpid()}.tmp")
+            tmp = self.ckpt.with_name(f".{self.ckpt.name}.tmp")
             try:
                 with open(tmp, "wb") as f:
                     torch.save(blob, f)
@@ -352,6 +359,8 @@ class Trainer:
         try:
             blob = torch.load(self.ckpt, map_location=self.device, weights_only=False)
             owner = (blob["config_hash"], blob["spec"], blob["seed"])
+        except (OSError, torch.OutOfMemoryError):
+            raise                   # the file may be whole (a full GPU, a network filesystem): no advice to delete it
         except Exception as err:    # cut off, empty, or not a checkpoint: the cell would fail on every rerun
             raise ValueError(f"checkpoint {self.ckpt} cannot be read ({type(err).__name__}: {err}); delete it to "
                              "start the cell over") from None

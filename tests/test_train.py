@@ -180,16 +180,22 @@ def test_on_a_gpu_adamw_is_fused_and_a_cell_trains(tmp_path):
 
 def test_a_cell_another_process_is_training_is_refused_not_trained_twice(tmp_path):
     """Two sweeps on one results folder: the second is told, instead of training the cell beside the first."""
-    import fcntl
     cfg = config.load("smoke", ["epochs=1"])
     path = results.record_path(tmp_path, "erf", cfg)
-    with open(path.with_name(f".{path.name}.lock"), "a") as held:       # the lock as the other process holds it
-        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    lock = path.with_name(f".{path.name}.lock")
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time; fd = os.open(sys.argv[1], "
+                               "os.O_RDWR | os.O_CREAT); fcntl.lockf(fd, fcntl.LOCK_EX); print(flush=True); "
+                               "time.sleep(60)", str(lock)], stdout=subprocess.PIPE)
+    try:
+        holder.stdout.readline()        # the other process holds the cell's lock
         with pytest.raises(ValueError, match="another process is training this cell now"):
             train.run(cfg, "erf", tmp_path, progress=False)
+    finally:
+        holder.kill()
+        holder.wait()
     assert not path.exists() and not results.log_path(path).exists()
     assert train.run(cfg, "erf", tmp_path, progress=False)["status"] in ("ok", "failed")      # once it has let go
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([path.name, results.log_path(path).name])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([lock.name, path.name, results.log_path(path).name])
 
 
 @pytest.mark.parametrize("content", [b"", b"garbage\n", None])
