@@ -49,7 +49,7 @@ def load(path) -> Calibration:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"calibration file {str(path)!r} not found (examples: configs/calibration/)")
-    raw = _yaml(path, str(path))
+    raw = config.read_yaml(path)
     ablations._check_keys(str(path), raw, KEYS, REQUIRED)
     base = raw.get("base")
     if base is not None:
@@ -58,9 +58,9 @@ def load(path) -> Calibration:
             raise ValueError(f"{path}: base {raw['base']!r}: no such file beside {path.name} (a protocol YAML such as "
                              f"{config.PROTOCOL_DIR / (str(raw['protocol']) + '.yaml')})")
         try:
-            _check_base(base, raw["protocol"])
+            config.load(raw["protocol"], source=base)       # checked as the protocol file it stands in for
         except ValueError as err:
-            raise ValueError(f"{path}: {err}") from None
+            raise ValueError(f"{path}: base: {err}") from None
     seeds = raw.get("seeds")
     if seeds is not None and (not isinstance(seeds, list) or not seeds
                               or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)):
@@ -92,50 +92,6 @@ def load(path) -> Calibration:
             raise ValueError(f"{where}: {err}") from None
     return Calibration(path.stem, path, raw["protocol"], base, seeds, list(dict.fromkeys(specs)),
                        {str(name): list(o) for name, o in variants.items()})
-
-
-def _yaml(path: Path, where: str):
-    """The file's YAML; a syntax error is one ValueError naming the file and the place, not the parser's traceback."""
-    try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        raise ValueError(f"{where}: not valid YAML{at}: {getattr(err, 'problem', None) or err}") from None
-
-
-def _check_base(base: Path, protocol: str):
-    """A base stands in for configs/protocols/PROTOCOL.yaml, so it is checked as that file: the same keys, each value
-    of its type and range (config._set and _check, as for an override). Else a misspelt key passed a dry run and every
-    cell raised KeyError."""
-    cfg = config.load(protocol)
-    del cfg["protocol"]
-    where, expected, file = f"base {base}", config.keys(cfg), config.PROTOCOL_DIR / f"{protocol}.yaml"
-    settings = _yaml(base, where)
-    if not isinstance(settings, dict):
-        raise ValueError(f"{where}: expected a mapping of settings like {file}'s, got {settings!r}")
-    given = dict(_leaves(settings))
-    unknown, missing = [k for k in given if k not in expected], [k for k in expected if k not in given]
-    if unknown:
-        raise ValueError(f"{where}: unknown key {unknown[0]!r}{config._hint(unknown[0], expected)}; {file} has no "
-                         f"such setting")
-    if missing:
-        raise ValueError(f"{where}: missing key(s) {', '.join(map(repr, missing))}, which {file} has")
-    try:
-        for key, value in given.items():
-            config._set(cfg, key, value)
-        config._check(cfg)
-    except ValueError as err:
-        raise ValueError(f"{where}: {err}") from None
-
-
-def _leaves(node: dict, prefix: str = ""):
-    """(dotted key, value) of every setting of a nested mapping, named as config.keys names them."""
-    for key, value in node.items():
-        if isinstance(value, dict) and value:
-            yield from _leaves(value, f"{prefix}{key}.")
-        else:
-            yield f"{prefix}{key}", value
 
 
 def calibrate(path, results_dir=RESULTS_DIR, *, jobs: int = 1, dry_run: bool = False, report: bool = False,

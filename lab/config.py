@@ -91,7 +91,9 @@ def load(protocol: str, overrides: list[str] | dict | None = None, *, source=Non
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}: choose one of {', '.join(PROTOCOLS)}"
                          f"{_hint(protocol, PROTOCOLS)}")
-    cfg = yaml.safe_load(Path(source or PROTOCOL_DIR / f"{protocol}.yaml").read_text())
+    cfg = read_yaml(PROTOCOL_DIR / f"{protocol}.yaml")
+    if source is not None:
+        cfg = _stand_in(cfg, Path(source))
     cfg["protocol"] = protocol
     items = overrides.items() if isinstance(overrides, dict) else [_split(o) for o in overrides or []]
     for key, value in items:
@@ -138,8 +140,44 @@ def config_hash(cfg: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
+def read_yaml(path: Path):
+    """The file's YAML; a syntax error is one ValueError naming the file and the place, not the parser's traceback."""
+    try:
+        return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise ValueError(f"{path}: not valid YAML{at}: {getattr(err, 'problem', None) or err}") from None
+
+
+def _stand_in(protocol_cfg: dict, source: Path) -> dict:
+    """`source`'s settings, checked as the protocol file they stand in for: the same keys, each value of that file's
+    type (as an override is checked). Else a misspelt key passed a calibration's dry run and every cell raised
+    KeyError. The values are returned as written, so that a pinned round keeps its records' config hashes."""
+    settings = read_yaml(source)
+    if not isinstance(settings, dict):
+        raise ValueError(f"{source}: expected the settings of a protocol file, got {settings!r}")
+    expected, given = keys(protocol_cfg), keys(settings)
+    unknown, missing = [k for k in given if k not in expected], [k for k in expected if k not in given]
+    if unknown:
+        raise ValueError(f"{source}: unknown key {unknown[0]!r}{_hint(unknown[0], expected)}")
+    if missing:
+        raise ValueError(f"{source}: missing key(s) {', '.join(map(repr, missing))}, which every protocol file has")
+    typed = copy.deepcopy(protocol_cfg)
+    for key in given:
+        value = settings
+        for part in key.split("."):
+            value = value[part]
+        try:
+            if value is not None:       # a pinned file may leave a setting unset; an override then sets it
+                _set(typed, key, value)
+        except ValueError as err:
+            raise ValueError(f"{source}: {err}") from None
+    return settings
+
+
 def keys(cfg: dict, prefix: str = "") -> list[str]:
-    """Every dotted leaf key of a config (what --set accepts), plus the shortcuts."""
+    """Every dotted leaf key of a config (what --set accepts)."""
     out = []
     for k, v in cfg.items():
         out += keys(v, f"{prefix}{k}.") if isinstance(v, dict) and v else [f"{prefix}{k}"]

@@ -187,7 +187,7 @@ def test_a_yaml_syntax_error_is_one_error_naming_the_file(tmp_path, capsys):
 
 @pytest.mark.parametrize("old, new, says", [
     (None, "seed: [0\n", "not valid YAML (line 2, column 1)"),
-    (None, "- seed: 0\n", "expected a mapping of settings like"),
+    (None, "- seed: 0\n", "expected the settings of a protocol file"),
     ("  lr: 5.0e-3", "  lr: fast", "config key 'optim.lr': 'fast' is not a float like 0.005"),
     ("\nmodel:", "\nmodle:", "unknown key 'modle.name' (did you mean 'model.name'?)"),
     ("  epochs:", "  epocs:", "unknown key 'schedule.epocs' (did you mean 'schedule.epochs'?)"),
@@ -202,7 +202,7 @@ def test_a_base_is_checked_as_the_protocol_file_it_replaces(tmp_path, capsys, ol
     path = _file(tmp_path, base="old-smoke.yaml")
     assert main(["calibrate", str(path), "--results", str(tmp_path / "out"), "--dry-run"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"lab calibrate: error: {path}: base {tmp_path / 'old-smoke.yaml'}: ") and says in err
+    assert err.startswith(f"lab calibrate: error: {path}: base: ") and says in err
     assert err.count("\n") == 1 and not (tmp_path / "out").exists()
 
 
