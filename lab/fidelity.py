@@ -65,9 +65,10 @@ class Fidelity:
         return None if None in means else means[0] - means[1]
 
     def met(self) -> dict:
-        """Goal -> True / False, or None where it cannot be judged yet. While cells have no record, a goal is judged
-        only where they cannot change the verdict: agreement already reached, or out of reach even if every missing
-        cell agreed; the grid's time already over its limit (the missing cells can only add to it)."""
+        """Goal -> True / False, or None where it cannot be judged yet. While table cells have no record, agreement
+        is judged only once reached, or out of reach even if every missing cell agreed; the mean ρ not at all; the
+        grid's time only once over its limit (the missing cells can only add to it). A further seed of a cell can
+        still change its verdict; the seeds goal counts the records there are."""
         g, complete, missing = GOALS, self.run == self.cells, self.cells - self.run
         target, wall_limit = g["agreement"] * self.cells, 60 * g["wall_min"]
         return {"agreement": True if self.agree >= target else False if self.agree + missing < target else None,

@@ -7,6 +7,7 @@ a `Report` that displays itself (markdown + figures).
 """
 import builtins
 import multiprocessing
+import shlex
 import sys
 import tempfile
 import time
@@ -156,9 +157,10 @@ def reproduce(protocol: str, out_dir="reproduction", *, jobs: int = 2, overrides
                  + ("" if error is None else f" — {error}"))
 
     report = out / "REPORT.md"
-    command = " ".join(["lab reproduce --protocol", protocol, f"--out {out_dir}", f"--jobs {jobs}",
-                        *([] if train else ["--no-train"]), *([f"--results {results_dir}"] if results_dir else []),
-                        *(f"--set {o}" for o in _sweep._overrides(_with_data_path(overrides, data_path), device))])
+    command = shlex.join(["lab", "reproduce", "--protocol", protocol, "--out", str(out_dir), "--jobs", str(jobs),
+                          *([] if train else ["--no-train"]), *(["--results", str(results_dir)] if results_dir else []),
+                          *(a for o in _sweep._overrides(_with_data_path(overrides, data_path), device)
+                            for a in ("--set", o))])
     python_only = {"seeds": seeds, "limit": limit, "notebooks": None if notebooks == NOTEBOOKS else list(notebooks)}
     extras = ", ".join(f"{k}={v!r}" for k, v in python_only.items() if v is not None)     # arguments with no flag
     command += f" (and, from Python, {extras})" if extras else ""

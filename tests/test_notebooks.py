@@ -46,7 +46,7 @@ def test_reproduce_runs_every_notebook_and_writes_the_report(tmp_path):
     text = report.read_text()
     assert "not comparable to the paper" in text and "**Fidelity to the paper — protocol smoke**" in text
     assert (f"command: `lab reproduce --protocol smoke --out {tmp_path} --jobs 2 "
-            f"{' '.join(f'--set {o}' for o in TINY)} (and, from Python, limit=2)`") in text
+            f"{' '.join(f'--set {o}' for o in TINY)} (and, from Python, limit=2)`") in text     # (no spaces to quote)
     for name in reproduce.NOTEBOOKS:
         assert f"[{name}]({name}.ipynb) | ok" in text
         nb = nbformat.read(tmp_path / f"{name}.ipynb", as_version=4)
@@ -81,12 +81,13 @@ def test_no_train_renders_the_records_present_and_trains_nothing(tmp_path):
     from lab import config, results, train
     res = tmp_path / "results"
     train.run(config.load("smoke", TINY), "erf", res, table="table1", progress=False)
-    report = reproduce.reproduce("smoke", tmp_path / "out", overrides=TINY, results_dir=res, train=False,
+    report = reproduce.reproduce("smoke", tmp_path / "the out", overrides=TINY, results_dir=res, train=False,
                                  notebooks=("00_four_principles", "01_table1"), progress=False)
     assert [p.name for p in res.glob("*.json")] == [results.record_path(res, "erf", config.load("smoke", TINY)).name]
     text = report.read_text()
-    assert "--no-train" in text and "| [01_table1](01_table1.ipynb) | ok" in text
-    table = (tmp_path / "out" / "tables" / "table1.md").read_text()
+    assert "| [01_table1](01_table1.ipynb) | ok" in text
+    assert f"--out '{tmp_path / 'the out'}' --jobs 2 --no-train --results {res} --set epochs=2" in text   # pasteable
+    table = (tmp_path / "the out" / "tables" / "table1.md").read_text()
     assert "2 of 54 cells run" in table and "| – (×) |" in table     # erf at λ = 0 (two rows); the rest not run
 
 

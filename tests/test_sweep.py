@@ -52,7 +52,7 @@ def test_a_stopped_sweep_counts_the_cells_a_rerun_will_train(tmp_path, monkeypat
                                           ({"launcher": "pbs"}, "pbs"), ({"overrides": ["epochz=1"]}, "epochz"),
                                           ({"launcher": "slurm", "deadline": 60}, "deadline"),
                                           ({"specs": []}, "specs: none given; its specs: layernorm, erf"),
-                                          ({"overrides": ["device=cuda:7"]}, "device 'cuda:7': "),
+                                          ({"overrides": ["device=cuda:99"]}, "device 'cuda:99': "),
                                           ({"overrides": ["device=gpu"]}, "use auto, cpu, cuda or cuda:N")])
 def test_bad_input_is_one_clear_error(tmp_path, kwargs, word):
     args = {"table": "table1", "protocol": "smoke", **kwargs}
