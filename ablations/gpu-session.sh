@@ -122,7 +122,7 @@ run_stage() {
 }
 
 snapshot() {   # $OUT/STAGE.tgz: what the stage has written so far (tar's exit 1: a log grew while read, still whole)
-  find ablations/results -type f -newer "$out/.start" ! -name '*.tmp' ! -name '*.ckpt' > "$out/new-files.txt"
+  find ablations/results -type f -newer "$out/.start" ! -name '*.tmp' ! -name '*.ckpt' ! -name .cells.lock > "$out/new-files.txt"
   tar czf "$out/$stage.tgz.part" --warning=no-file-changed -T "$out/new-files.txt"
   (( $? <= 1 )) && mv "$out/$stage.tgz.part" "$out/$stage.tgz"
 }

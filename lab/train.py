@@ -21,6 +21,7 @@ images in the same order, but its augmentation draws differ: the DataLoader's wo
 mid-epoch (same distribution, not the same numbers).
 """
 import errno
+import hashlib
 import math
 import os
 import platform
@@ -94,23 +95,24 @@ def run(cfg: dict, norm: str, out_dir, *, table: str | None = None, progress: bo
 
 @contextmanager
 def _sole_trainer(path: Path, world: int):
-    """Hold a lock beside the record while a one-process run trains the cell: a second process asked for the same cell
-    (two sweeps on one results folder) is refused, instead of training it twice and racing for its checkpoint. A
-    POSIX lock: the kernel drops it when the process ends, however it ends, and forked DataLoader workers do not
-    inherit it. The empty file stays (removing it would let a latecomer lock a file no longer there). A DDP run, or a
-    folder that cannot be locked (no fcntl, a filesystem without locks), is not locked."""
-    lock = path.with_name(f".{path.name}.lock")
+    """Hold a lock while a one-process run trains the cell: a second process asked for the same cell (two sweeps on one
+    results folder) is refused, instead of training it twice and racing for its checkpoint. A POSIX lock on one byte of
+    the folder's `.cells.lock`, at an offset drawn from the record's name (one file for all cells): the kernel drops it
+    when the process ends, however it ends, and forked DataLoader workers do not inherit it. A DDP run, or a folder
+    that cannot be locked (no fcntl, a filesystem without locks), is not locked."""
     try:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666) if world == 1 and fcntl else None
+        fd = os.open(path.parent / ".cells.lock", os.O_RDWR | os.O_CREAT, 0o666) if world == 1 and fcntl else None
     except OSError:
         fd = None
     try:
         if fd is not None:
+            offset = int.from_bytes(hashlib.sha256(path.name.encode()).digest()[:6], "big")
             try:
-                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, offset)
             except OSError as err:
                 if err.errno not in (errno.EACCES, errno.EAGAIN):
-                    warnings.warn(f"{lock}: cannot lock ({err}); two processes could train this cell at once")
+                    warnings.warn(f"{path.parent / '.cells.lock'}: cannot lock ({err}); two processes could train "
+                                  f"{path.name} at once")
                 else:
                     raise ValueError(f"{path.name}: another process is training this cell now (its log: "
                                      f"{log_path(path)}); run again once it has finished") from None

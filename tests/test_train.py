@@ -182,20 +182,21 @@ def test_a_cell_another_process_is_training_is_refused_not_trained_twice(tmp_pat
     """Two sweeps on one results folder: the second is told, instead of training the cell beside the first."""
     cfg = config.load("smoke", ["epochs=1"])
     path = results.record_path(tmp_path, "erf", cfg)
-    lock = path.with_name(f".{path.name}.lock")
-    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time; fd = os.open(sys.argv[1], "
-                               "os.O_RDWR | os.O_CREAT); fcntl.lockf(fd, fcntl.LOCK_EX); print(flush=True); "
-                               "time.sleep(60)", str(lock)], stdout=subprocess.PIPE)
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; from lab import train; "
+                               "lock = train._sole_trainer(Path(sys.argv[1]), 1); lock.__enter__(); print(flush=True); "
+                               "time.sleep(60)", str(path)], stdout=subprocess.PIPE, env=_env(), cwd=ROOT)
     try:
         holder.stdout.readline()        # the other process holds the cell's lock
         with pytest.raises(ValueError, match="another process is training this cell now"):
             train.run(cfg, "erf", tmp_path, progress=False)
+        with train._sole_trainer(results.record_path(tmp_path, "tanh", cfg), 1):
+            pass                        # one lock file, each cell its own byte of it: another cell is free
     finally:
         holder.kill()
         holder.wait()
     assert not path.exists() and not results.log_path(path).exists()
     assert train.run(cfg, "erf", tmp_path, progress=False)["status"] in ("ok", "failed")      # once it has let go
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([lock.name, path.name, results.log_path(path).name])
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".cells.lock", path.name, results.log_path(path).name]
 
 
 @pytest.mark.parametrize("content", [b"", b"garbage\n", None])
