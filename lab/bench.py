@@ -21,7 +21,6 @@ import functools
 import json
 import math
 import multiprocessing as mp
-import os
 import platform
 import re
 import statistics
@@ -34,7 +33,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .models import build_model
 from .mps import shared_gpu
-from .results import git_commit, write_json_atomic
+from .results import git_commit, writable_dir, write_json_atomic
 
 DERF = "derf"   # erf with the learnable shift s (Section 4); every other name is a norm spec without s
 SECTION3_VARIANTS = ("erf", "tanh", "arctan", "erf|hshift=0.5", "erf|vshift=0.5", "arcsinh|clip=1",
@@ -499,10 +498,7 @@ def main(args: argparse.Namespace) -> int:
         print(traffic.format_table([traffic.traffic(norm, dtype) for dtype in dtypes
                                     for norm in ("layernorm", *[n for n in norms if n != "layernorm"])]))
         return 0
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    if not os.access(out, os.W_OK):         # before the first measurement, not after it (minutes on a GPU)
-        raise ValueError(f"--out {out}: not writable")
+    out = writable_dir(args.out, "--out")       # before the first measurement, not after it (minutes on a GPU)
     path = out / f"bench-{device.type}-{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
     save = functools.partial(write_json_atomic, path)     # after every cell: a killed bench keeps what it measured
     rows = run(norms, modes, dtypes, device, args.steps, args.warmup, shape, args.packing, args.packing_seconds,

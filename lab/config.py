@@ -104,22 +104,19 @@ def load(protocol: str, overrides: list[str] | dict | None = None, *, source=Non
 
 def _check(cfg: dict):
     """RANGES, aug.scale's order, whole heads and CHOICES, on the config as it will run."""
-    def get(dotted):
-        section, _, leaf = dotted.rpartition(".")
-        return (cfg.get(section, {}) if section else cfg).get(leaf)
     for dotted, (allowed, ok) in RANGES.items():
-        value = get(dotted)
+        value = _get(cfg, dotted)
         if value is not None and not all(ok(v) for v in (value if isinstance(value, list) else [value])):
             raise ValueError(f"config key {dotted!r}: {value!r} is out of range (allowed: {allowed})")
-    low, high = get("aug.scale")
+    low, high = _get(cfg, "aug.scale")
     if low > high:
         raise ValueError(f"config key 'aug.scale': {[low, high]!r} is out of range (allowed: [min, max], min <= max)")
-    width, heads = get("model.embed_dim"), get("model.num_heads")
+    width, heads = _get(cfg, "model.embed_dim"), _get(cfg, "model.num_heads")
     if width and heads and width % heads:
         raise ValueError(f"config keys 'model.embed_dim' and 'model.num_heads': {width} is not a multiple of {heads} "
                          "(each head takes embed_dim / num_heads channels)")
     for dotted, choices in CHOICES.items():
-        value = get(dotted)
+        value = _get(cfg, dotted)
         name = value.lower().split("_")[-1] if dotted == "optim.opt" and isinstance(value, str) else value
         if name not in choices:     # timm reads "AdamW" and "lookahead_adamw" as adamw (its create_optimizer_v2)
             raise ValueError(f"config key {dotted!r}: {value!r} is not a valid choice{_hint(name, choices)}; "
@@ -138,6 +135,14 @@ def config_hash(cfg: dict) -> str:
             node.pop(leaf, None)
     text = json.dumps(kept, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _get(cfg: dict, dotted: str):
+    """The value at a dotted key ("optim.lr", "threads"), None where the config has none."""
+    node = cfg
+    for part in dotted.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
 
 
 def read_yaml(path: Path):
@@ -165,9 +170,7 @@ def _stand_in(protocol_cfg: dict, source: Path) -> dict:
         raise ValueError(f"{source}: missing key(s) {', '.join(map(repr, missing))}, which every protocol file has")
     typed = copy.deepcopy(protocol_cfg)
     for key in given:
-        value = settings
-        for part in key.split("."):
-            value = value[part]
+        value = _get(settings, key)
         try:
             if value is not None:       # a pinned file may leave a setting unset; an override then sets it
                 _set(typed, key, value)

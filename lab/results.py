@@ -63,6 +63,16 @@ def read_record(path) -> dict:
     return {**record, "path": str(path)} if isinstance(record, dict) else record
 
 
+def writable_dir(path, name: str) -> Path:
+    """`path` made if missing, checked writable before any work whose output would go there (ValueError naming it as
+    `name`); a file in the way is mkdir's OSError, which names it."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    if not os.access(path, os.W_OK):
+        raise ValueError(f"{name} {path}: not writable")
+    return path
+
+
 def records_dir(path) -> Path:
     """`path` if it is a folder, else ValueError: a mistyped folder of records would render an empty table or report
     that looks like a result."""

@@ -229,13 +229,12 @@ def run_cells(cells, *, jobs: int = 1, progress: bool = True, desc: str = "cells
     next run. mps: the pool's workers share the GPU through NVIDIA MPS (lab.mps.shared_gpu); each record's "pool"
     says how its cell ran ({"workers": N, "mps": bool}; null: alone in its process)."""
     cells = [c for c in dict.fromkeys(cells) if not c.path.exists()]
+    from . import results
     from .train import resolve_device
     for device in {c.cfg["device"] for c in cells}:
         resolve_device(device)          # one ValueError before any cell starts, not one traceback per cell
     for folder in {c.path.parent for c in cells}:
-        folder.mkdir(parents=True, exist_ok=True)       # a file in the way: OSError naming it, before any cell
-        if not os.access(folder, os.W_OK):
-            raise ValueError(f"results {folder}: not writable")
+        results.writable_dir(folder, "results")
     clock, left = Deadline(deadline), []
     records, errors = [], {}
     bar = tqdm(total=len(cells), desc=desc, unit="cell", disable=not progress or not cells, dynamic_ncols=True)

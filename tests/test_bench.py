@@ -1,6 +1,7 @@
 """`lab bench` on the CPU stand-in model, and the layer under torch.compile (what the GPU benchmark relies on)."""
 import contextlib
 import json
+import os
 import re
 import statistics
 from types import SimpleNamespace
@@ -216,7 +217,7 @@ def test_a_device_this_machine_lacks_is_one_error(tmp_path, capsys, monkeypatch,
 
 def test_an_out_folder_it_cannot_write_is_an_error_before_anything_is_measured(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(bench, "run", lambda *args, **kwargs: pytest.fail("measured, then could not save"))
-    monkeypatch.setattr(bench.os, "access", lambda path, mode: False)       # read-only (root would write anyway)
+    monkeypatch.setattr(os, "access", lambda path, mode: False)       # read-only (root would write anyway)
     assert main(["bench", "--modes", "eager", "--out", str(tmp_path)]) == 2
     assert f"--out {tmp_path}: not writable" in capsys.readouterr().err
 
