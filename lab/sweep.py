@@ -17,6 +17,7 @@ import tempfile
 import threading
 import time
 import traceback
+import typing
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -138,16 +139,24 @@ def sweep(table: str, protocol: str, results_dir="results", *, jobs: int = 1, la
                          "time limit)")
     if mps and launcher != "local":
         raise ValueError(f"mps applies to the local launcher only, not {launcher!r} (one GPU shared by a pool)")
+    if slurm and launcher != "slurm":
+        raise ValueError(f"slurm parameters apply to the slurm launcher only, not {launcher!r}")
+    if launcher == "slurm":
+        slurm = _slurm_params(slurm)      # checked before anything is written
+    if int(jobs) != 1 and launcher != "local":
+        raise ValueError(f"jobs applies to the local launcher only, not {launcher!r} (each cell is an array task; "
+                         "--slurm array_parallelism=N caps how many run at once)")
     if int(jobs) < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
     from . import results
     cells = table_cells(table, protocol, results_dir, seeds=seeds, overrides=overrides, device=device, limit=limit,
                         specs=specs)
-    missing = [c for c in cells if not c.path.exists()]
+    done = {c: results.read_record(c.path) for c in cells if c.path.exists()}    # an unreadable one: named now
+    missing = [c for c in cells if c not in done]
     reuse = [reuse] if isinstance(reuse, (str, Path)) else list(reuse)
     found = reusable(missing, reuse)
     missing = [c for c in missing if c not in found]
-    _say(f"{table} [{protocol}]: {len(cells)} cells, {len(cells) - len(missing) - len(found)} done, "
+    _say(f"{table} [{protocol}]: {len(cells)} cells, {len(done)} done, "
          + (f"{len(found)} to copy from {', '.join(map(str, reuse))}, " if found else "")
          + f"{len(missing)} to run" + (" (dry run)" if dry_run else ""), progress)
     for cell, source in found.items():
@@ -413,9 +422,11 @@ def _run_in_worker(cell: Cell, pool: dict, taken):
 def _run_cell(cell: Cell, pool: dict | None = None):
     """("ok", record), ("error", traceback), or ("fault", traceback) for a CUDA error that leaves this process's
     context unusable: never raises, so one cell cannot stop the others."""
+    from . import train
     try:
-        from . import train
         return "ok", train.run(cell.cfg, cell.spec, cell.path.parent, table=cell.table, progress=False, pool=pool)
+    except train.CellBusy as err:      # another process trains it: its message says all
+        return "error", str(err)
     except Exception as err:
         return "fault" if _device_fault(err) else "error", traceback.format_exc()
 
@@ -470,14 +481,24 @@ def _dry_run_sbatch():
 
 
 def _slurm_params(params) -> dict:
-    """A dict, or "key=value" strings (values parsed as YAML: "nodes=4" is an int) as given on the command line."""
+    """A dict, or "key=value" strings (values parsed as YAML: "nodes=4" is an int) as given on the command line.
+    A value submitit takes as a whole number (nodes, time in minutes, ...) given as text is named here, not a
+    TypeError deep inside map_array."""
     import yaml
+    from submitit.slurm.slurm import _make_sbatch_string     # whose annotations submitit's parameters follow
     if isinstance(params, dict) or not params:
-        return dict(params or {})
-    bad = [p for p in params if "=" not in p]
-    if bad:
-        raise ValueError(f"--slurm {bad[0]!r}: write key=value (e.g. partition=gpu, nodes=4, time=4320)")
-    return {k.strip(): yaml.safe_load(v) for k, v in (p.split("=", 1) for p in params)}
+        params = dict(params or {})
+    else:
+        bad = [p for p in params if "=" not in p]
+        if bad:
+            raise ValueError(f"--slurm {bad[0]!r}: write key=value (e.g. partition=gpu, nodes=4, time=4320)")
+        params = {k.strip(): yaml.safe_load(v) for k, v in (p.split("=", 1) for p in params)}
+    hints = typing.get_type_hints(_make_sbatch_string)
+    for key, value in params.items():
+        whole = int in (typing.get_args(hints.get(key)) or (hints.get(key),))
+        if whole and (not isinstance(value, int) or isinstance(value, bool)):
+            raise ValueError(f"--slurm {key}={value!r}: {key} is a whole number (e.g. {key}=4)")
+    return params
 
 
 def _overrides(overrides, device) -> list[str]:

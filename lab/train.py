@@ -93,6 +93,10 @@ def run(cfg: dict, norm: str, out_dir, *, table: str | None = None, progress: bo
             dist.destroy_process_group()
 
 
+class CellBusy(ValueError):
+    """Another process is training the cell (see _sole_trainer)."""
+
+
 @contextmanager
 def _sole_trainer(path: Path, world: int):
     """Hold a lock while a one-process run trains the cell: a second process asked for the same cell (two sweeps on one
@@ -114,7 +118,7 @@ def _sole_trainer(path: Path, world: int):
                     warnings.warn(f"{path.parent / '.cells.lock'}: cannot lock ({err}); two processes could train "
                                   f"{path.name} at once")
                 else:
-                    raise ValueError(f"{path.name}: another process is training this cell now (its log: "
+                    raise CellBusy(f"{path.name}: another process is training this cell now (its log: "
                                      f"{log_path(path)}); run again once it has finished") from None
         yield
     finally:

@@ -51,6 +51,10 @@ def test_a_stopped_sweep_counts_the_cells_a_rerun_will_train(tmp_path, monkeypat
 @pytest.mark.parametrize("kwargs, word", [({"table": "table9"}, "table9"), ({"protocol": "smok"}, "smok"),
                                           ({"launcher": "pbs"}, "pbs"), ({"overrides": ["epochz=1"]}, "epochz"),
                                           ({"launcher": "slurm", "deadline": 60}, "deadline"),
+                                          ({"launcher": "slurm", "jobs": 2}, "jobs applies to the local"),
+                                          ({"slurm": {"nodes": 2}}, "slurm parameters apply to the slurm"),
+                                          ({"launcher": "slurm", "slurm": ["nodes=two"]},
+                                           "--slurm nodes='two': nodes is a whole number"),
                                           ({"specs": []}, "specs: none given; its specs: layernorm, erf"),
                                           ({"overrides": ["device=cuda:99"]}, "device 'cuda:99': "),
                                           ({"overrides": ["device=gpu"]}, "use auto, cpu, cuda or cuda:N")])
@@ -317,6 +321,15 @@ def test_sigkill_mid_sweep_leaves_complete_files_and_a_rerun_finishes(tmp_path):
     assert len(records) == limit and _complete_records(tmp_path) == limit
     assert {r["spec"] for r in records} == {c.spec for c in sweep.table_cells("table5", "smoke", tmp_path,
                                                                                 limit=limit)}
+
+
+def test_an_unreadable_record_is_named_before_any_cell_trains(tmp_path, monkeypatch):
+    """A record cut off by a full disk is not a finished cell: the sweep names it before training the others."""
+    cells = sweep.table_cells("table6", "smoke", tmp_path, specs=["erf", "tanh"])
+    cells[1].path.write_text('{"spec": "erf", "sta')
+    monkeypatch.setattr(sweep, "_run_cell", lambda cell, pool=None: pytest.fail("a cell trained"))
+    with pytest.raises(ValueError, match=f"record {cells[1].path} is not readable JSON"):
+        sweep.sweep("table6", "smoke", tmp_path, specs=["erf", "tanh"], progress=False)
 
 
 def test_slurm_dry_run_writes_one_array_submission(tmp_path):

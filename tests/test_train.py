@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from lab import cli, config, results, train
+from lab import cli, config, results, sweep, train
 
 ROOT = Path(__file__).resolve().parent.parent
 FIELDS = {"spec", "table", "protocol", "status", "failure", "top1", "top1_ema", "num_classes", "chance_top1",
@@ -189,6 +189,9 @@ def test_a_cell_another_process_is_training_is_refused_not_trained_twice(tmp_pat
         holder.stdout.readline()        # the other process holds the cell's lock
         with pytest.raises(ValueError, match="another process is training this cell now"):
             train.run(cfg, "erf", tmp_path, progress=False)
+        [cell] = sweep.plan(["erf"], "smoke", tmp_path, overrides=["epochs=1"])
+        assert sweep._run_cell(cell) == ("error", f"{path.name}: another process is training this cell now (its log: "
+                                                  f"{results.log_path(path)}); run again once it has finished")
         with train._sole_trainer(results.record_path(tmp_path, "tanh", cfg), 1):
             pass                        # one lock file, each cell its own byte of it: another cell is free
     finally:
