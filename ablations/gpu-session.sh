@@ -20,6 +20,9 @@
 #   bash ablations/gpu-session.sh fp32     # #6: six Section-3 variants compiled in fp32 (Derf's is measured)
 # round4 and grid pack their runs under NVIDIA MPS (lab.mps: their kernels share the GPU at once instead of taking
 # turns; the records' "pool" says whether they did); MPS=0 packs them time-sliced, as rounds 1-3 ran.
+# One stage a device call, with STAGE_S at most the call's limit less a minute: the call's limit is the session's device
+# time left, less the machine's start (minutes), when that is below timeout_s; a stage the device cuts off loses its
+# last log lines and archive (the snapshots below keep what was written 30 s before).
 # A stage stops itself at STAGE_S seconds (default 540; its sweeps start no cell that would not finish by then),
 # writes $OUT/STAGE.log (ending with the last lines of each cell it left unfinished: lab.results.log_path), and
 # packs what it wrote under ablations/results/ (run checkpoints aside, logs included) into $OUT/STAGE.tgz, every
@@ -62,7 +65,7 @@ step() {   # one command within what remains of STAGE_S; the stage fails if any 
   left=$(remaining)
   echo "== $* (${left} s left)"
   (( left > 0 )) || { failed=124; echo "== skipped: out of time"; return 124; }
-  timeout "$left" "$@" || { rc=$?; failed=$rc; echo "== exit $rc: $*"; }
+  timeout -k 20 "$left" "$@" || { rc=$?; failed=$rc; echo "== exit $rc: $*"; }
   return "$rc"
 }
 
@@ -79,7 +82,10 @@ preflight() {
   rm -rf "${TMPDIR:-/tmp}/preflight"
   step timeout "${PREFLIGHT_S:-180}" python3 -m lab sweep table1 --protocol proxy --specs erf --seeds 0,1 --jobs 2 \
     "$@" --results "${TMPDIR:-/tmp}/preflight" --set epochs=1 --set data.train_size=10000 --set optim.batch_size=256 \
-    --set compile=true --set compile_mode=reduce-overhead
+    --set compile=true --set compile_mode=reduce-overhead > >(tee "$out/preflight.out") 2>&1
+  local rc=$?
+  wait $!     # tee has written every line
+  return "$rc"
 }
 
 run_stage() {
@@ -91,14 +97,16 @@ run_stage() {
     check)    # most wanted first: 14 graphed proxy runs time-sliced against the same under MPS
       step python3 -m lab bench --modes "" --packing 14 --packing-mode compiled-graphs
       step python3 -m lab bench --modes "" --packing 1,14 --packing-mode compiled-graphs --mps
-      step python3 -m pytest -q -p no:cacheprovider -k "generated or gpu" tests/test_layers.py tests/test_train.py \
-        tests/test_bench.py
+      step python3 -m pytest -q -p no:cacheprovider -k "(generated or gpu) and not readme" tests/test_layers.py \
+        tests/test_train.py tests/test_bench.py    # (the README lists the committed bench records, not today's)
       step python3 -m lab bench --proxy --norms erf --modes eager,compiled,compiled-graphs --dtypes bf16
       step python3 -m lab bench --modes "" --packing 1,14 --packing-mode graphed-streams ;;
     round4)   # a preflight that fails or hangs under MPS is tried once more time-sliced: the call is not lost to MPS
       { preflight "${mps[@]}" ||
         { (( ${#mps[@]} )) && echo "== the preflight failed under MPS: once more time-sliced, as MPS=0 would" &&
           mps=() && preflight && failed=0; }; } &&
+      { ! grep -q "^MPS: .*the runs time-slice the GPU" "$out/preflight.out" ||
+        { echo "== MPS did not start in the preflight: the round runs time-sliced, as MPS=0 would"; mps=(); }; } &&
       step python3 -m lab calibrate configs/calibration/round4.yaml --jobs 14 "${mps[@]}" --deadline "$(left)" ;;
     grid)
       step python3 -m lab sweep all --protocol proxy --jobs 14 "${mps[@]}" --results ablations/results/proxy \
