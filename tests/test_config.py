@@ -66,6 +66,9 @@ def test_protocols_agree_on_every_field_type():
     ("smoke", ["threads=-1"], r"'threads': -1 is out of range"), ("smoke", ["model.global_pool=maxx"], "avgmax"),
     ("smoke", ["model.num_heads=5"], "'model.embed_dim' and 'model.num_heads': 48 is not a multiple of 5"),
     ("proxy", ["model.embed_dim=50"], "50 is not a multiple of 3"),
+    ("smoke", ["lr=-1e-3"], r"'optim.lr': -0.001 is out of range \(allowed: >= 0\)"),
+    ("smoke", ["failure.max_grad_norm=0"], r"'failure.max_grad_norm': 0.0 is out of range \(allowed: > 0\)"),
+    ("smoke", ["aug.smoothing=1"], r"'aug.smoothing': 1.0 is out of range \(allowed: in \[0, 1\)\)"),
 ])
 def test_bad_protocol_or_override_is_a_value_error_naming_it(protocol, overrides, word):
     with pytest.raises(ValueError, match=word):
@@ -186,9 +189,11 @@ def test_crop_scale_with_min_above_max_is_a_value_error():
 def test_hash_covers_the_result_but_not_seed_device_or_checkpoints():
     h = config.config_hash(config.load("smoke"))
     assert len(h) == 12 and int(h, 16) >= 0
-    for same in (["seed=3"], ["device=cuda"], ["checkpoint.every_steps=1"], ["optim.micro_batch=16"]):
+    for same in (["seed=3"], ["device=cuda"], ["threads=2"], ["log_every=5"], ["checkpoint.every_steps=1"],
+                 ["compile=true"], ["compile_mode=reduce-overhead"], ["data.workers=0"], ["optim.micro_batch=16"]):
         assert config.config_hash(config.load("smoke", same)) == h, same
-    for other in (["lr=1e-3"], ["epochs=2"], ["aug.mixup=0.5"]):
+    for other in (["lr=1e-3"], ["epochs=2"], ["aug.mixup=0.5"], ["model.alpha0=1.0"], ["model.depth=2"],
+                  ["aug.smoothing=0.2"], ["failure.max_grad_norm=10"]):
         assert config.config_hash(config.load("smoke", other)) != h, other
     assert config.config_hash(config.load("proxy")) != h
 

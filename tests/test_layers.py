@@ -1,4 +1,6 @@
 """PointwiseNorm: initialisation, output, gradients against plain autograd, memory frugality, timm's norm_layer."""
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -144,6 +146,8 @@ def test_norm_layer_is_a_timm_constructor():
     assert isinstance(lab.norm_layer("layernorm")(16), nn.LayerNorm)
     assert type(lab.norm_layer("rmsnorm")(16)).__name__ == "RmsNorm"
     assert lab.norm_layer("layernorm")(16).eps == 1e-6 and lab.norm_layer("layernorm", eps=1e-5)(16).eps == 1e-5
+    assert lab.norm_layer("rmsnorm")(16).eps == 1e-6            # timm ViT's, as LayerNorm's
+    assert lab.norm_layer("erf")(16).alpha.item() == 0.5         # the paper's α0
     assert lab.norm_layer("erf", dtype=torch.float64)(16).weight.dtype == torch.float64
     with pytest.raises(ValueError, match="unknown base function"):
         lab.norm_layer("erff")
@@ -180,3 +184,12 @@ def test_a_half_precision_layer_computes_in_fp32_and_returns_its_dtype(spec):
     torch.testing.assert_close(y.float(), full(x), rtol=2e-3, atol=2e-3)
     torch.testing.assert_close(xh.grad.float(), xf.grad, rtol=2e-3, atol=2e-3)
     torch.testing.assert_close(half.alpha.grad.float(), full.alpha.grad, rtol=2e-3, atol=2e-2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_a_low_precision_layer_rounds_once_at_its_output(dtype):
+    """Computed in fp32 from its low-precision input and parameters: exactly the fp32 layer's output, rounded."""
+    low = PointwiseNorm(4, "erf|hshift=0.3", shift=0.1).to(dtype)
+    full = copy.deepcopy(low).float()
+    x = (10 * torch.randn(256, 4)).to(dtype)
+    assert torch.equal(low(x), full(x.float()).to(dtype))

@@ -27,6 +27,17 @@ def test_round_trip(spec):
     torch.testing.assert_close(lab.pointwise(once).value(x), lab.pointwise(spec).value(x), rtol=0, atol=0)
 
 
+def test_the_ends_of_a_domain_are_valid():
+    x = torch.linspace(-3, 3, 61, dtype=torch.float64)
+    torch.testing.assert_close(lab.pointwise("erf|blend=1").value(x), x, rtol=0, atol=0)     # Eq. 7 at λ = 1: x
+
+
+def test_a_pointwise_function_chains_the_incoming_gradient():
+    """lab.pointwise(spec)(x) inside a larger graph: backward multiplies the upstream gradient by f'."""
+    x = torch.randn(12, dtype=torch.float64, generator=torch.Generator().manual_seed(0)).requires_grad_()
+    assert torch.autograd.gradcheck(lab.pointwise("erf|hshift=0.3|clip=0.9|blend=0.2"), (x,))
+
+
 @pytest.mark.parametrize("spec,fragment", [
     ("erff", "unknown base function 'erff'"),
     ("", "empty point-wise spec"),
