@@ -125,3 +125,46 @@ def test_cli(tmp_path, capsys):
         assert cli.main([*command, "--results", str(tmp_path), "--protocol", "proxi"]) == 2
         assert f"protocol 'proxi': no record in {tmp_path} has it (theirs: proxy)" in capsys.readouterr().err
     assert cli.main(["render", "table1", "--results", str(tmp_path), "--protocol", "proxy"]) == 0
+
+
+def record(spec, top1, seed=0, end_s=30.0, wall_s=30.0, kind=None):
+    return {"spec": spec, "protocol": "proxy", "config_hash": "c0ffee", "seed": seed,
+            "status": "failed" if kind else "ok", "top1": top1, "failure": {"kind": kind, "step": 3} if kind else None,
+            "created": (START + timedelta(seconds=end_s)).isoformat(), "wall_s": wall_s, "device": "cpu"}
+
+
+def with_rhos(*rhos):
+    """A Fidelity of complete, agreeing tables with these ρ (None: undefined) and every other goal open or met."""
+    agreements = {f"t{i}": {"cells": 1, "run": 1, "agree": 1, "spearman_rho": rho, "spearman_n": 3}
+                  for i, rho in enumerate(rhos)}
+    return fidelity.Fidelity("proxy", {}, agreements, None, None, {"erf": 3}, None, None, 0.0, [], [])
+
+
+def test_mean_rho_is_the_mean_not_the_median():
+    assert with_rhos(0.0, None, 0.3, 0.9).mean_rho == pytest.approx(0.4)      # median would be 0.3
+
+
+@pytest.mark.parametrize("rho, met", [(0.59, False), (0.6, True), (0.61, True)])
+def test_spearman_goal_is_rho_at_least_0_6(rho, met):
+    assert with_rhos(rho).met()["spearman"] is met
+
+
+def test_wall_time_of_a_run_inside_a_longer_one_adds_nothing():
+    """Run A trains 0–100 s; run B 40–50 s, ending before A does: the grid is busy 100 s, not 50."""
+    f = fidelity.measure([record("erf", 80.0, end_s=100.0, wall_s=100.0),
+                          record("layernorm", 83.0, end_s=50.0, wall_s=10.0)])
+    assert (f.wall_s, f.span_s, f.run_s) == (100.0, 100.0, 110.0)
+
+
+def test_a_failed_seed_counts_towards_the_seeds_goal():
+    f = fidelity.measure([record("erf", 80.0, seed=0), record("erf", 81.0, seed=1),
+                          record("erf", None, seed=2, kind="diverged")])
+    assert f.seeds["erf"] == 3
+
+
+def test_a_table_whose_paper_accuracies_are_all_equal_is_unranked():
+    """Table 6 has erf|neg, tanh and tanh|neg all at 82.5: ρ is undefined however they are measured."""
+    f = fidelity.measure([record("tanh", 70.0), record("tanh|neg", 71.0), record("erf|neg", 72.0)])
+    assert f.agreements["table6"]["spearman_n"] == 3
+    assert f.unranked["table6"] == "one side's accuracies all equal"
+    assert f.mean_rho is None

@@ -1,4 +1,6 @@
 """The property audit agrees with the paper's classification of every Section-3 variant."""
+import math
+
 import pytest
 
 import lab
@@ -48,3 +50,25 @@ def test_audit_cli_prints_a_table(capsys):
     assert "zero-centered" in out and "✗ f(0)=+2" in out
     assert main(["audit", "erff"]) == 2
     assert "unknown base function 'erff'" in capsys.readouterr().err
+
+
+def test_slope_at_0_is_the_derivative_at_0():
+    assert lab.audit("tanh")["slope_at_0"] == pytest.approx(1.0, rel=1e-5)                 # tanh'(0) = 1
+    assert lab.audit("erf")["slope_at_0"] == pytest.approx(2 / math.sqrt(math.pi), rel=1e-5)   # erf'(0) = 2/√π
+
+
+def test_largest_reversal_step_is_the_step_against_the_main_direction():
+    """0.7·sin x + 0.3·x has slope 0.7·cos x + 0.3 in [−0.4, 1]: it mostly rises, and falls at most 0.4 per unit."""
+    a = lab.audit("sin|blend=0.3")
+    assert a["direction"] == "non-monotonic"
+    assert a["largest_reversal_step"] == pytest.approx(0.4 * 1e-3, rel=1e-3)    # grid step 1e-3
+
+
+def test_zero_crossing_is_the_root_nearest_0():
+    assert lab.audit("sin|hshift=0.5")["zero_crossing"] == pytest.approx(-0.5, abs=1e-6)   # roots kπ − 0.5
+
+
+def test_flat_zone_must_be_flat_on_both_sides_of_0():
+    """flat(x − 0.5) is 0 on [−0.5, 1.5]: flat on [−δ, δ] only up to δ = 0.5."""
+    a = lab.audit("erf|flat=1|hshift=-0.5")
+    assert a["flat_halfwidth"] == pytest.approx(0.5) and not a["center_sensitive"]

@@ -135,3 +135,59 @@ def test_frame():
     assert len(df) == 16
     row = df[(df["row"] == "0.01") & (df["col"] == "arctan")].iloc[0]
     assert (row["spec"], row["n_ok"], row["n_failed"], row["trained"]) == ("arctan|blend=0.01", 1, 1, False)
+
+
+def dated(record, created):
+    return {**record, "created": created}
+
+
+def test_cell_mean_keeps_one_decimal():
+    t = texts([rec("erf", 61.44), rec("tanh", 58.96)])
+    assert t[("none", "erf")] == "61.4" and t[("none", "tanh")] == "59.0"
+    assert "| none | 61.4 (82.6) |" in tables.render("table3", [rec("erf", 61.44)], "md", "smoke")
+
+
+def test_latest_record_of_a_seed_wins():
+    """A seed re-run replaces its older record; list order must not matter."""
+    records = [dated(rec("erf", 60.0), "2026-01-02T00:00:00"), dated(rec("erf", 50.0), "2026-01-01T00:00:00")]
+    assert texts(records)[("none", "erf")] == "60.0"
+    assert texts(records[::-1])[("none", "erf")] == "60.0"
+
+
+def test_config_hash_tie_goes_to_the_most_recent_config():
+    """Equal record counts: the config with the latest record is used, not the first listed nor the smallest name."""
+    records = [dated(rec("erf", 50.0, config_hash="aaaa"), "2026-01-01T00:00:00"),
+               dated(rec("tanh", 60.0, config_hash="bbbb"), "2026-01-02T00:00:00")]
+    table = tables.collect("table3", records, "smoke")
+    assert table.config_hash == "bbbb"
+    t = texts(records)
+    assert t[("none", "tanh")] == "60.0" and t[("none", "erf")] == tables.MISSING
+
+
+def test_records_neither_ok_nor_failed_are_ignored():
+    running = {**rec("erf"), "status": "running", "top1": None, "top1_ema": None}
+    records = [dated(rec("erf", 60.0), "2026-01-01T00:00:00"), dated(running, "2026-01-02T00:00:00")]
+    assert texts(records)[("none", "erf")] == "60.0"
+    other_protocol = {**running, "spec": "tanh", "protocol": "proxy"}
+    assert texts([rec("erf", 60.0), other_protocol])[("none", "erf")] == "60.0"     # not "several protocols"
+
+
+def test_measured_failed_counts_only_cells_that_failed():
+    a = tables.collect("table3", [rec("tanh", kind="nan")], "smoke").agreement()    # the first cell (erf) not run
+    assert (a["run"], a["measured_failed"]) == (1, 1)
+
+
+def test_spearman_is_undefined_when_the_papers_accuracies_are_all_equal():
+    assert tables.spearman([60.0, 55.0, 50.0], [82.3, 82.3, 82.3]) == (None, None)
+    records = [rec("arctan", 60.0), rec("erf|blend=0.1", 55.0), rec("tanh|blend=0.1", 50.0)]   # paper: 82.3 each
+    a = tables.collect("table3", records, "smoke").agreement()
+    assert a["spearman_n"] == 3 and a["spearman_rho"] is None and a["spearman_p"] is None
+    assert "Spearman ρ: n/a (3 cells trained in both" in tables.render("table3", records, "md", "smoke")
+
+
+def test_noise_note_says_three_standard_errors():
+    from lab import config
+    records = [{**r, "config": config.load("smoke")} for r in FAKE]
+    text = tables.render("table3", records, "md", protocol="smoke")
+    # 500 validation images: se = 100·sqrt(0.25/500) = 2.236; 3·se = 6.7 -> "7"
+    assert "a difference under ~7 points between two cells is within noise" in text
