@@ -1,5 +1,6 @@
 """One training cell: it learns, failures are records, a SIGKILLed run resumes exactly, and DDP runs on gloo."""
 import json
+import math
 import os
 import signal
 import subprocess
@@ -289,3 +290,165 @@ def test_the_commit_is_dirty_for_changed_content_not_for_a_lost_file_mode(tmp_pa
     assert results.git_commit(tmp_path) == head
     script.write_text("echo changed\n")
     assert results.git_commit(tmp_path) == f"{head}+dirty"
+
+
+# --- the recipe reaches the optimizer, the failure limits are the config's, and the record/resume keep what they owe --
+def _trainer(tmp_path, overrides=(), spec="erf", name="r.json"):
+    return train.Trainer(config.load("smoke", list(overrides)), spec, tmp_path / name, 0, 1, torch.device("cpu"))
+
+
+def _grads_at_step(trainer):
+    """Record the gradients the optimizer steps with (after accumulation, unscaling and clipping)."""
+    seen, step = [], trainer.optimizer.step
+
+    def spy(*args, **kwargs):
+        seen.append([p.grad.clone() for p in trainer.model.parameters()])
+        return step(*args, **kwargs)
+    trainer.optimizer.step = spy
+    return seen
+
+
+def test_micro_batches_make_the_same_update_as_the_whole_batch(tmp_path):
+    """optim.micro_batch is not hashed because accumulating K micro-batches is one whole-batch update: the same loss,
+    gradient norm and gradients reach the optimizer (each micro-batch's loss divided by K), and the parameters after
+    the step agree. (AdamW's first step is about lr x sign(gradient): float noise flips the step of entries whose
+    gradient is ~eps, and a gradient K times too large would move the parameters the same; the gradients tell.)"""
+    overrides = ["epochs=1", "warmup_epochs=0", "checkpoint.every_minutes=0"]     # lr > 0 at update 0
+    whole = _trainer(tmp_path, overrides, name="whole.json")
+    split = _trainer(tmp_path, [*overrides, "optim.micro_batch=16"], name="split.json")
+    _, [(x, y)] = next(whole.data.train_batches(0))
+    _, own = next(split.data.train_batches(0))
+    assert len(own) == 4 and all(len(xs) == 16 for xs, _ in own)        # the config reaches the data plan
+    for a, b in zip(whole.model.parameters(), split.model.parameters()):
+        assert torch.equal(a, b)                                       # same seed, same start
+    with torch.no_grad():
+        whole.model.train()
+        expected_loss = whole.criterion(whole.model(x), y).item()      # the whole batch's mean loss
+    got_whole, got_split = _grads_at_step(whole), _grads_at_step(split)
+    done_whole = whole._update(0, [(x, y)]).tolist()
+    done_split = split._update(0, [(x[i:i + 16], y[i:i + 16]) for i in range(0, 64, 16)]).tolist()
+    assert done_whole[0] == pytest.approx(expected_loss, rel=1e-5)
+    assert done_split[0] == pytest.approx(expected_loss, rel=1e-5)             # reported loss: the batch mean
+    assert done_split[1] == pytest.approx(done_whole[1], rel=1e-4)             # gradient norm of the batch mean
+    [g_whole], [g_split] = got_whole, got_split
+    for (name, _), a, b in zip(whole.model.named_parameters(), g_whole, g_split):
+        assert torch.allclose(b, a, rtol=1e-3, atol=1e-4 * a.abs().max().item() + 1e-12), name
+    for (name, a), b, g in zip(whole.model.named_parameters(), split.model.parameters(), g_whole):
+        sure = g.abs() > 100 * whole.cfg["optim"]["eps"]        # the same step wherever the gradient is not ~0
+        assert torch.allclose(a[sure], b[sure], rtol=0, atol=1e-6), name
+
+
+@pytest.mark.parametrize("factor, kind", [(1.01, "diverged"), (0.99, None)])
+def test_the_grad_norm_limit_is_failure_max_grad_norm_itself(factor, kind):
+    cfg = config.load("smoke")
+    limit = cfg["failure"]["max_grad_norm"]
+    trainer = SimpleNamespace(cfg=cfg, state={"initial_loss": 2.3})
+    verdict = train.Trainer._check(trainer, 5, 2.3, factor * limit)
+    assert (verdict and verdict["kind"]) == kind
+
+
+def test_weight_decay_reaches_the_optimizer_for_matrices_only(tmp_path):
+    trainer = _trainer(tmp_path)
+    decay = trainer.cfg["optim"]["weight_decay"]
+    assert decay > 0
+    group_of = {id(p): g for g in trainer.optimizer.param_groups for p in g["params"]}
+    skip = trainer.model.no_weight_decay()
+    for name, p in trainer.model.named_parameters():
+        expected = 0.0 if p.ndim <= 1 or name in skip else decay     # norms, biases, α, tokens: none
+        assert group_of[id(p)]["weight_decay"] == expected, name
+    assert any(g["weight_decay"] == decay for g in trainer.optimizer.param_groups)
+
+
+def test_lr_warms_up_linearly_then_follows_a_cosine_over_the_remaining_updates(tmp_path):
+    trainer = _trainer(tmp_path)
+    o, s = trainer.cfg["optim"], trainer.cfg["schedule"]
+    spe = 1024 // 64                             # smoke: 1024 train images, batches of 64
+    total, warmup = s["epochs"] * spe, round(s["warmup_epochs"] * spe)
+    assert (trainer.spe, trainer.total, warmup) == (16, 128, 16)
+    lr, lo, w0 = o["lr"], s["min_lr"], s["warmup_lr"]
+
+    def by_hand(k):
+        if k < warmup:
+            return w0 + k * (lr - w0) / warmup
+        return lo + 0.5 * (lr - lo) * (1 + math.cos(math.pi * (k - warmup) / (total - warmup)))
+
+    for k in (0, 1, 8, 15, 16, 40, 72, 100, 127):
+        trainer.scheduler.step_update(k)
+        for g in trainer.optimizer.param_groups:
+            assert g["lr"] == pytest.approx(by_hand(k), rel=1e-9, abs=1e-12), k
+    assert by_hand(0) == w0 and by_hand(16) == lr and by_hand(127) < 2 * lo     # the shape checked above
+
+
+def test_clip_grad_clips_the_gradient_the_optimizer_steps_with(tmp_path):
+    clip = 0.05
+    trainer = _trainer(tmp_path, [f"optim.clip_grad={clip}", "checkpoint.every_minutes=0"])
+    seen = _grads_at_step(trainer)
+    _, micro = next(trainer.data.train_batches(0))
+    raw = trainer._update(0, micro)[1].item()             # the norm before clipping (the failure verdict reads it)
+    [grads] = seen
+    stepped = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])).item()
+    assert raw > 2 * clip and stepped == pytest.approx(clip, rel=1e-3)
+
+
+def test_the_record_reports_the_last_evaluations_raw_and_ema_top1_apart(tmp_path):
+    trainer = _trainer(tmp_path)
+    trainer.state["step"] = trainer.total
+    trainer.state["history"] = [{"epoch": 1, "step": 16, "val_top1": 31.0, "val_top1_ema": 12.5},
+                                {"epoch": 2, "step": 32, "train_loss": 1.0},
+                                {"epoch": 3, "step": 48, "val_top1": 61.0, "val_top1_ema": 47.5},
+                                {"epoch": 4, "step": 64, "train_loss": 0.9}]
+    record = trainer._finish("table1")
+    assert record["status"] == "ok" and (record["top1"], record["top1_ema"]) == (61.0, 47.5)
+    saved = json.loads(Path(record["path"]).read_text())
+    assert (saved["top1"], saved["top1_ema"]) == (61.0, 47.5)
+
+
+def test_a_resume_after_a_finished_epoch_keeps_its_history(tmp_path, monkeypatch):
+    cfg = config.load("smoke", ["epochs=2", "checkpoint.every_steps=16"])     # a checkpoint at each epoch's end
+    first = tmp_path / "epoch1.ckpt"
+    save = train.Trainer._save
+
+    def keep_first(self):
+        save(self)
+        if not first.exists():
+            first.write_bytes(self.ckpt.read_bytes())
+    monkeypatch.setattr(train.Trainer, "_save", keep_first)
+    clean = train.run(cfg, "erf", tmp_path, progress=False)
+    monkeypatch.setattr(train.Trainer, "_save", save)
+    path = Path(clean["path"])
+    assert torch.load(first, weights_only=False)["state"]["step"] == 16
+    path.unlink()
+    results.checkpoint_path(path).write_bytes(first.read_bytes())        # as if stopped after epoch 1
+    resumed = train.run(cfg, "erf", tmp_path, progress=False)
+    assert [h["epoch"] for h in resumed["history"]] == [1, 2] and resumed["steps"] == 32
+    assert resumed["history"][0] == clean["history"][0]
+    for key in ("top1", "top1_ema", "loss_curve"):
+        assert resumed[key] == clean[key], key
+
+
+@pytest.mark.parametrize("other", [{"seed": 1}, {"spec": "tanh"}, {"overrides": ["lr=1e-3"]}])
+def test_a_checkpoint_of_another_run_is_refused_not_resumed(tmp_path, other):
+    _trainer(tmp_path)._save()
+    cfg = config.load("smoke", [*other.get("overrides", []), f"seed={other.get('seed', 0)}"])
+    trainer = train.Trainer(cfg, other.get("spec", "erf"), tmp_path / "r.json", 0, 1, torch.device("cpu"))
+    with pytest.raises(ValueError, match="belongs to another run"):
+        trainer._resume()
+    assert trainer.state["step"] == 0
+
+
+@pytest.mark.parametrize("world", [1, 2])
+def test_a_finished_failed_record_is_returned_not_trained_again(tmp_path, monkeypatch, world):
+    """A failure is a result: rerunning the cell (alone or as one rank of a DDP run) returns the failed record."""
+    cfg = config.load("smoke")
+    path = results.record_path(tmp_path, "erf", cfg)
+    failed = {"spec": "erf", "status": "failed", "failure": {"step": 3, "kind": "diverged", "reason": "r"},
+              "top1": None, "created": "earlier"}
+    path.write_text(json.dumps(failed))
+    monkeypatch.setattr(train, "_init_distributed", lambda: (0, world, False))
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained a finished cell again")
+    monkeypatch.setattr(train, "Trainer", no_training)
+    record = train.run(cfg, "erf", tmp_path, progress=False)
+    assert record["status"] == "failed" and record["created"] == "earlier"
+    assert json.loads(path.read_text()) == failed
