@@ -224,6 +224,7 @@ def test_the_gpu_session_script_calls_lab_as_its_cli_parses():
     script = script.replace('"${sets[@]}"', "--set epochs=1")    # the grid's overrides, given
     script = script.replace('"${mps[@]}"', "--mps").replace('"$@"', "--mps")    # MPS on, as by default
     script = script.replace('"${TMPDIR:-/tmp}/preflight"', "/tmp/preflight")
+    script = script.replace(' > >(tee "$out/preflight.out") 2>&1', "")      # the preflight's output kept
     calls = [shlex.split(line.split("-m lab", 1)[1].split(";;")[0].split("&&")[0]) for line in script.splitlines()
              if "python3 -m lab " in line and not line.lstrip().startswith("#")]
     assert {c[0] for c in calls} == {"bench", "calibrate", "sweep", "fidelity"}
@@ -266,6 +267,21 @@ exit 0""", PREFLIGHT_S="1")
         assert calls == ["sweep --mps", "sweep", "calibrate"] and done.returncode == 0, done.stdout
     else:
         assert calls == ["sweep --mps", "sweep"] and done.returncode == 1, done.stdout
+
+
+@pytest.mark.parametrize("mps_says, calibrate", [
+    ("MPS: daemon started (CUDA_MPS_PIPE_DIRECTORY=/tmp/x); the runs share the GPU's SMs", "calibrate --mps"),
+    ("MPS: no answer within 120 s; the runs time-slice the GPU", "calibrate")])
+def test_the_round4_stage_drops_mps_where_the_preflight_fell_back_to_time_slicing(tmp_path, mps_says, calibrate):
+    """A preflight that passed because lab.mps gave up on the daemon: the round would wait for it again."""
+    import subprocess
+    argv, env = _stage(tmp_path, "round4", f"""echo "$*" >> {tmp_path}/calls
+[[ $3 == sweep ]] && echo "{mps_says}"
+exit 0""")
+    done = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=20)
+    calls = [line.split()[2] + (" --mps" if "--mps" in line else "")
+             for line in (tmp_path / "calls").read_text().splitlines()]
+    assert calls == ["sweep --mps", calibrate] and done.returncode == 0, done.stdout
 
 
 def test_a_stage_cut_off_by_the_device_still_brings_back_its_finished_cells(tmp_path):
