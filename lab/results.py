@@ -63,6 +63,15 @@ def read_record(path) -> dict:
     return {**record, "path": str(path)} if isinstance(record, dict) else record
 
 
+def finished(path) -> bool:
+    """Whether a cell's record is there. An unreadable one is its ValueError now, before anything trains: a record
+    cut off by a full disk is not a finished cell."""
+    if not Path(path).exists():
+        return False
+    read_record(path)
+    return True
+
+
 def writable_dir(path, name: str) -> Path:
     """`path` made if missing, checked writable before any work whose output would go there (ValueError naming it as
     `name`); a file in the way is mkdir's OSError, which names it."""

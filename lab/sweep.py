@@ -151,12 +151,11 @@ def sweep(table: str, protocol: str, results_dir="results", *, jobs: int = 1, la
     from . import results
     cells = table_cells(table, protocol, results_dir, seeds=seeds, overrides=overrides, device=device, limit=limit,
                         specs=specs)
-    done = {c: results.read_record(c.path) for c in cells if c.path.exists()}    # an unreadable one: named now
-    missing = [c for c in cells if c not in done]
+    missing = [c for c in cells if not results.finished(c.path)]
     reuse = [reuse] if isinstance(reuse, (str, Path)) else list(reuse)
     found = reusable(missing, reuse)
     missing = [c for c in missing if c not in found]
-    _say(f"{table} [{protocol}]: {len(cells)} cells, {len(done)} done, "
+    _say(f"{table} [{protocol}]: {len(cells)} cells, {len(cells) - len(missing) - len(found)} done, "
          + (f"{len(found)} to copy from {', '.join(map(str, reuse))}, " if found else "")
          + f"{len(missing)} to run" + (" (dry run)" if dry_run else ""), progress)
     for cell, source in found.items():
@@ -237,8 +236,8 @@ def run_cells(cells, *, jobs: int = 1, progress: bool = True, desc: str = "cells
     deadline: seconds from now; a cell starts only if it should finish by then (see Deadline), the rest wait for the
     next run. mps: the pool's workers share the GPU through NVIDIA MPS (lab.mps.shared_gpu); each record's "pool"
     says how its cell ran ({"workers": N, "mps": bool}; null: alone in its process)."""
-    cells = [c for c in dict.fromkeys(cells) if not c.path.exists()]
     from . import results
+    cells = [c for c in dict.fromkeys(cells) if not results.finished(c.path)]
     from .train import resolve_device
     for device in {c.cfg["device"] for c in cells}:
         resolve_device(device)          # one ValueError before any cell starts, not one traceback per cell

@@ -119,7 +119,7 @@ def _sole_trainer(path: Path, world: int):
                                   f"{path.name} at once")
                 else:
                     raise CellBusy(f"{path.name}: another process is training this cell now (its log: "
-                                     f"{log_path(path)}); run again once it has finished") from None
+                                   f"{log_path(path)}); run again once it has finished") from None
         yield
     finally:
         if fd is not None:

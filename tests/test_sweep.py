@@ -330,6 +330,8 @@ def test_an_unreadable_record_is_named_before_any_cell_trains(tmp_path, monkeypa
     monkeypatch.setattr(sweep, "_run_cell", lambda cell, pool=None: pytest.fail("a cell trained"))
     with pytest.raises(ValueError, match=f"record {cells[1].path} is not readable JSON"):
         sweep.sweep("table6", "smoke", tmp_path, specs=["erf", "tanh"], progress=False)
+    with pytest.raises(ValueError, match=f"record {cells[1].path} is not readable JSON"):
+        sweep.run_cells(cells, progress=False)          # as lab calibrate and lab reproduce call it
 
 
 def test_slurm_dry_run_writes_one_array_submission(tmp_path):
