@@ -106,8 +106,7 @@ def calibrate(path, results_dir=RESULTS_DIR, *, jobs: int = 1, dry_run: bool = F
     (every other cell still ran). A dry run lists the cells that would run and returns (None, None).
     """
     start = time.time()
-    if int(jobs) < 1:
-        raise ValueError(f"jobs must be >= 1, got {jobs}")
+    sweep.check_jobs(jobs)
     cal = load(path)
     planned = {name: sweep.plan(cal.subset, cal.protocol, Path(results_dir) / name, seeds=cal.seeds,
                                 overrides=overrides, source=cal.base) for name, overrides in cal.variants.items()}

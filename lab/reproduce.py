@@ -118,8 +118,7 @@ def reproduce(protocol: str, out_dir="reproduction", *, jobs: int = 2, overrides
     unknown = [n for n in notebooks if n not in NOTEBOOKS]
     if unknown:
         raise ValueError(f"unknown notebook(s) {', '.join(unknown)}: choose from {', '.join(NOTEBOOKS)}")
-    if jobs < 1:
-        raise ValueError(f"jobs {jobs}: at least 1")
+    _sweep.check_jobs(jobs)
     out = Path(out_dir).resolve()
     if out == NOTEBOOK_DIR.resolve():
         raise ValueError(f"out {out_dir}: the notebooks' own folder, which the executed copies would overwrite; "

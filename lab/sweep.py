@@ -146,8 +146,7 @@ def sweep(table: str, protocol: str, results_dir="results", *, jobs: int = 1, la
     if int(jobs) != 1 and launcher != "local":
         raise ValueError(f"jobs applies to the local launcher only, not {launcher!r} (each cell is an array task; "
                          "--slurm array_parallelism=N caps how many run at once)")
-    if int(jobs) < 1:
-        raise ValueError(f"jobs must be >= 1, got {jobs}")
+    check_jobs(jobs)
     from . import results
     cells = table_cells(table, protocol, results_dir, seeds=seeds, overrides=overrides, device=device, limit=limit,
                         specs=specs)
@@ -171,6 +170,12 @@ def sweep(table: str, protocol: str, results_dir="results", *, jobs: int = 1, la
     else:
         run_cells(missing, jobs=jobs, progress=progress, desc=table, deadline=deadline, mps=mps)
     return [results.read_record(c.path) for c in cells if c.path.exists()]
+
+
+def check_jobs(jobs: int):
+    """`lab sweep`, `lab calibrate` and `lab reproduce`'s runs at once, checked before anything is written."""
+    if int(jobs) < 1:
+        raise ValueError(f"jobs {jobs}: at least 1")
 
 
 def reusable(cells, folders) -> dict:

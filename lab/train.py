@@ -68,10 +68,8 @@ def run(cfg: dict, norm: str, out_dir, *, table: str | None = None, progress: bo
     """
     spec = canonical_norm(norm)
     path = record_path(out_dir, spec, cfg)
-    if path.exists():
-        record = read_record(path)
-        if record.get("status") in ("ok", "failed"):
-            return record
+    if (record := _finished_record(path)) is not None:
+        return record
     if cfg.get("precision") not in PRECISIONS:
         raise ValueError(f"precision {cfg.get('precision')!r}: choose one of {', '.join(PRECISIONS)}")
     if cfg["compile_mode"] not in COMPILE_MODES:
@@ -81,8 +79,8 @@ def run(cfg: dict, norm: str, out_dir, *, table: str | None = None, progress: bo
     threads = torch.get_num_threads()
     try:
         with _sole_trainer(path, world):
-            if world == 1 and path.exists() and read_record(path).get("status") in ("ok", "failed"):
-                return read_record(path)     # finished by another process while this one waited to start it
+            if world == 1 and (record := _finished_record(path)) is not None:
+                return record       # finished by another process while this one waited to start it
             if cfg.get("threads"):
                 torch.set_num_threads(int(cfg["threads"]))
             device = _device(cfg["device"])
@@ -91,6 +89,15 @@ def run(cfg: dict, norm: str, out_dir, *, table: str | None = None, progress: bo
         torch.set_num_threads(threads)
         if owned:
             dist.destroy_process_group()
+
+
+def _finished_record(path: Path) -> dict | None:
+    """The cell's record if it has finished, trained or failed (a failure is a result, not retried); else None."""
+    if path.exists():
+        record = read_record(path)
+        if record.get("status") in ("ok", "failed"):
+            return record
+    return None
 
 
 class CellBusy(ValueError):
