@@ -10,6 +10,7 @@ the rest. A divergence is a "failed" record; an unexpected exception in one cell
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import sys
@@ -486,8 +487,8 @@ def _dry_run_sbatch():
 
 def _slurm_params(params) -> dict:
     """A dict, or "key=value" strings (values parsed as YAML: "nodes=4" is an int) as given on the command line.
-    A value submitit takes as a whole number (nodes, time in minutes, ...) given as text is named here, not a
-    TypeError deep inside map_array."""
+    A value submitit takes as a whole number (nodes, ...) given as text is named here, not a TypeError deep inside
+    map_array; time is minutes or any of sbatch's formats (3-00:00:00)."""
     import yaml
     from submitit.slurm.slurm import _make_sbatch_string     # whose annotations submitit's parameters follow
     if isinstance(params, dict) or not params:
@@ -496,13 +497,32 @@ def _slurm_params(params) -> dict:
         bad = [p for p in params if "=" not in p]
         if bad:
             raise ValueError(f"--slurm {bad[0]!r}: write key=value (e.g. partition=gpu, nodes=4, time=4320)")
-        params = {k.strip(): yaml.safe_load(v) for k, v in (p.split("=", 1) for p in params)}
+        pairs = [(k.strip(), v) for k, v in (p.split("=", 1) for p in params)]
+        params = {k: v if k == "time" else yaml.safe_load(v) for k, v in pairs}     # time: sbatch's formats
+    if isinstance(params.get("time"), str):
+        params["time"] = _slurm_minutes(params["time"])
     hints = typing.get_type_hints(_make_sbatch_string)
     for key, value in params.items():
         whole = int in (typing.get_args(hints.get(key)) or (hints.get(key),))
         if whole and (not isinstance(value, int) or isinstance(value, bool)):
             raise ValueError(f"--slurm {key}={value!r}: {key} is a whole number (e.g. {key}=4)")
     return params
+
+
+def _slurm_minutes(text: str) -> int:
+    """A --slurm time in any of sbatch's formats (minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS) as the whole
+    minutes submitit takes, rounded up. YAML would read 72:00:00 as a base-60 number: 259200 minutes."""
+    match = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", text.strip())
+    if not match:
+        raise ValueError(f"--slurm time={text!r}: write minutes or sbatch's D-HH:MM:SS (e.g. time=4320, "
+                         "time=3-00:00:00)")
+    days, first, second, third = match.groups()
+    if days is None and third is None:       # minutes or MM:SS
+        hours, minutes, seconds = 0, first, second or 0
+    else:                                    # HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS
+        hours, minutes, seconds = first, second or 0, third or 0
+    total = ((int(days or 0) * 24 + int(hours)) * 60 + int(minutes)) * 60 + int(seconds)
+    return -(-total // 60)
 
 
 def _overrides(overrides, device) -> list[str]:

@@ -48,6 +48,14 @@ def test_a_stopped_sweep_counts_the_cells_a_rerun_will_train(tmp_path, monkeypat
             "same command again") in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("given, minutes", [("4320", 4320), ("90:30", 91), ("72:00:00", 4320), ("3-00", 4320),
+                                            ("3-00:00:00", 4320), ("1-02:03", 1563), ("0-00:00:01", 1)])
+def test_slurm_time_takes_sbatchs_formats_as_whole_minutes(given, minutes):
+    """sbatch's time formats, rounded up to submitit's minutes; as YAML, 72:00:00 was 259200 minutes (180 days)."""
+    assert sweep._slurm_params([f"time={given}", "nodes=4"]) == {"time": minutes, "nodes": 4}
+    assert sweep._slurm_params({"time": given}) == {"time": minutes}
+
+
 @pytest.mark.parametrize("kwargs, word", [({"table": "table9"}, "table9"), ({"protocol": "smok"}, "smok"),
                                           ({"launcher": "pbs"}, "pbs"), ({"overrides": ["epochz=1"]}, "epochz"),
                                           ({"launcher": "slurm", "deadline": 60}, "deadline"),
@@ -55,6 +63,8 @@ def test_a_stopped_sweep_counts_the_cells_a_rerun_will_train(tmp_path, monkeypat
                                           ({"slurm": {"nodes": 2}}, "slurm parameters apply to the slurm"),
                                           ({"launcher": "slurm", "slurm": ["nodes=two"]},
                                            "--slurm nodes='two': nodes is a whole number"),
+                                          ({"launcher": "slurm", "slurm": ["time=3 days"]},
+                                           "--slurm time='3 days': write minutes or sbatch's D-HH:MM:SS"),
                                           ({"specs": []}, "specs: none given; its specs: layernorm, erf"),
                                           ({"overrides": ["device=cuda:99"]}, "device 'cuda:99': "),
                                           ({"overrides": ["device=gpu"]}, "use auto, cpu, cuda or cuda:N")])
