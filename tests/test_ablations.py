@@ -103,3 +103,63 @@ def test_bad_grids_fail_at_load(tmp_path, monkeypatch, yaml_text, message):
             ablations.load("table9")
     finally:
         ablations.load.cache_clear()
+
+
+def _lam(label):
+    return float(label.replace("−", "-").replace("+", ""))
+
+
+def test_every_cells_spec_is_its_row_and_column_labels():
+    """The spec trained under a label is that label's λ and transform (a λ mistyped in a yaml would train, and be
+    reported as, another cell than the paper's)."""
+    for c in ablations.load("table1").cells:
+        f, shift = c.row.split(", ")
+        assert c.spec == lab.canonical(f"{f}|{'hshift' if shift == 'horizontal' else 'vshift'}={_lam(c.col)}"), c
+    for name, kind in (("table2", "clip"), ("table3", "blend")):
+        for c in ablations.load(name).cells:
+            assert c.spec == (c.col if c.row == "none" else lab.canonical(f"{c.col}|{kind}={_lam(c.row)}")), c
+    for c in ablations.load("table5").cells:
+        assert c.spec == lab.canonical(f"{c.row}|flat={_lam(c.col)}"), c
+
+
+PAPER = {   # the paper's values row by row (../shared/reference/paper-section3.md), × as X
+    "table1": "X 82.0 82.5 82.6 82.6 82.7 82.5 82.1 X / X 81.8 82.3 82.4 82.6 82.5 82.3 81.6 X / "
+              "X 82.1 82.5 82.6 82.5 82.6 82.4 82.2 X / X 81.5 81.9 82.4 82.5 82.3 81.9 81.4 X / "
+              "X 81.9 82.3 82.3 82.3 82.4 82.2 82.0 X / X 81.4 81.9 82.2 82.3 82.3 82.0 81.2 X",
+    "table2": "82.2 82.2 X / 82.3 82.4 82.1 / 82.3 82.4 82.2 / 82.4 82.4 82.2 / 82.4 82.4 82.1 / 82.4 82.3 82.1 / "
+              "82.3 82.3 82.0",
+    "table3": "82.6 82.5 82.3 82.2 / 82.4 82.4 82.1 82.2 / 82.3 82.3 82.1 82.1 / X X X X",
+    "table4": "82.2 82.2 82.1 X X",
+    "table5": "82.6 82.5 82.5 82.1 81.3 X / 82.5 82.5 82.4 82.1 81.1 X / 82.3 82.3 82.1 81.8 80.9 X",
+    "table6": "82.6 82.5 / 82.5 82.5 / 82.3 82.2 / 81.6 80.7 81.2",
+}
+
+
+@pytest.mark.parametrize("name", ablations.TABLES)
+def test_every_paper_value_is_the_papers_in_its_place(name):
+    """Cell by cell, not just sums: two values swapped within a row keep every sum and count."""
+    rows = [p.cell(i, j).paper for p in ablations.load(name).panels for i in range(len(p.rows))
+            for j in range(len(p.columns))]
+    assert rows == [None if v == "X" else float(v) for v in PAPER[name].replace("/", " ").split()]
+
+
+def test_panels_address_cells_by_row_and_column_and_name_the_swept_axis():
+    for name in ablations.TABLES:
+        for p in ablations.load(name).panels:
+            for i, row in enumerate(p.rows):
+                for j, col in enumerate(p.columns):
+                    cell = p.cell(i, j)
+                    assert (cell.row, cell.col) == (", ".join(row), col), (name, i, j)
+                    swept = (cell.col, cell.row) if p.x_axis == "columns" else (cell.row, cell.col)
+                    assert p.x_and_series(cell) == swept
+    assert ablations.load("table2").panels[0].x_and_series(ablations.load("table2").cells[3]) == ("0.5", "arcsinh")
+    assert ablations.load("table5").panels[0].x_and_series(ablations.load("table5").cells[1]) == ("0.1", "erf")
+
+
+def test_principles_and_training_order_of_the_tables():
+    """Each table tests its principle (Figure 2 and the report group them so); specs train in table order, row-major."""
+    assert [ablations.load(t).principle for t in ablations.TABLES] == [
+        "zero_centered", "bounded", "bounded", "bounded", "center_sensitive", "monotonic"]
+    assert ablations.load("table2").specs()[:4] == ["arcsinh", "logsign", "linear", "arcsinh|clip=0.5"]
+    assert ablations.load("table6").specs() == ["erf", "erf|neg", "tanh", "tanh|neg", "arctan", "arctan|neg", "sin",
+                                                "dampx", "dampexp"]

@@ -66,7 +66,7 @@ def test_imagenet_folder_goes_through_timm_with_the_paper_transforms(jpeg_folder
 
 
 @pytest.mark.parametrize("setup, word", [("missing", "does not exist"), ("no_val", "val/"), ("unset", "not set"),
-                                         ("classes", "num_classes")])
+                                         ("classes", "num_classes"), ("other_val_classes", "same class folders")])
 def test_a_missing_or_malformed_folder_is_a_clear_error(jpeg_folder, tmp_path, setup, word):
     overrides = [f"data_path={jpeg_folder}", "data.num_classes=3", "data.img_size=32", "batch_size=8"]
     if setup == "missing":
@@ -79,6 +79,8 @@ def test_a_missing_or_malformed_folder_is_a_clear_error(jpeg_folder, tmp_path, s
             d.rmdir()
     elif setup == "unset":
         overrides = overrides[1:]
+    elif setup == "other_val_classes":      # val/c2 renamed: its labels would not be train/'s
+        (jpeg_folder / "val" / "c2").rename(jpeg_folder / "val" / "c9")
     else:
         overrides[1] = "data.num_classes=1000"
     with pytest.raises(ValueError, match=word):
@@ -90,3 +92,111 @@ def test_randaugment_posterize_to_zero_bits_is_black_not_a_crash():
     from timm.data import auto_augment
     op = auto_augment.NAME_TO_OP["PosterizeIncreasing"]
     assert op(Image.new("RGB", (4, 4), (200, 100, 50)), 0).getextrema() == ((0, 0),) * 3
+
+
+SMALL = ["batch_size=16", "data.train_size=64", "data.val_size=20"]
+
+
+def _folder_cfg(root, *more):
+    return config.load("smoke", [f"data_path={root}", "data.kind=imagefolder", "data.num_classes=3", "data.workers=0",
+                                 "batch_size=6", *more])
+
+
+def test_each_rank_evaluates_its_own_share_of_the_val_set(jpeg_folder):
+    """DDP sums the ranks' correct counts: the val shards must be disjoint and together the whole set, else images are
+    counted twice or never (both sources, since each builds its own shards)."""
+    cfg = config.load("smoke", SMALL)
+    full = data.build(cfg, CPU)
+    whole = torch.cat([x for x, _ in full.val_batches(7)])
+    for rank in (0, 1):
+        full.plan = data.Plan(cfg, rank, 2)
+        assert torch.equal(torch.cat([x for x, _ in full.val_batches(7)]), whole[rank::2])
+    cfg = _folder_cfg(jpeg_folder)
+    folder = data.build(cfg, CPU)
+    asked = []
+    folder._loader = lambda dataset, batches: asked.append(batches) or []      # the val indices each rank loads
+    for rank in (0, 1):
+        folder.plan = data.Plan(cfg, rank, 2)
+        list(folder.val_batches(2))
+    assert [sum(chunks, []) for chunks in asked] == [[0, 2, 4], [1, 3, 5]]
+
+
+def test_accumulated_micro_batches_of_two_ranks_are_disjoint_and_cover_the_update():
+    cfg = config.load("smoke", [*SMALL, "optim.micro_batch=4"])
+    plans = [data.Plan(cfg, r, 2) for r in (0, 1)]
+    assert plans[0].accum == 2
+    got = [torch.cat(p.micro_indices(64, 0, 2)).tolist() for p in plans]
+    assert len(set(got[0]) | set(got[1])) == 16
+    assert sorted(got[0] + got[1]) == sorted(torch.cat(data.Plan(cfg, 0, 1).micro_indices(64, 0, 2)).tolist())
+
+
+def test_the_order_is_a_new_permutation_each_epoch_and_each_run_seed():
+    """Reshuffled per epoch (else every epoch repeats one batch sequence) and per seed (else seeds differ only in init)."""
+    def first(seed, epoch):
+        return torch.cat(data.Plan(config.load("smoke", [*SMALL, f"seed={seed}"]), 0, 1).micro_indices(64, epoch, 0))
+    assert torch.equal(first(0, 1), first(0, 1))
+    assert not torch.equal(first(0, 0), first(0, 1)) and not torch.equal(first(0, 1), first(1, 1))
+
+
+def test_the_embedded_set_is_data_seeds_not_the_run_seed():
+    """Seeds of one cell train on the same images (their spread is the training's): the set follows data.seed only."""
+    sets = [data.build(config.load("smoke", [*SMALL, *o]), CPU) for o in ([], ["seed=1"], ["data.seed=1"])]
+    assert torch.equal(sets[0].train_x, sets[1].train_x) and torch.equal(sets[0].val_x, sets[1].val_x)
+    assert not torch.equal(sets[0].train_x, sets[2].train_x)
+    assert sets[0].val_size == 20 and sets[0].steps_per_epoch == 4
+
+
+def test_embedded_images_are_normalised_per_channel_with_the_training_sets_statistics():
+    cfg = config.load("smoke", ["batch_size=64", "data.train_size=256", "data.val_size=256"])
+    full = data.build(cfg, CPU)
+    pixels = full.train_x.float() / 255
+    assert torch.allclose(full.mean.flatten(), pixels.mean((0, 2, 3)), atol=1e-5)
+    assert torch.allclose(full.std.flatten(), pixels.std((0, 2, 3)), atol=1e-5)
+    val = torch.cat([x for x, _ in full.val_batches(256)])
+    assert val.mean((0, 2, 3)).abs().max() < 0.1 and (val.std((0, 2, 3)) - 1).abs().max() < 0.1
+    _, [(x, _)] = next(full.train_batches(0))           # augmented (crop, flip, jitter), then normalised the same way
+    assert x.mean((0, 2, 3)).abs().max() < 0.3 and ((x.std((0, 2, 3)) - 1).abs() < 0.3).all()
+
+
+def test_mixup_and_erasing_follow_the_config():
+    """Mixup targets span the data's classes with the configured smoothing and probabilities; reprob > 0 erases."""
+    cfg = config.load("smoke", [*SMALL, "aug.mixup=0.8", "aug.mixup_prob=0.7", "aug.mixup_switch_prob=0.3",
+                                "aug.reprob=0.25"])
+    full = data.build(cfg, CPU)
+    m = full.mixup
+    assert (m.num_classes, m.mix_prob, m.switch_prob, m.label_smoothing) == (10, 0.7, 0.3, 0.1)
+    assert full.erase is not None and full.erase.probability == 0.25
+    _, [(_, target)] = next(full.train_batches(0))
+    assert target.shape == (16, 10) and target.min() >= 0.1 / 10 - 1e-6
+
+
+def test_randaugment_takes_the_specs_magnitude_and_op_count():
+    ops, group = data._randaugment("rand-m5-n3-mstd0.5-inc1")
+    assert (ops.magnitude, ops.num_ops, group) == (5, 3, 8)
+
+
+def test_an_image_folder_run_resumed_mid_epoch_loads_that_updates_images(jpeg_folder):
+    """Exact resume with an image folder: from update `start` the loader is asked for the plan's images of that update,
+    not the epoch's first ones."""
+    cfg = _folder_cfg(jpeg_folder)
+    folder = data.build(cfg, CPU)
+    asked, loader = [], folder._loader
+    folder._loader = lambda dataset, batches: asked.append(batches) or loader(dataset, batches)
+    got = [(u, y.tolist()) for u, [(_, y)] in folder.train_batches(1, start=1)]
+    plan = data.Plan(cfg, 0, 1)
+    want = [plan.micro_indices(18, 1, u)[0].tolist() for u in (1, 2)]
+    assert asked == [want]
+    labels = [s[1] for s in folder.train_set.reader.samples]
+    assert got == [(u, [labels[i] for i in idx]) for u, idx in zip((1, 2), want)]
+
+
+def test_an_image_folder_is_normalised_with_imagenets_statistics_and_cropped_at_crop_pct(jpeg_folder):
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+    folder = data.build(_folder_cfg(jpeg_folder), CPU)            # smoke: img_size 20, eval.crop_pct 1.0
+    for dataset in (folder.train_set, folder.val_set):
+        [norm] = [t for t in dataset.transform.transforms if type(t).__name__ == "Normalize"]
+        assert torch.allclose(torch.as_tensor(norm.mean), torch.tensor(IMAGENET_DEFAULT_MEAN))
+        assert torch.allclose(torch.as_tensor(norm.std), torch.tensor(IMAGENET_DEFAULT_STD))
+    resize = folder.val_set.transform.transforms[0]
+    assert type(resize).__name__ == "Resize" and resize.size in (20, [20], (20, 20))
+    assert (folder.val_size, folder.num_classes) == (6, 3)

@@ -136,3 +136,30 @@ def test_training_curves_are_smoothed_and_neighbouring_lambdas_differ_in_colour(
     assert len(curves) == len(lams) and np.linalg.norm(np.diff(colors, axis=0), axis=1).min() > 0.15
     zigzag = np.asarray(curves[4].get_ydata())
     assert np.ptp(zigzag[5:-5]) < 0.5 and "running mean" in drawn[0].get_suptitle()
+
+
+def test_accuracy_measured_is_the_seeds_mean_and_spread_beside_the_papers_values(drawn):
+    """Left the lab's numbers (mean, ± std error bars over seeds), right the paper's: a mix-up would show the paper's
+    values as if measured."""
+    records = [fake("erf"), fake("erf", seed=1, top1=52.0), fake("erf|neg", top1=40.0)]
+    figures.accuracy_vs_lambda("table6", records)
+    measured, paper = (ax.containers[0] for ax in drawn[0].axes[:2])         # panel (a), series erf
+    assert list(measured.lines[0].get_ydata()) == [51.0, 40.0] and list(paper.lines[0].get_ydata()) == [82.6, 82.5]
+    low, high = measured.lines[2][0].get_segments()[0][:, 1]        # erf's error bar at f(x)
+    assert high - low == pytest.approx(2 * np.std([50.0, 52.0], ddof=1))
+    assert not paper.lines[2]                       # the paper's values carry no error bar
+    assert [t.get_text() for t in drawn[0].axes[1].get_legend().get_texts()] == ["erf", "tanh", "arctan"]
+
+
+def test_training_curves_are_per_epoch_from_the_fine_loss_curve_scaled_to_the_runs_that_trained(drawn):
+    """x in epochs (steps / updates an epoch), from each record's loss curve (not its 3 epoch means), non-finite
+    points dropped, and the y axis fitted to the runs that trained: a diverged run's loss would squash them flat."""
+    records = [fake("erf"), fake("erf|hshift=1", kind="diverged")]
+    records[0]["loss_curve"][2][1] = float("nan")
+    records[1]["loss_curve"] = [[5 * i, 20.0] for i in range(1, 7)]
+    figures.training_curves("table1", records)
+    ax = drawn[0].axes[0]
+    ok, failed = (line for line in ax.get_lines() if len(line.get_xdata()) > 1)
+    assert ax.get_xlabel() == "epoch" and list(ok.get_xdata()) == [0.5, 1.0, 2.0, 2.5, 3.0]
+    assert list(failed.get_xdata()) == [0.5, 1.0, 1.5, 2.0, 2.5, 3.0] and np.isfinite(ok.get_ydata()).all()
+    assert ax.get_ylim()[1] == pytest.approx(max(ok.get_ydata()) * 1.05)

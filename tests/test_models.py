@@ -85,3 +85,25 @@ def test_patch_embedding_as_a_matmul_equals_timms_convolution(img_size, patch_si
 def test_patch_embedding_rejects_a_wrong_image_size():
     with pytest.raises(ValueError, match="input of 40x32 px: the model takes \\(32, 32\\) px in patches of 8x8"):
         lab.build_model("vit", **SMALL)(torch.randn(1, 3, 40, 32))
+
+
+def test_alpha0_and_the_callers_timm_arguments_reach_the_model():
+    """alpha0 is every layer's α at init (Section 3: 0.5; a sweep may set another); the paper's global_pool='avg' is a
+    default that a caller's argument overrides, not the reverse."""
+    model = lab.build_model("vit", norm="erf", alpha0=0.3, global_pool="token", **SMALL)
+    alphas = [m.alpha.item() for m in model.modules() if isinstance(m, PointwiseNorm)]
+    assert alphas == pytest.approx([0.3] * (2 * SMALL["depth"] + 1))
+    assert model.global_pool == "token" and isinstance(model.norm, PointwiseNorm)
+
+
+def test_a_protocols_model_is_built_at_the_datas_resolution_with_its_classes_and_alpha0():
+    from lab import config
+    from lab.models import from_config
+    cfg = config.load("smoke", ["alpha0=0.8"])
+    model = from_config(cfg, "tanh", 7)
+    size, patch = cfg["data"]["img_size"], cfg["model"]["patch_size"]
+    assert model.patch_embed.img_size == (size, size) and model.patch_embed.num_patches == (size // patch) ** 2
+    assert model.head.out_features == 7 and len(model.blocks) == cfg["model"]["depth"]
+    alphas = [m.alpha.item() for m in model.modules() if isinstance(m, PointwiseNorm)]
+    assert alphas == pytest.approx([0.8] * (2 * cfg["model"]["depth"] + 1))
+    assert model(torch.randn(2, 3, size, size)).shape == (2, 7)

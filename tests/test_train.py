@@ -452,3 +452,55 @@ def test_a_finished_failed_record_is_returned_not_trained_again(tmp_path, monkey
     record = train.run(cfg, "erf", tmp_path, progress=False)
     assert record["status"] == "failed" and record["created"] == "earlier"
     assert json.loads(path.read_text()) == failed
+
+
+def test_no_learning_reads_the_best_of_raw_and_ema_top1(tmp_path, monkeypatch):
+    """A run whose raw top-1 stays at chance while its EMA learned (or the reverse) has learned: not no_learning."""
+    monkeypatch.setattr(train, "git_commit", lambda: "abc")
+    trainer = _trainer(tmp_path)
+    assert trainer.data.num_classes == 10           # chance 10 %, + 3 sigma of 500 images: about 14 %
+    trainer.state["step"] = trainer.total
+    for raw, ema, kind in ((10.0, 40.0, None), (40.0, 10.0, None), (10.0, 11.0, "no_learning")):
+        trainer.state["history"] = [{"epoch": 2, "step": 32, "val_top1": raw, "val_top1_ema": ema}]
+        failure = trainer._finish("table1")["failure"]
+        assert (failure and failure["kind"]) == kind, (raw, ema)
+
+
+def test_the_loss_curve_averages_each_window_and_the_epoch_entry_the_whole_epoch(tmp_path):
+    """A loss-curve point is the mean of its log_every updates (the last one's is noise), the epoch's train_loss the
+    mean of all its updates, its grad_norm_max their maximum; a window cut by the epoch's end is flushed there."""
+    trainer = _trainer(tmp_path, ["log_every=5"])
+    trainer.checkpoint_due, trainer.epoch_mark = False, (time.time(), 0)
+    losses = [2.0 + (k % 7) * 0.1 + k * 0.01 for k in range(trainer.spe)]
+    gnorms = [1.0 + (k * 5 % 16) for k in range(trainer.spe)]
+    for k, (loss, gnorm) in enumerate(zip(losses, gnorms)):
+        assert trainer._settle(k, torch.tensor([loss, gnorm, 0.0]))
+    expected = [[end, sum(losses[end - len(w):end]) / len(w)]
+                for end, w in ((5, range(5)), (10, range(5)), (15, range(5)), (16, range(1)))]
+    assert [s for s, _ in trainer.state["loss_curve"]] == [s for s, _ in expected]
+    for (_, got), (_, want) in zip(trainer.state["loss_curve"], expected):
+        assert got == pytest.approx(want, rel=1e-6)
+    trainer._end_epoch(0)                               # epoch 1 of smoke: not evaluated (every 2 epochs)
+    [entry] = trainer.state["history"]
+    assert entry["train_loss"] == pytest.approx(sum(losses) / len(losses), rel=1e-6)
+    assert entry["grad_norm_max"] == max(gnorms) and "val_top1" not in entry
+
+
+def test_a_ddp_update_reports_the_mean_of_the_ranks_loss_and_grad_norm(tmp_path, monkeypatch):
+    """With N ranks the loss and gradient norm the failure verdict and the record read are the ranks' mean, not their
+    sum (N x the loss curve, and a grad-norm limit met N x too early). One process, another rank faked by all_reduce."""
+    trainer = _trainer(tmp_path, ["checkpoint.every_minutes=1e-9"])
+    trainer.mark = time.time() - 1
+    other = torch.tensor([3.0, 7.0, 0.0])           # rank 1's (loss, grad norm, not due)
+    seen = []
+
+    def all_reduce(t):
+        seen.append(t.clone())
+        t += other
+    monkeypatch.setattr(train.dist, "all_reduce", all_reduce)
+    trainer.world = 2
+    _, micro = next(trainer.data.train_batches(0))
+    values = trainer._update(0, micro)
+    [own] = seen
+    assert own[2] == 1 and torch.allclose(values, (own + other) / 2)
+    assert values[2] > 0                            # rank 0's clock says due: due on every rank
