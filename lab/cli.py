@@ -4,6 +4,7 @@ import json
 import os
 import signal
 import sys
+import threading
 
 TABLE_CHOICES = [f"table{i}" for i in range(1, 7)]
 
@@ -226,9 +227,32 @@ def unwind(signum, frame):
     raise SystemExit(128 + signum)
 
 
+def unwind_on_sigterm():
+    """Make SIGTERM call unwind in this process; returns a function that puts back what was there."""
+    handler, hook = signal.signal(signal.SIGTERM, unwind), sys.unraisablehook
+
+    def unwind_again(unraisable):
+        """Python drops an exception raised inside a __del__ or a weakref callback ("Exception ignored in ...";
+        torch.compile's caches are full of weakrefs), so unwind's SystemExit landing there left a `lab train` running
+        until SIGKILL. The signal is sent again a moment later, from a thread, to land in the run's own code."""
+        if isinstance(unraisable.exc_value, SystemExit) and unraisable.exc_value.code == 128 + signal.SIGTERM:
+            again = threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGTERM))
+            again.daemon = True
+            again.start()
+        else:
+            hook(unraisable)
+
+    def restore():
+        signal.signal(signal.SIGTERM, handler)
+        sys.unraisablehook = hook
+
+    sys.unraisablehook = unwind_again
+    return restore
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    previous = signal.signal(signal.SIGTERM, unwind)
+    restore = unwind_on_sigterm()
     try:
         return args.handler(args)
     except ValueError as err:
@@ -244,7 +268,7 @@ def main(argv=None) -> int:
         print(f"lab {args.command}: error: {err}", file=sys.stderr)
         return 1
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        restore()
 
 
 if __name__ == "__main__":

@@ -397,8 +397,8 @@ def _stop_now(executor: ProcessPoolExecutor):
 def _init_worker(threads: int, parent: int):
     """Each worker gets its share of the CPU so N workers don't oversubscribe it, unwinds on SIGTERM as the sweep
     does, and dies with the sweep."""
-    from .cli import unwind
-    signal.signal(signal.SIGTERM, unwind)
+    from .cli import unwind_on_sigterm
+    unwind_on_sigterm()
     os.environ["OMP_NUM_THREADS"] = str(threads)
     tqdm.set_lock(threading.RLock())     # its default, a named semaphore, would outlive a worker stopped by os._exit
     import torch

@@ -155,6 +155,29 @@ def _alive(pid: int) -> bool:
         return False
 
 
+@pytest.mark.parametrize("drops", ["__del__", "weakref callback"])
+def test_a_sigterm_that_python_drops_is_sent_again(drops):
+    """unwind's SystemExit raised inside a __del__ or weakref callback is dropped by Python ("Exception ignored in"):
+    seen leaving a compiled `lab train` running 10 minutes past `timeout`. The signal comes again and the run stops."""
+    code = f"""if True:
+        import signal, time, weakref
+        from lab import cli
+        cli.unwind_on_sigterm()
+        class Dropped:
+            def __del__(self):
+                signal.raise_signal(signal.SIGTERM)      # unwind runs here, inside __del__
+        if {drops!r} == "__del__":
+            Dropped()
+        else:
+            kept = weakref.ref(lambda: None, lambda ref: signal.raise_signal(signal.SIGTERM))
+        time.sleep(30)
+        print("still running")
+    """
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM and "still running" not in proc.stdout, proc.stderr
+    assert "Exception ignored" not in proc.stderr
+
+
 @pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads processes from Linux /proc")
 def test_sigterm_stops_a_packed_sweep_at_once_and_its_daemon_quits(control, tmp_path):
     """`timeout` or a scheduler stops a sweep with SIGTERM: its workers end now (not after their cells) and their logs
