@@ -10,14 +10,16 @@ TABLE_CHOICES = [f"table{i}" for i in range(1, 7)]
 
 
 def _train(args):
-    from . import config, train
+    from . import config, results, train
     cfg = config.load(args.protocol, args.set)
+    earlier = results.finished(results.record_path(args.out, args.norm, cfg))
     record = train.run(cfg, args.norm, args.out, table=args.table, progress=not args.quiet)
     failure = record["failure"]
     verdict = (f"failed at step {failure['step']}: {failure['reason']}" if failure
                else f"top-1 {record['top1']:.2f}% (EMA {record['top1_ema']:.2f}%)")
     if int(os.environ.get("RANK", 0)) == 0:   # under torchrun, one line for the run
-        print(f"{record['spec']} [{record['protocol']}] {verdict} -> {record['path']}")
+        print(f"{record['spec']} [{record['protocol']}] {verdict} -> {record['path']}"
+              + (" (recorded earlier, not trained again)" if earlier else ""))
     return 0
 
 
@@ -206,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("reproduce", help="execute every notebook through papermill and write a report")
     p.add_argument("--protocol", required=True)
     p.add_argument("--out", default="reproduction")
-    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--jobs", type=int, default=2, help="cells trained at once (default 2)")
     p.add_argument("--results", default=None, help="the records' folder (default: OUT/results)")
     p.add_argument("--no-train", action="store_true",
                    help="train nothing: render the records present (a grid trained elsewhere), missing cells as –")

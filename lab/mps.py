@@ -53,7 +53,7 @@ def shared_gpu(enabled: bool, say=print):
     if why:
         if folder:
             shutil.rmtree(folder, ignore_errors=True)
-        say(f"MPS: {why}; the runs time-slice the GPU")
+        say(f"MPS: {why}; the runs {'time-slice the GPU' if why != NO_GPU else 'are on the CPU'}")
         yield False
         return
     saved = {key: os.environ.get(key) for key in env}
@@ -74,10 +74,13 @@ def shared_gpu(enabled: bool, say=print):
                 f"echo quit | {PIPE}={folder} {CONTROL}")
 
 
+NO_GPU = "no CUDA GPU"
+
+
 def _unavailable() -> str | None:
     import torch
     if not torch.cuda.is_available():
-        return "no CUDA GPU"
+        return NO_GPU
     if shutil.which(CONTROL) is None:
         return f"{CONTROL} is not on the PATH (it comes with NVIDIA's driver)"
     return None

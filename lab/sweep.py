@@ -469,8 +469,9 @@ def submit_slurm(cells, results_dir, *, dry_run: bool = False, params: dict | No
         executor.update_parameters(**{"job_name": "lab-sweep", "time": 60 * 24, "gpus_per_node": 1,
                                       "ntasks_per_node": 1, "cpus_per_task": 8, **_slurm_params(params)})
         jobs = executor.map_array(slurm_cell, list(cells))
-    _say(f"{'wrote (dry run, not submitted)' if dry_run else 'submitted'} SLURM array {jobs[0].job_id.split('_')[0]}"
-         f" of {len(cells)} cells: {Path(results_dir) / 'slurm'}", True)
+    array = jobs[0].job_id.split("_")[0]
+    what = "wrote (dry run, not submitted) a SLURM array" if dry_run else f"submitted SLURM array {array}"
+    _say(f"{what} of {len(cells)} cells: {Path(results_dir) / 'slurm'}", True)
     return jobs
 
 

@@ -99,7 +99,8 @@ def test_without_a_gpu_or_the_control_program_it_says_why_and_starts_nothing(con
     monkeypatch.setenv("PATH", os.defpath)
     with mps.shared_gpu(True, said.append) as shared:
         assert shared is False
-    assert control() == [] and "no CUDA GPU" in said[0] and f"{mps.CONTROL} is not on the PATH" in said[1]
+    assert control() == [] and said[0] == "MPS: no CUDA GPU; the runs are on the CPU"
+    assert f"{mps.CONTROL} is not on the PATH" in said[1] and "the runs time-slice the GPU" in said[1]
 
 
 def test_a_daemon_the_environment_names_is_used_and_left_alone(control, monkeypatch, tmp_path):

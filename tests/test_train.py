@@ -66,6 +66,10 @@ def test_divergence_is_a_failed_record_and_exit_code_0(tmp_path, capsys):
     assert record["failure"]["kind"] in ("nan", "diverged") and record["failure"]["reason"]
     assert record["failure"]["step"] < 20 and "failed at step" in capsys.readouterr().out
     assert f"failed: {record['failure']['kind']} at update" in results.log_path(Path(record["path"])).read_text()
+    assert "recorded earlier" not in capsys.readouterr().out
+    assert cli.main(["train", "--protocol", "smoke", "--norm", "linear", "--set", "lr=10000", "--out",
+                     str(tmp_path), "--quiet"]) == 0                   # the same command again: the record as it is
+    assert capsys.readouterr().out.endswith(f"-> {record['path']} (recorded earlier, not trained again)\n")
 
 
 def test_a_crash_is_the_last_line_of_the_log(tmp_path, monkeypatch):
