@@ -11,7 +11,6 @@ import math
 import re
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -123,7 +122,7 @@ def calibrate(path, results_dir=RESULTS_DIR, *, jobs: int = 1, dry_run: bool = F
                   f", {len(missing)} to run"), progress)
     if dry_run:
         for cell in missing:
-            sweep._say(f"  would run {cell.path.parent.name}: {cell.spec} seed={cell.seed} -> {cell.path}", progress)
+            print(f"  would run {cell.path.parent.name}: {cell.spec} seed={cell.seed} -> {cell.path}")
         return None, None
     errors = None
     try:
@@ -163,8 +162,10 @@ def summary(cal: Calibration, planned: dict, wall_s: float | None, errors=None) 
                                                      if "pool" in r}))
     multi_seed = bool(cal.seeds and len(cal.seeds) > 1)
     seeds = f" · seeds {', '.join(map(str, cal.seeds))} (means over seeds)" if multi_seed else ""
+    days = sorted({r["created"][:10] for r in records.values() if r.get("created")})
+    trained = f" · trained {days[0]}{f' to {days[-1]}' if len(days) > 1 else ''}" if days else ""
     lines = [f"# Calibration `{cal.name}` — protocol {cal.protocol}", "",
-             f"- `{cal.path}` · device {devices}{pools} · {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC"
+             f"- `{cal.path}` · device {devices}{pools}{trained}"
              f"{'' if wall_s is None else f' · this call {wall_s:.0f} s'}{seeds}"]
     if errors:
         lines.append(f"- **{len(errors.errors)} cell(s) raised, no record**: "

@@ -160,14 +160,14 @@ def sweep(table: str, protocol: str, results_dir="results", *, jobs: int = 1, la
          + f"{len(missing)} to run" + (" (dry run)" if dry_run else ""), progress)
     for cell, source in found.items():
         if dry_run:
-            _say(f"  would copy {cell.spec} seed={cell.seed} <- {source}", progress)
+            print(f"  would copy {cell.spec} seed={cell.seed} <- {source}")     # a dry run's output: stdout
         else:
             _copy_record(source, cell.path)
     if launcher == "slurm":
         submit_slurm(missing, results_dir, dry_run=dry_run, params=slurm)
     elif dry_run:
         for cell in missing:
-            _say(f"  would run {cell.spec} seed={cell.seed} -> {cell.path}", progress)
+            print(f"  would run {cell.spec} seed={cell.seed} -> {cell.path}")
     else:
         run_cells(missing, jobs=jobs, progress=progress, desc=table, deadline=deadline, mps=mps)
     return [results.read_record(c.path) for c in cells if c.path.exists()]
@@ -283,7 +283,8 @@ def run_cells(cells, *, jobs: int = 1, progress: bool = True, desc: str = "cells
     except (KeyboardInterrupt, SystemExit):
         raised = f" ({len(errors)} raised: {', '.join(_name(c) for c in errors)})" if errors else ""
         _say(f"{desc}: stopped with {len(cells) - len(records)} cell(s) unfinished{raised}: run the same command again "
-             "to train them (finished cells are kept, stopped runs resume from their checkpoints)", progress)
+             "to train them (finished cells are kept; a stopped run resumes from its last checkpoint, if it wrote one)",
+             progress)
         raise
     finally:
         bar.close()

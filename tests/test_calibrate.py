@@ -62,6 +62,26 @@ def test_a_base_file_replaces_the_protocols_settings_and_keeps_its_name(tmp_path
     assert cells[0].cfg["schedule"]["epochs"] == 2       # the variant's overrides apply on top of the base
 
 
+def test_a_round_with_a_base_trains_the_cells_of_its_base(tmp_path, monkeypatch):
+    """A round pins the protocol as it ran: its cells (their config, seed and record names) come from `base`, or a
+    re-run would train the round again under today's protocol and its summary would miss the records it has."""
+    smoke = yaml.safe_load((config.PROTOCOL_DIR / "smoke.yaml").read_text())
+    (tmp_path / "old-smoke.yaml").write_text(yaml.safe_dump({**smoke, "seed": 7, "precision": "bf16"}))
+    trained = []
+    monkeypatch.setattr(sweep, "run_cells", lambda cells, **kwargs: trained.extend(cells) or [])
+    calibrate.calibrate(_file(tmp_path, base="old-smoke.yaml", seeds=None), tmp_path / "out", progress=False)
+    assert len(trained) == 6 and {(c.seed, c.cfg["precision"]) for c in trained} == {(7, "bf16")}
+
+
+def test_jobs_deadline_and_mps_reach_the_pool_that_trains_the_round(tmp_path, monkeypatch):
+    """The device script gives each round the seconds its call has left and MPS: a round that dropped them would
+    overrun the lent machine or time-slice it."""
+    seen = []
+    monkeypatch.setattr(sweep, "run_cells", lambda cells, **kwargs: seen.append((len(cells), kwargs)) or [])
+    calibrate.calibrate(_file(tmp_path), tmp_path / "out", jobs=3, deadline=600, mps=True, progress=False)
+    assert [(n, kw["jobs"], kw["deadline"], kw["mps"]) for n, kw in seen] == [(6, 3, 600, True)]
+
+
 def test_report_summarises_the_committed_gpu_records_and_trains_nothing(tmp_path, monkeypatch):
     """The records fetched from the accelerator still match their round file (config hashes over proxy.yaml)."""
     monkeypatch.setattr(lab.train, "run", lambda *a, **k: pytest.fail("--report must not train"))
@@ -96,6 +116,11 @@ def test_each_variant_gets_its_folder_and_a_row_per_spec_and_a_rerun_trains_noth
     calls = []
     monkeypatch.setattr(lab.train, "run", lambda *args, **kwargs: calls.append(args))
     assert calibrate.calibrate(_file(tmp_path), out, progress=False)[1] is None and calls == []
+
+    created = results.read_record(next((out / "A").glob("erf.*.json")))["created"]
+    reported = calibrate.calibrate(_file(tmp_path), out, progress=False, report=True)[0].read_text()
+    assert f" · trained {created[:10]}\n" in reported     # when the round trained, not when it was reported
+    assert calibrate.calibrate(_file(tmp_path), out, progress=False, report=True)[0].read_text() == reported
 
 
 def test_a_crashing_cell_is_reported_after_the_summary(tmp_path, monkeypatch, capsys):
@@ -135,10 +160,33 @@ def test_a_cell_with_several_seeds_shows_their_mean_and_spread(tmp_path, monkeyp
     assert "4 cells, 1 without a record (report: trains nothing)" in captured.err
 
 
+def test_the_summary_judges_each_cell_and_the_round_from_its_records(tmp_path, monkeypatch):
+    """A cell the paper trains that fails here, and one the paper fails that trains here, are each a **no**; Spearman ρ
+    ranks only the cells that trained against the paper; the round's training time is the sum over its cells; α and
+    the train loss are those of each run's last evaluation."""
+    top1 = {"layernorm": 60.0, "erf": 50.0, "tanh": 45.0, "arctan": 40.0, "isru": None, "erf|hshift=2": 30.0}
+    history = [{"epoch": 1, "train_loss": 2.0, "alpha": [0.5, 0.5]},
+               {"epoch": 2, "train_loss": 1.5, "alpha": [0.3, 0.9]}]
+
+    def fake_run(cfg, norm, out_dir, *, table=None, progress=True, pool=None):
+        failed = top1[norm] is None
+        record = {"spec": norm, "status": "failed" if failed else "ok", "top1": top1[norm], "seed": 0, "wall_s": 2.0,
+                  "failure": {"kind": "nan"} if failed else None, "history": history if norm == "erf" else []}
+        results.write_json_atomic(results.record_path(out_dir, norm, cfg), record)
+        return record
+
+    monkeypatch.setattr(lab.train, "run", fake_run)
+    path = _file(tmp_path, subset=list(top1), variants={"A": TINY})
+    text = calibrate.calibrate(path, tmp_path / "out", progress=False)[0].read_text()
+    assert "| `isru` | 82.2 | × nan | **no** |" in text and r"| `erf\|hshift=2` | × | 30.0 | **no** |" in text
+    assert "| `erf` | 82.6 | 50.0 | yes | 1.50 | 0.30–0.90 |" in text
+    assert "train/fail agrees 3/5 · Spearman ρ 1.00 (n=3) · erf − LayerNorm -10.0 pt · 12 s of training" in text
+
+
 def test_dry_run_lists_the_cells_and_runs_nothing(tmp_path, capsys):
     assert main(["calibrate", str(_file(tmp_path)), "--results", str(tmp_path / "out"), "--dry-run"]) == 0
-    err = capsys.readouterr().err
-    assert "6 cells, 6 to run (dry run)" in err and err.count("would run") == 6
+    out, err = capsys.readouterr()
+    assert "6 cells, 6 to run (dry run)" in err and out.count("would run") == 6     # the list: stdout, as a pipe wants
     assert not (tmp_path / "out").exists()
 
 

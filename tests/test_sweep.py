@@ -60,6 +60,7 @@ def test_slurm_time_takes_sbatchs_formats_as_whole_minutes(given, minutes):
                                           ({"launcher": "pbs"}, "pbs"), ({"overrides": ["epochz=1"]}, "epochz"),
                                           ({"launcher": "slurm", "deadline": 60}, "deadline"),
                                           ({"launcher": "slurm", "jobs": 2}, "jobs applies to the local"),
+                                          ({"jobs": 0, "dry_run": True}, "jobs 0: at least 1"),
                                           ({"slurm": {"nodes": 2}}, "slurm parameters apply to the slurm"),
                                           ({"launcher": "slurm", "slurm": ["nodes=two"]},
                                            "--slurm nodes='two': nodes is a whole number"),
@@ -223,6 +224,13 @@ def test_dict_overrides_keep_their_values(tmp_path):
     assert cfg["data"]["path"] == "a=b c"
 
 
+def test_the_device_argument_reaches_every_cells_config(tmp_path):
+    """reproduce(device=...) reaches the sweep through its notebooks; the device is not hashed (the same record
+    names), so a dropped one would train on the config's device unnoticed."""
+    cells = sweep.table_cells("table6", "smoke", tmp_path, seeds=(0, 1), specs=["erf", "tanh"], device="cuda:1")
+    assert len(cells) == 4 and {c.cfg["device"] for c in cells} == {"cuda:1"}
+
+
 def test_out_of_memory_is_an_error_of_its_cell_not_a_gpu_fault():
     """The context stays usable after an OOM: restarting the pool would cost the neighbours their work."""
     import torch
@@ -303,6 +311,69 @@ def test_a_deadline_holds_in_the_process_pool(tmp_path, monkeypatch):
     sweep.sweep("table1", "smoke", tmp_path, overrides=TINY, limit=4, jobs=2, progress=False, deadline=1000)
     assert [c.path.exists() for c in cells] == [True, True, False, False]
 
+
+def test_a_deadline_counts_from_the_clocks_now_and_a_cell_ending_exactly_at_it_starts(tmp_path, monkeypatch):
+    """The clock need not start at 0 (time.monotonic does not): 200 s from t=1000 fit two 100 s cells, the second
+    ending exactly at the deadline."""
+    clock = _clocked_training(monkeypatch, lambda cfg, path: 100.0)
+    clock[0] = 1000.0
+    cells = sweep.table_cells("table1", "smoke", tmp_path, limit=3)
+    sweep.run_cells(cells, progress=False, deadline=200)
+    assert [c.path.exists() for c in cells] == [True, True, False] and clock[0] == 1200
+
+
+def test_a_deadline_judges_by_the_slowest_cell_so_far_not_the_last(tmp_path, monkeypatch):
+    """The first cell takes 100 s, the others 10 s: each next one is still judged at 100 s, so with 215 s the third
+    starts at 110 (done by 210 at the slowest rate) and the fourth, at 120, waits."""
+    cells = sweep.table_cells("table1", "smoke", tmp_path, limit=4)
+    clock = _clocked_training(monkeypatch, lambda cfg, path: 100.0 if path == cells[0].path else 10.0)
+    sweep.run_cells(cells, progress=False, deadline=215)
+    assert [c.path.exists() for c in cells] == [True, True, True, False] and clock[0] == 120
+
+
+def test_a_deadline_judges_each_cell_by_its_training_images_too(tmp_path, monkeypatch):
+    """As with epochs: a fake cell takes 100 s per 128 training images. With 250 s: the 128-image cell trains, the
+    256-image one would end at 300 and waits, the next 128-image one still fits."""
+    clock = _clocked_training(monkeypatch, lambda cfg, path: 100.0 * cfg["data"]["train_size"] / 128)
+    cells = [sweep.plan([spec], "smoke", tmp_path, overrides=["epochs=1", f"data.train_size={size}"])[0]
+             for spec, size in (("erf", 128), ("tanh", 256), ("sin", 128))]
+    sweep.run_cells(cells, progress=False, deadline=250)
+    assert [c.path.exists() for c in cells] == [True, False, True] and clock[0] == 200
+
+
+def test_a_deadline_in_the_pool_judges_by_the_cells_finished_so_far(tmp_path, monkeypatch):
+    """In the pool as in one process, the cells finished so far set the estimate: two cells packed take 100 s of a
+    fake clock, so with 150 s neither of the next two starts (at 100 each would end at 200). The workers are threads
+    here, sharing the clock, and the test takes no time."""
+    from concurrent.futures import ThreadPoolExecutor
+    clock = [0.0]
+
+    class Threads(ThreadPoolExecutor):
+        def __init__(self, workers, mp_context=None, initializer=None, initargs=()):
+            super().__init__(workers)
+
+    def run_cell(cell, pool=None):
+        clock[0] = max(clock[0], 100.0 * (1 + cells.index(cell) // 2))       # in pairs, 100 s a pair
+        record = {"spec": cell.spec, "status": "ok", "top1": 42.0}
+        return "ok", results.write_json_atomic(cell.path, record) and record
+
+    monkeypatch.setattr(sweep, "ProcessPoolExecutor", Threads)
+    monkeypatch.setattr(sweep, "_run_cell", run_cell)
+    monkeypatch.setattr(sweep, "_now", lambda: clock[0])
+    cells = sweep.table_cells("table1", "smoke", tmp_path, limit=4)
+    sweep.run_cells(cells, jobs=2, progress=False, deadline=150)
+    assert [c.path.exists() for c in cells] == [True, True, False, False] and clock[0] == 100
+
+
+def test_a_pool_has_no_more_workers_than_cells_and_its_records_say_so(tmp_path, monkeypatch):
+    """--jobs 8 over 3 cells packs 3 runs: the records' "pool" (shown as "3 runs packed") must say the packing the
+    cells ran under, not the one asked for."""
+    seen = []
+    monkeypatch.setattr(sweep, "_run_pool", lambda cells, jobs, done, clock, pool, say: seen.append((jobs, pool)) or [])
+    sweep.run_cells(sweep.table_cells("table1", "smoke", tmp_path, limit=3), jobs=8, progress=False)
+    assert seen == [(3, {"workers": 3, "mps": False})]
+
+
 def _complete_records(folder):
     """Every *.json under `folder` parses (lab.results writes atomically); returns how many there are."""
     files = list(folder.rglob("*.json"))
@@ -344,6 +415,30 @@ def test_an_unreadable_record_is_named_before_any_cell_trains(tmp_path, monkeypa
         sweep.run_cells(cells, progress=False)          # as lab calibrate and lab reproduce call it
 
 
+def test_an_interrupted_record_write_keeps_the_old_record_whole_and_leaves_no_temporary_file(tmp_path, monkeypatch):
+    """A write cut off (a full disk, a kill) must not leave a half record, which would read as a finished cell."""
+    path = results.write_json_atomic(tmp_path / "erf.json", {"spec": "erf", "status": "ok"})
+
+    def disk_full(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(results.os, "fsync", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        results.write_json_atomic(path, {"spec": "erf", "status": "failed"})
+    assert results.read_record(path)["status"] == "ok" and [p.name for p in tmp_path.iterdir()] == ["erf.json"]
+
+
+def test_records_are_the_json_files_with_a_spec_and_a_status_in_any_subfolder(tmp_path):
+    """A folder of records may hold other JSON (a summary, notes): only records count, found in nested folders."""
+    results.write_json_atomic(tmp_path / "v1" / "erf.json", {"spec": "erf", "status": "ok"})
+    results.write_json_atomic(tmp_path / "notes.json", {"spec": "erf"})
+    results.write_json_atomic(tmp_path / "list.json", [{"spec": "erf", "status": "ok"}])
+    assert [r["path"] for r in results.load_records(tmp_path)] == [str(tmp_path / "v1" / "erf.json")]
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ValueError, match="no such directory"):      # a table of nothing would look like a result
+        results.records_dir(tmp_path / "file")
+
+
 def test_slurm_dry_run_writes_one_array_submission(tmp_path):
     cells = sweep.table_cells("table4", "smoke", tmp_path)
     sweep.sweep("table4", "smoke", tmp_path, launcher="slurm", dry_run=True, progress=False,
@@ -371,7 +466,7 @@ def test_cli_sweep_dry_run_and_bad_seeds(tmp_path, capsys):
     assert "--seeds" in capsys.readouterr().err
     assert main(["sweep", "table6", "--protocol", "smoke", "--results", str(tmp_path), "--dry-run", "--specs", "erf",
                  "--set", "seed=3"]) == 0                          # without --seeds: the config's own seed
-    assert "erf seed=3 -> " in capsys.readouterr().err
+    assert "would run erf seed=3 -> " in capsys.readouterr().out                 # the dry run's list: stdout
 
 
 def test_cli_errors_and_ctrl_c_are_one_line_not_a_traceback(tmp_path, capsys, monkeypatch):
@@ -406,8 +501,8 @@ def test_all_is_the_baseline_plus_every_tables_unique_specs_once(tmp_path, capsy
     from lab.cli import main
     union = {s for t in ablations.TABLES for s in ablations.load(t).specs()}
     assert main(["sweep", "all", "--protocol", "smoke", "--results", str(tmp_path), "--dry-run"]) == 0
-    err = capsys.readouterr().err
-    assert f"all [smoke]: {1 + len(union)} cells" in err and err.count("would run") == 1 + len(union)
+    out, err = capsys.readouterr()
+    assert f"all [smoke]: {1 + len(union)} cells" in err and out.count("would run") == 1 + len(union)
     cells = sweep.table_cells("all", "smoke", tmp_path)
     assert {c.spec for c in cells} == union | {"layernorm"}
     assert {c.table for c in cells if c.spec in ("layernorm", "erf")} == {"table1"}   # the first table with it
@@ -468,3 +563,32 @@ def test_a_cell_recorded_elsewhere_under_its_config_is_copied_not_trained(tmp_pa
         assert results.log_path(cells[spec].path).read_text() == f"{spec} trained in {calibration / 'v1'}\n"
     assert main([*args[:-6], "--reuse", str(tmp_path / "nowhere")]) == 2      # the default config: 3 cells to run
     assert "reuse " in (err := capsys.readouterr().err) and "nowhere: no such directory" in err and calls == [shifted]
+
+
+def test_reproduce_trains_only_its_notebooks_tables_into_out_results_and_fails_on_a_cell_error(tmp_path, monkeypatch):
+    """lab reproduce over the sweep's cells (the notebooks stubbed: they only render): only the tables of the notebooks
+    asked for train, by default into OUT/results; a cell that raised fails the call after the report is written, and a
+    report rendered from those records elsewhere (--no-train --results) counts them."""
+    from lab import reproduce
+    from lab.config import config_hash
+    cells = sweep.union_cells(["table1"], "smoke", tmp_path, overrides=TINY, limit=3)
+    calls = []
+
+    def fake_run(cfg, norm, out_dir, *, table=None, progress=True, pool=None):
+        calls.append(norm)
+        if norm == cells[1].spec:
+            raise RuntimeError("boom")
+        record = {"spec": norm, "table": table, "protocol": cfg["protocol"], "status": "ok", "top1": 42.0,
+                  "seed": cfg["seed"], "config_hash": config_hash(cfg), "device": "cpu"}
+        return results.write_json_atomic(results.record_path(out_dir, norm, cfg), record) and record
+
+    monkeypatch.setattr(lab.train, "run", fake_run)
+    monkeypatch.setattr(reproduce, "_execute_quietly", lambda job: (None, 0.0))
+    out, args = tmp_path / "out", dict(jobs=1, limit=3, overrides=TINY, notebooks=("01_table1",), progress=False)
+    with pytest.raises(RuntimeError, match="cell errors: 1"):
+        reproduce.reproduce("smoke", out, **args)
+    assert calls == [c.spec for c in cells]
+    assert sorted(p.name for p in (out / "results").glob("*.json")) == sorted(c.path.name for c in cells[::2])
+    assert "(2 records; device: cpu)" in (out / "REPORT.md").read_text()
+    report = reproduce.reproduce("smoke", tmp_path / "again", results_dir=out / "results", train=False, **args)
+    assert "(2 records; device: cpu)" in report.read_text() and len(calls) == 3
