@@ -122,7 +122,7 @@ def calibrate(path, results_dir=RESULTS_DIR, *, jobs: int = 1, dry_run: bool = F
                   f", {len(missing)} to run"), progress)
     if dry_run:
         for cell in missing:
-            print(f"  would run {cell.path.parent.name}: {cell.spec} seed={cell.seed} -> {cell.path}")
+            sweep._listed(f"  would run {cell.path.parent.name}: {cell.spec} seed={cell.seed} -> {cell.path}", progress)
         return None, None
     errors = None
     try:

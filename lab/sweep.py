@@ -160,14 +160,14 @@ def sweep(table: str, protocol: str, results_dir="results", *, jobs: int = 1, la
          + f"{len(missing)} to run" + (" (dry run)" if dry_run else ""), progress)
     for cell, source in found.items():
         if dry_run:
-            print(f"  would copy {cell.spec} seed={cell.seed} <- {source}")     # a dry run's output: stdout
+            _listed(f"  would copy {cell.spec} seed={cell.seed} <- {source}", progress)
         else:
             _copy_record(source, cell.path)
     if launcher == "slurm":
         submit_slurm(missing, results_dir, dry_run=dry_run, params=slurm)
     elif dry_run:
         for cell in missing:
-            print(f"  would run {cell.spec} seed={cell.seed} -> {cell.path}")
+            _listed(f"  would run {cell.spec} seed={cell.seed} -> {cell.path}", progress)
     else:
         run_cells(missing, jobs=jobs, progress=progress, desc=table, deadline=deadline, mps=mps)
     return [results.read_record(c.path) for c in cells if c.path.exists()]
@@ -555,3 +555,9 @@ def _name(cell: Cell) -> str:
 def _say(line: str, progress: bool):
     if progress:
         tqdm.write(line, file=sys.stderr)
+
+
+def _listed(line: str, progress: bool):
+    """A line of a dry run's list: the command's output, so stdout (a pipe, > file), beside _say's stderr."""
+    if progress:
+        print(line, flush=True)

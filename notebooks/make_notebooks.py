@@ -15,7 +15,7 @@ RUN = '''protocol = "smoke"        # paper | proxy | smoke (configs/protocols/)
 results_dir = "results"   # one JSON per cell, shared by all tables; finished cells are skipped
 out_dir = "reproduction"  # rendered tables (md, tex, csv) and figures
 device = None             # None: the protocol's default; or "cpu", "cuda"
-overrides = []            # config overrides: ["epochs=1", "lr=0.002"] or {"epochs": 1}
+overrides = {}            # config overrides, e.g. {"epochs": 1, "lr": 0.002}
 data_path = None          # ImageNet folder (train/, val/) for the paper protocol
 train = True              # False: render the records present (a grid trained elsewhere), train nothing'''
 TABLE = RUN + '''

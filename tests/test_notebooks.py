@@ -16,7 +16,11 @@ def test_committed_notebooks_have_no_outputs_and_one_parameters_cell(name):
     nb = nbformat.read(reproduce.NOTEBOOK_DIR / f"{name}.ipynb", as_version=4)
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert all(c.outputs == [] and c.execution_count is None for c in code), f"{name}: strip its outputs"
-    assert sum("parameters" in c.metadata.get("tags", []) for c in nb.cells) == 1
+    [cell] = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assigned = re.findall(r"^(\w+) =", cell.source, re.MULTILINE)
+    assert list(papermill.inspect_notebook(str(reproduce.NOTEBOOK_DIR / f"{name}.ipynb"))) == assigned, (
+        "papermill cannot parse a line of the parameters cell (an '=' in a comment), and reproduce drops "
+        "what it cannot see")
     assert sorted(p.stem for p in reproduce.NOTEBOOK_DIR.glob("*.ipynb")) == sorted(reproduce.NOTEBOOKS)
 
 
