@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import lab.train
-from lab import bench, mps, sweep
+from lab import bench, cli, mps, sweep
 
 FAKE_CONTROL = """#!/bin/sh
 if [ "$#" -eq 0 ]; then read -r cmd; else cmd="$*"; fi
@@ -161,8 +161,10 @@ def test_a_sigterm_that_python_drops_is_sent_again(drops):
     """unwind's SystemExit raised inside a __del__ or weakref callback is dropped by Python ("Exception ignored in"):
     seen leaving a compiled `lab train` running 10 minutes past `timeout`. The signal comes again and the run stops."""
     code = f"""if True:
-        import signal, time, weakref
-        from lab import cli
+        import importlib.util, signal, time, weakref
+        spec = importlib.util.spec_from_file_location("cli", {cli.__file__!r})    # lab/cli.py alone: no torch import
+        cli = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(cli)
         cli.unwind_on_sigterm()
         class Dropped:
             def __del__(self):
