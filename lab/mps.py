@@ -53,7 +53,7 @@ def shared_gpu(enabled: bool, say=print):
     if why:
         if folder:
             shutil.rmtree(folder, ignore_errors=True)
-        say(f"MPS: {why}; the runs {'time-slice the GPU' if why != NO_GPU else 'are on the CPU'}")
+        say(f"MPS: {why}; the runs {'are on the CPU' if why == NO_GPU else 'time-slice the GPU'}")
         yield False
         return
     saved = {key: os.environ.get(key) for key in env}
