@@ -188,6 +188,7 @@ def test_rounds_build_each_model_once_per_group(monkeypatch):
     *[("--packing", runs, "numbers of runs >= 1 such as 1,2,4,8") for runs in ("-1", "2,0", "a")],
     ("--packing-seconds", "0", "a positive number"),
     ("--peak-tflops", "-1", "a positive number"), ("--peak-tflops", "nan", "a positive number"),
+    ("--peak-tflops", "inf", "a positive number"),
 ])
 def test_a_bad_number_is_one_error_naming_the_option_before_anything_is_measured(tmp_path, capsys, monkeypatch,
                                                                                  option, value, says):
@@ -321,3 +322,142 @@ def test_readme_performance_tables_are_the_committed_gpu_records():
     is_row = lambda line: re.match(r"\| (`|\d+ \|)", line) is not None  # noqa: E731   a norm or a packing row
     rendered = [line for line in bench.format_table(bench.recorded()).splitlines() if is_row(line)]
     assert rendered and [line for line in section.splitlines() if is_row(line)] == rendered
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch):
+    """A CUDA device on the CPU: an H100's name, a no-op synchronize, and an allocator whose memory the tests' steps
+    allocate (`allocate`) and whose peak they raise (`run`)."""
+    gpu = SimpleNamespace(allocated=0, peak=0)
+
+    def allocate(nbytes):
+        gpu.allocated += nbytes
+        gpu.peak = max(gpu.peak, gpu.allocated)
+
+    gpu.allocate, gpu.run = allocate, lambda transient: setattr(gpu, "peak", max(gpu.peak, gpu.allocated + transient))
+    for name, fn in [("get_device_name", lambda device=None: "NVIDIA H100 80GB HBM3"),
+                     ("synchronize", lambda device=None: None), ("empty_cache", lambda: None),
+                     ("reset_peak_memory_stats", lambda device=None: setattr(gpu, "peak", gpu.allocated)),
+                     ("memory_allocated", lambda device=None: gpu.allocated),
+                     ("max_memory_allocated", lambda device=None: gpu.peak)]:
+        monkeypatch.setattr(torch.cuda, name, fn)
+    return gpu
+
+
+def test_images_per_second_are_the_timed_steps_only(monkeypatch):
+    """The warm-up (compilation) runs untimed first; images/s is the timed steps' images over their seconds, and the
+    record says which norm, mode, dtype and batch it timed (Derf's name, not its spec; the bench mode, not torch's)."""
+    timed = []
+    monkeypatch.setattr(bench, "_setup", lambda *args, **kwargs: (lambda: None, 1e9, None))
+    monkeypatch.setattr(bench, "_seconds", lambda step, steps, device: timed.append(steps) or 2.0)
+    row = bench.measure(bench.DERF, "compiled", "fp32", TINY, torch.device("cpu"), steps=5, warmup=3)
+    assert timed == [3, 5] and row["img_per_s"] == 5 * TINY["batch"] / 2.0
+    assert [row[k] for k in ("norm", "mode", "dtype", "batch", "steps", "warmup")] == [
+        "derf", "compiled", "fp32", TINY["batch"], 5, 3]
+
+
+def test_gpu_record_has_its_own_peak_memory_and_the_dtypes_mfu(fake_gpu, monkeypatch):
+    """Peak memory is the timed steps' own: not the previous norm's, not the warm-up's (compilation); in GiB. MFU is
+    against the device's peak for the dtype (H100 fp32: 67 TFLOPS), and the record names the device."""
+    fake_gpu.allocate(20 * 2**30)          # the previous norm's peak
+    fake_gpu.allocated = 2**30             # its model freed; this one's parameters
+    calls = []
+
+    def step():
+        calls.append(1)
+        fake_gpu.run((9 if len(calls) <= 2 else 2) * 2**30)     # the two warm-up steps compile: a higher peak
+
+    monkeypatch.setattr(bench, "_setup", lambda *args, **kwargs: (step, 2e9, None))
+    row = bench.measure("erf", "eager", "fp32", TINY, torch.device("cuda"), steps=3, warmup=2)
+    assert len(calls) == 5 and row["peak_mem_gib"] == 3.0 and row["device"] == "NVIDIA H100 80GB HBM3"
+    assert row["peak_tflops"] == 67.0 and row["mfu"] == pytest.approx(2e9 * row["img_per_s"] / 67e12)
+
+
+def test_gpu_rounds_record_each_norms_own_memory(fake_gpu, monkeypatch):
+    """With --rounds the models stay side by side: each norm's memory is its own parameters, the shared inputs, and
+    its own step's transient peak (not the previous norm's, which was higher)."""
+    own = {"layernorm": (1, 5), "erf": (2, 3)}           # GiB: parameters, step's transient
+
+    def setup(norm, mode, dtype, shape, device, inputs=None):
+        if inputs is None:
+            fake_gpu.allocate(2**30)                      # the shared images and targets
+            inputs = (SimpleNamespace(nbytes=2**30 - 64), SimpleNamespace(nbytes=64))
+        fake_gpu.allocate(own[norm][0] * 2**30)
+        return lambda: fake_gpu.run(own[norm][1] * 2**30), 1e9, inputs
+
+    monkeypatch.setattr(bench, "_setup", setup)
+    rows = bench.measure_rounds(["layernorm", "erf"], "eager", "bf16", TINY, torch.device("cuda"), steps=1, warmup=1,
+                                rounds=2)
+    assert [r["peak_mem_gib"] for r in rows] == [1 + 1 + 5, 1 + 2 + 3]
+
+
+def test_flops_per_image_do_not_depend_on_the_batch():
+    """The step's count is for the batch: divided by it, an image's FLOPs (hence MFU) are the same at any batch."""
+    cpu = torch.device("cpu")
+    _, four, _ = bench._setup("erf", "eager", "fp32", TINY, cpu)
+    _, eight, _ = bench._setup("erf", "eager", "fp32", {**TINY, "batch": 8}, cpu)
+    assert four == pytest.approx(eight, rel=1e-6) and 0 < four < 1e8
+
+
+@pytest.mark.parametrize("key, values", [("dtype", ("bf16", "fp32")), ("torch", ("2.11", "2.14")),
+                                         ("device", ("H100", "H200"))])
+def test_a_row_is_not_compared_with_layernorm_of_another_dtype_torch_or_device(key, values):
+    rows = [{"norm": n, "mode": "eager", "dtype": "bf16", "img_per_s": v * s, "peak_mem_gib": None, "mfu": None,
+             "date": "d", "device": "H100", "torch": "2.11", key: value}
+            for value, s in zip(values, (1.0, 3.0)) for n, v in [("layernorm", 100.0), ("erf", 90.0)]]
+    speeds = [line.split(" | ")[4] for line in bench.format_table(rows).splitlines() if line.startswith("| `erf`")]
+    assert speeds == ["0.900", "0.900"]
+
+
+def test_recorded_reads_only_the_device_types_records(tmp_path):
+    row = {"norm": "layernorm", "mode": "eager", "dtype": "bf16", "img_per_s": 1.0, "peak_mem_gib": None, "mfu": None}
+    for device in ("cpu", "cuda"):
+        (tmp_path / f"bench-{device}-1.json").write_text(json.dumps([{**row, "device": device}]))
+    assert [r["device"] for r in bench.recorded(tmp_path, "cuda")] == ["cuda"]
+
+
+def test_packing_rows_add_up_every_runs_images_per_second(monkeypatch):
+    """The aggregate of N processes is the sum of what each reports, not one run's."""
+    queue = []
+    ctx = SimpleNamespace(Barrier=lambda n: SimpleNamespace(wait=lambda timeout=None: None),
+                          Queue=lambda: SimpleNamespace(get=lambda timeout=None: queue.pop()),
+                          Process=lambda target, args: SimpleNamespace(start=lambda: queue.append(100.0),
+                                                                       join=lambda: None))
+    monkeypatch.setattr(bench.mp, "get_context", lambda method: ctx)
+    rows = bench.packing([1, 3], TINY, torch.device("cpu"), seconds=1.0)
+    assert [(r["runs"], r["img_per_s"]) for r in rows] == [(1, 100.0), (3, 300.0)]
+
+
+def test_graphed_streams_rows_are_the_aggregate_of_n_runs(fake_gpu, monkeypatch):
+    """Each replay steps every run once: N runs' images a replay, each run replayed."""
+    replayed = []
+    monkeypatch.setattr(bench, "_graphed_step", lambda shape, device: (
+        SimpleNamespace(replay=lambda: replayed.append(1)), None))
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device: None)
+    monkeypatch.setattr(torch.cuda, "stream", lambda stream: contextlib.nullcontext())
+    monkeypatch.setattr(bench, "_steps_per_s", lambda step, seconds, device: step() or 10.0)
+    rows = bench.packing_streams([1, 3], TINY, torch.device("cuda"), seconds=1.0)
+    assert [(r["runs"], r["img_per_s"]) for r in rows] == [(1, 10.0 * TINY["batch"]), (3, 30.0 * TINY["batch"])]
+    assert len(replayed) == 4
+
+
+def test_gpu_packing_runs_the_proxys_model(monkeypatch):
+    """The packed runs are proxy-size on a GPU (its sweep's --jobs), whatever model the cells measure."""
+    shapes = []
+    monkeypatch.setattr(bench, "packing", lambda ns, shape, *args, **kwargs: shapes.append(shape))
+    for device in ("cuda", "cpu"):
+        bench.run([], [], ["bf16"], torch.device(device), 1, 0, bench.GPU_MODEL, packing_ns=[2], progress=False)
+    assert shapes == [bench.PROXY_MODEL, bench.GPU_MODEL]
+
+
+def test_cli_passes_its_numbers_to_the_measurement(tmp_path, monkeypatch):
+    """--steps, --warmup, --batch and --peak-tflops reach the cells (the defaults' model left as it was)."""
+    seen = []
+    monkeypatch.setattr(bench, "run", lambda *args, **kwargs: seen.append((args, kwargs)) or [])
+    default = dict(bench.CPU_MODEL)
+    assert main(["bench", "--norms", "erf", "--modes", "eager", "--dtypes", "fp32", "--steps", "3", "--warmup", "2",
+                 "--batch", "8", "--peak-tflops", "5", "--device", "cpu", "--out", str(tmp_path)]) == 0
+    ((args, kwargs),) = seen
+    norms, modes, dtypes, device, steps, warmup, shape, *_ = args
+    assert (steps, warmup, shape, args[9]) == (3, 2, {**default, "batch": 8}, 5.0)
+    assert bench.CPU_MODEL == default

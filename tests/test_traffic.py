@@ -49,3 +49,14 @@ def test_readme_traffic_table_is_the_commands_output():
     norms = ("layernorm", *SECTION3_VARIANTS, DERF)
     rendered = traffic.format_table([traffic.traffic(norm, "bf16") for norm in norms]).splitlines()
     assert rows and rows == [line for line in rendered if line.startswith("| `")]
+
+
+def test_each_dtype_is_relative_to_layernorm_of_its_own_dtype():
+    """bf16 and fp32 rows in one table: each norm's traffic against LayerNorm's of its dtype, not the first one's."""
+    rows = [{"norm": n, "dtype": d, "forward_bytes": fwd, "backward_bytes": bwd, "forward_activations": 1.0,
+             "forward_kernels": 1, "backward_activations": 1.0, "backward_kernels": 1}
+            for d, fwd, ln_bwd, bwd in [("bf16", 30, 70, 60), ("fp32", 40, 120, 104)]
+            for n, bwd in [("layernorm", ln_bwd), ("erf", bwd)]]
+    relative = [line.rstrip(" |").rsplit(" | ", 1)[1] for line in traffic.format_table(rows).splitlines()
+                if line.startswith("| `erf`")]
+    assert relative == ["0.900", "0.900"]
