@@ -382,12 +382,16 @@ def format_table(rows: list[dict]) -> str:
                      f"{mem_text} | {mem_rel} | {mfu_text} | {r.get('date', '–')} |")
     packed = [r for r in rows if r["mode"] == "packing"]
     if packed:
-        one = {}      # each run mode's first row (N = 1 when measured): the "× one run" base
+        session = lambda r: (_run_mode(r), r.get("date"), r.get("device"), r.get("torch"))  # noqa: E731
+        one = {}      # the "× one run" base: the N = 1 row of the same run mode and session
         for r in packed:
-            one.setdefault(_run_mode(r), r)
+            if r["runs"] == 1:
+                one.setdefault(session(r), r)
         lines += ["", "| concurrent runs | each run | aggregate img/s | × one run |", "|---|---|---|---|"]
-        lines += [f"| {r['runs']} | {_run_mode(r)} | {r['img_per_s']:.0f} | "
-                  f"{r['img_per_s'] / one[_run_mode(r)]['img_per_s']:.2f} |" for r in packed]
+        for r in packed:
+            alone = one.get(session(r))
+            times = f"{r['img_per_s'] / alone['img_per_s']:.2f}" if alone else "–"
+            lines.append(f"| {r['runs']} | {_run_mode(r)} | {r['img_per_s']:.0f} | {times} |")
     return "\n".join(lines)
 
 

@@ -274,6 +274,11 @@ def test_mps_packing_rows_are_compared_with_one_run_under_mps(tmp_path, capsys):
             for n, speed, mps in [(1, 100.0, False), (8, 300.0, False), (1, 110.0, True), (8, 660.0, True)]]
     table = bench.format_table(rows)
     assert "| 8 | compiled-graphs | 300 | 3.00 |" in table and "| 8 | compiled-graphs + MPS | 660 | 6.00 |" in table
+    later = [{"mode": "packing", "runs": 8, "run_mode": "eager", "img_per_s": 400.0, "date": "2026-12-01"},
+             {"mode": "packing", "runs": 1, "run_mode": "eager", "img_per_s": 100.0, "date": "2026-11-22"},
+             {"mode": "packing", "runs": 4, "run_mode": "eager", "img_per_s": 300.0, "date": "2026-11-22"}]
+    table = bench.format_table(later)       # a later session's N = 8 alone: no base of its own, not another day's
+    assert "| 8 | eager | 400 | – |" in table and "| 4 | eager | 300 | 3.00 |" in table
 
 
 def test_graphed_streams_packing_needs_cuda_and_says_so(tmp_path, capsys):
