@@ -382,22 +382,21 @@ def format_table(rows: list[dict]) -> str:
                      f"{mem_text} | {mem_rel} | {mfu_text} | {r.get('date', '–')} |")
     packed = [r for r in rows if r["mode"] == "packing"]
     if packed:
-        session = lambda r: (_run_mode(r), r.get("date"), r.get("device"), r.get("torch"))  # noqa: E731
         one = {}      # the "× one run" base: the N = 1 row of the same run mode and session
         for r in packed:
             if r["runs"] == 1:
-                one.setdefault(session(r), r)
+                one.setdefault(_session(r, _run_mode(r)), r)
         lines += ["", "| concurrent runs | each run | aggregate img/s | × one run |", "|---|---|---|---|"]
         for r in packed:
-            alone = one.get(session(r))
+            alone = one.get(_session(r, _run_mode(r)))
             times = f"{r['img_per_s'] / alone['img_per_s']:.2f}" if alone else "–"
             lines.append(f"| {r['runs']} | {_run_mode(r)} | {r['img_per_s']:.0f} | {times} |")
     return "\n".join(lines)
 
 
 def _session(row: dict, mode: str) -> tuple:
-    """Which LayerNorm row a row is compared with: same day, device, torch, dtype, and `mode`."""
-    return row.get("date"), row.get("device"), row.get("torch"), mode, row["dtype"]
+    """Which LayerNorm (or N = 1 packing) row a row is compared with: same day, device, torch, dtype, and `mode`."""
+    return row.get("date"), row.get("device"), row.get("torch"), mode, row.get("dtype")
 
 
 def _run_mode(row: dict) -> str:

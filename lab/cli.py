@@ -12,7 +12,7 @@ TABLE_CHOICES = [f"table{i}" for i in range(1, 7)]
 def _train(args):
     from . import config, results, train
     cfg = config.load(args.protocol, args.set)
-    earlier = results.finished(results.record_path(args.out, args.norm, cfg))
+    earlier = results.finished(results.record_path(args.out, args.norm, cfg)) is not None
     record = train.run(cfg, args.norm, args.out, table=args.table, progress=not args.quiet)
     failure = record["failure"]
     verdict = (f"failed at step {failure['step']}: {failure['reason']}" if failure

@@ -63,13 +63,15 @@ def read_record(path) -> dict:
     return {**record, "path": str(path)} if isinstance(record, dict) else record
 
 
-def finished(path) -> bool:
-    """Whether a cell's record is there. An unreadable one is its ValueError now, before anything trains: a record
-    cut off by a full disk is not a finished cell."""
-    if not Path(path).exists():
-        return False
-    read_record(path)
-    return True
+def finished(path) -> dict | None:
+    """The cell's record if it has finished, trained or failed (a failure is a result, not retried); else None. An
+    unreadable one is its ValueError now, before anything trains: a record cut off by a full disk is not a finished
+    cell."""
+    if Path(path).exists():
+        record = read_record(path)
+        if record.get("status") in ("ok", "failed"):
+            return record
+    return None
 
 
 def writable_dir(path, name: str) -> Path:

@@ -151,7 +151,7 @@ def sweep(table: str, protocol: str, results_dir="results", *, jobs: int = 1, la
     from . import results
     cells = table_cells(table, protocol, results_dir, seeds=seeds, overrides=overrides, device=device, limit=limit,
                         specs=specs)
-    missing = [c for c in cells if not results.finished(c.path)]
+    missing = [c for c in cells if results.finished(c.path) is None]
     reuse = [reuse] if isinstance(reuse, (str, Path)) else list(reuse)
     found = reusable(missing, reuse)
     missing = [c for c in missing if c not in found]
@@ -243,7 +243,7 @@ def run_cells(cells, *, jobs: int = 1, progress: bool = True, desc: str = "cells
     next run. mps: the pool's workers share the GPU through NVIDIA MPS (lab.mps.shared_gpu); each record's "pool"
     says how its cell ran ({"workers": N, "mps": bool}; null: alone in its process)."""
     from . import results
-    cells = [c for c in dict.fromkeys(cells) if not results.finished(c.path)]
+    cells = [c for c in dict.fromkeys(cells) if results.finished(c.path) is None]
     from .train import resolve_device
     for device in {c.cfg["device"] for c in cells}:
         resolve_device(device)          # one ValueError before any cell starts, not one traceback per cell

@@ -52,7 +52,7 @@ from . import data as data_mod
 from .config import config_hash
 from .layers import PointwiseNorm, canonical_norm
 from .models import from_config
-from .results import checkpoint_path, git_commit, log_path, pool_text, read_record, record_path, write_json_atomic
+from .results import checkpoint_path, finished, git_commit, log_path, pool_text, record_path, write_json_atomic
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -68,7 +68,7 @@ def run(cfg: dict, norm: str, out_dir, *, table: str | None = None, progress: bo
     """
     spec = canonical_norm(norm)
     path = record_path(out_dir, spec, cfg)
-    if (record := _finished_record(path)) is not None:
+    if (record := finished(path)) is not None:
         return record
     if cfg.get("precision") not in PRECISIONS:
         raise ValueError(f"precision {cfg.get('precision')!r}: choose one of {', '.join(PRECISIONS)}")
@@ -79,7 +79,7 @@ def run(cfg: dict, norm: str, out_dir, *, table: str | None = None, progress: bo
     threads = torch.get_num_threads()
     try:
         with _sole_trainer(path, world):
-            if world == 1 and (record := _finished_record(path)) is not None:
+            if world == 1 and (record := finished(path)) is not None:
                 return record       # finished by another process while this one waited to start it
             if cfg.get("threads"):
                 torch.set_num_threads(int(cfg["threads"]))
@@ -89,15 +89,6 @@ def run(cfg: dict, norm: str, out_dir, *, table: str | None = None, progress: bo
         torch.set_num_threads(threads)
         if owned:
             dist.destroy_process_group()
-
-
-def _finished_record(path: Path) -> dict | None:
-    """The cell's record if it has finished, trained or failed (a failure is a result, not retried); else None."""
-    if path.exists():
-        record = read_record(path)
-        if record.get("status") in ("ok", "failed"):
-            return record
-    return None
 
 
 class CellBusy(ValueError):

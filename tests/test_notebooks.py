@@ -131,3 +131,33 @@ def test_a_notebooks_kernel_is_shut_down_without_an_interrupt(monkeypatch):
 
     asyncio.run(run())
     assert sent == [False]
+
+
+def test_reproduce_trains_only_its_notebooks_tables_into_out_results_and_fails_on_a_cell_error(tmp_path, monkeypatch):
+    """lab reproduce over the sweep's cells (the notebooks stubbed: they only render): only the tables of the notebooks
+    asked for train, by default into OUT/results; a cell that raised fails the call after the report is written, and a
+    report rendered from those records elsewhere (--no-train --results) counts them."""
+    import lab.train
+    from lab import results, sweep
+    from lab.config import config_hash
+    cells = sweep.union_cells(["table1"], "smoke", tmp_path, overrides=TINY, limit=3)
+    calls = []
+
+    def fake_run(cfg, norm, out_dir, *, table=None, progress=True, pool=None):
+        calls.append(norm)
+        if norm == cells[1].spec:
+            raise RuntimeError("boom")
+        record = {"spec": norm, "table": table, "protocol": cfg["protocol"], "status": "ok", "top1": 42.0,
+                  "seed": cfg["seed"], "config_hash": config_hash(cfg), "device": "cpu"}
+        return results.write_json_atomic(results.record_path(out_dir, norm, cfg), record) and record
+
+    monkeypatch.setattr(lab.train, "run", fake_run)
+    monkeypatch.setattr(reproduce, "_execute_quietly", lambda job: (None, 0.0))
+    out, args = tmp_path / "out", dict(jobs=1, limit=3, overrides=TINY, notebooks=("01_table1",), progress=False)
+    with pytest.raises(RuntimeError, match="cell errors: 1"):
+        reproduce.reproduce("smoke", out, **args)
+    assert calls == [c.spec for c in cells]
+    assert sorted(p.name for p in (out / "results").glob("*.json")) == sorted(c.path.name for c in cells[::2])
+    assert "(2 records; device: cpu)" in (out / "REPORT.md").read_text()
+    report = reproduce.reproduce("smoke", tmp_path / "again", results_dir=out / "results", train=False, **args)
+    assert "(2 records; device: cpu)" in report.read_text() and len(calls) == 3
