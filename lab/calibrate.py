@@ -114,8 +114,9 @@ def calibrate(path, results_dir=RESULTS_DIR, *, jobs: int = 1, dry_run: bool = F
     chosen_variants = _chosen("variants", variants, list(cal.variants))
     chosen = [c for name in planned if name in chosen_variants for c in planned[name] if c.spec in chosen_specs]
     missing = [c for c in chosen if not c.path.exists()]
-    sweep._say(f"calibrate {cal.name} [{cal.protocol}]: {len(planned)} variants × {len(cal.subset)} specs × "
-               f"{len(cal.seeds or [None])} seed(s) = {len(cells)} cells"
+    sweep._say(f"calibrate {cal.name} [{cal.protocol}]: {sweep.count(len(planned), 'variant')} × "
+               f"{sweep.count(len(cal.subset), 'spec')} × {sweep.count(len(cal.seeds or [None]), 'seed')} = "
+               f"{sweep.count(len(cells), 'cell')}"
                + (f", {len(chosen)} chosen" if len(chosen) < len(cells) else "")
                + (f", {len(missing)} to run (dry run)" if dry_run else
                   f", {len(missing)} without a record (report: trains nothing)" if report else
@@ -168,7 +169,7 @@ def summary(cal: Calibration, planned: dict, wall_s: float | None, errors=None) 
              f"- `{cal.path}` · device {devices}{pools}{trained}"
              f"{'' if wall_s is None else f' · this call {wall_s:.0f} s'}{seeds}"]
     if errors:
-        lines.append(f"- **{len(errors.errors)} cell(s) raised, no record**: "
+        lines.append(f"- **{sweep.count(len(errors.errors), 'cell')} raised, no record**: "
                      + ", ".join(f"{c.path.parent.name} `{c.spec}` s{c.seed}" for c in errors.errors))
     for name, cells in planned.items():
         lines += ["", f"## {name}: `{' '.join(cal.variants[name]) or '(the protocol as is)'}`", "",
@@ -244,5 +245,5 @@ def _measured(top1: tables.CellResult, ema: tables.CellResult, multi_seed: bool 
         return tables.MISSING
     n = len(top1.values)
     spread = (f" ± {top1.std:.2f}" if top1.std is not None else "") + (
-        f", {n} seed{'s' if n > 1 else ''}" if multi_seed else "")
+        f", {sweep.count(n, 'seed')}" if multi_seed else "")
     return f"{top1.mean:.1f}{spread}" + (f" ({ema.mean:.1f})" if ema.mean is not None else "")

@@ -2,7 +2,9 @@
 
 Train/fail agreement over every table cell, Spearman ρ per table and its mean, erf against LayerNorm, the grid's wall
 time by the records' own clocks, and how many seeds the reference cells have. Records are matched to cells as
-`lab.tables` does (one protocol, each table's config); every figure here is computed from them, none typed in.
+`lab.tables` does, with one protocol and one config for the whole grid (the one with most records over Tables 1–6):
+erf and LayerNorm, and every table, come from the same protocol. Every figure here is computed from records, none typed
+in.
 """
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -32,6 +34,7 @@ class Fidelity:
     run_s: float                # sum of the runs' own wall times
     devices: list
     pools: list                 # how the runs shared the device (results.pool_text), where their records say
+    notes: list                 # records of other configs of this protocol, left out
 
     @property
     def cells(self) -> int:
@@ -81,10 +84,12 @@ class Fidelity:
 
 
 def measure(records, protocol: str | None = None) -> Fidelity:
-    """The goals' figures for `records` of one protocol (ValueError if several and `protocol` is None)."""
+    """The goals' figures for `records` of one protocol (ValueError if several and `protocol` is None) and one config:
+    the grid's, or each table could pick its own and the verdict would compare cells trained under different recipes."""
     records = list(records)
-    collected = {name: tables.collect(name, records, protocol) for name in ablations.TABLES}
-    protocol = next((t.protocol for t in collected.values() if t.protocol is not None), protocol)
+    specs = {spec for name in ablations.TABLES for spec in ablations.load(name).specs()}
+    protocol, config_hash, _, notes = tables.select(specs, records, protocol, where="Tables 1–6")
+    collected = {name: tables.collect(name, records, protocol, config_hash=config_hash) for name in ablations.TABLES}
     cells = [r for t in collected.values() for r in [*t.results, t.baseline] if r is not None and r.run]
     by_spec = {r.cell.spec: r for r in cells}      # the LayerNorm baseline's cell spec is "layernorm"
     used = {(rec["spec"], rec.get("seed")): rec for r in cells for rec in r.records}.values()
@@ -92,7 +97,7 @@ def measure(records, protocol: str | None = None) -> Fidelity:
     return Fidelity(protocol, collected, {name: t.agreement() for name, t in collected.items()}, by_spec.get("erf"),
                     by_spec.get("layernorm"), seeds, *_wall_s(used), sum(float(r.get("wall_s") or 0) for r in used),
                     sorted({str(r.get("device")) for r in used}),
-                    sorted({results.pool_text(r["pool"]) for r in used if "pool" in r}))
+                    sorted({results.pool_text(r["pool"]) for r in used if "pool" in r}), notes)
 
 
 def _wall_s(records) -> tuple[float | None, float | None]:
@@ -145,9 +150,9 @@ def render(f: Fidelity, *, caveat: bool = True) -> str:
               f"| erf − LayerNorm, top-1 points | ≥ {_signed(g['erf_gap'], '.0f')} | {gap} | {met['erf_gap']} |",
               f"| whole grid, wall time | ≤ {g['wall_min']:.0f} min | {wall} | {met['wall_min']} |",
               f"| seeds of LayerNorm and the λ = 0 cells | ≥ {g['seeds']} each | {seeds} | {met['seeds']} |"]
-    hashes = ", ".join(sorted({t.config_hash for t in f.tables.values() if t.config_hash}))
-    return "\n".join(lines + ["", f"Config {hashes or tables.MISSING}; cells are counted per table, as the "
-                              "tables show them (a spec in two tables counts twice)."]) + "\n"
+    config = next((t.config_hash for t in f.tables.values() if t.config_hash), tables.MISSING)
+    return "\n".join(lines + ["", f"Config {config}; cells are counted per table, as the tables show them (a spec in "
+                              "two tables counts twice).", *f.notes]) + "\n"
 
 
 def _signed(value: float, fmt: str) -> str:

@@ -61,7 +61,7 @@ def table_report(table: str, protocol: str = "smoke", results_dir="results", out
         files[-1].write_text(tables.render(table, records, fmt))
     drawn = [*_paths(figures.training_curves(table, records, out / "figures")),
              *_paths(figures.accuracy_vs_lambda(table, records, out / "figures"))]
-    summary = f"{len(records)} records ({protocol}) in `{results_dir}`; {_failures(records)}"
+    summary = f"{_sweep.count(len(records), 'record')} ({protocol}) in `{results_dir}`; {_failures(records)}"
     return Report(f"{table} — {protocol}", files[0].read_text() + "\n\n" + summary,
                   [p for p in drawn if p.suffix == ".png"], files + [p for p in drawn if p.suffix != ".png"])
 
@@ -134,7 +134,8 @@ def reproduce(protocol: str, out_dir="reproduction", *, jobs: int = 2, overrides
                                device=device, limit=limit)
     train_error = None
     missing = sum(not c.path.exists() for c in cells)
-    _say(f"reproduce [{protocol}]: {len(cells)} unique cells over {len(tables)} tables, "
+    _say(f"reproduce [{protocol}]: {_sweep.count(len(cells), 'unique cell')} over "
+         f"{_sweep.count(len(tables), 'table')}, "
          + (f"{missing} to train, jobs={jobs}" if train else f"{missing} missing, training none") + f" → {out}")
     if train:
         try:
@@ -220,13 +221,14 @@ def _report_text(command, protocol, out, results, tables, ran, n_cells, wall, tr
         lines += [SMOKE_BANNER, ""]
     records = _results.load_records(results)
     devices = sorted({str(r.get("device")) for r in records})
-    lines += [f"- command: `{command}` · wall time {wall:.0f} s · {n_cells} unique cells",
-              f"- results: `{_rel(results, out)}` ({len(records)} records; device: {', '.join(devices) or '—'})",
+    lines += [f"- command: `{command}` · wall time {wall:.0f} s · {_sweep.count(n_cells, 'unique cell')}",
+              f"- results: `{_rel(results, out)}` ({_sweep.count(len(records), 'record')}; "
+              f"device: {', '.join(devices) or '—'})",
               "", fidelity.render(fidelity.measure(records, protocol), caveat=False),
               "## Notebooks", "", "| notebook | status | time |", "|---|---|---|"]
     lines += [f"| [{n}]({n}.ipynb) | {'ok' if e is None else '**failed**: ' + e} | {t:.0f} s |" for n, e, t in ran]
     if train_error:
-        lines += ["", f"**{len(train_error.errors)} cell(s) raised** (see the notebooks' tracebacks):"]
+        lines += ["", f"**{_sweep.count(len(train_error.errors), 'cell')} raised** (see the notebooks' tracebacks):"]
         lines += [f"- `{c.spec}` seed {c.seed}" for c in train_error.errors]
     lines += ["", "## Tables"]
     for table in tables:

@@ -60,7 +60,7 @@ class CellErrors(RuntimeError):
 
     def __init__(self, errors: dict, records: list):
         self.errors, self.records = errors, records
-        lines = [f"{len(errors)} cell(s) raised (every other cell ran):"]
+        lines = [f"{count(len(errors), 'cell')} raised (every other cell ran):"]
         lines += [f"--- {cell.spec} seed={cell.seed}\n{tb.rstrip()}" for cell, tb in errors.items()]
         super().__init__("\n".join(lines))
 
@@ -155,7 +155,7 @@ def sweep(table: str, protocol: str, results_dir="results", *, jobs: int = 1, la
     reuse = [reuse] if isinstance(reuse, (str, Path)) else list(reuse)
     found = reusable(missing, reuse)
     missing = [c for c in missing if c not in found]
-    _say(f"{table} [{protocol}]: {len(cells)} cells, {len(cells) - len(missing) - len(found)} done, "
+    _say(f"{table} [{protocol}]: {count(len(cells), 'cell')}, {len(cells) - len(missing) - len(found)} done, "
          + (f"{len(found)} to copy from {', '.join(map(str, reuse))}, " if found else "")
          + f"{len(missing)} to run" + (" (dry run)" if dry_run else ""), progress)
     for cell, source in found.items():
@@ -273,7 +273,7 @@ def run_cells(cells, *, jobs: int = 1, progress: bool = True, desc: str = "cells
                 clock.finished(cell, started, value if kind == "ok" else None)
                 if kind == "fault" and cells[i + 1:]:
                     _say(f"{desc}: the GPU faulted, and this process cannot use it again: run again to train the "
-                         f"{len(cells) - i - 1} cell(s) left", progress)
+                         f"{count(len(cells) - i - 1, 'cell')} left", progress)
                     break
         else:
             workers = min(jobs, len(cells))
@@ -282,7 +282,7 @@ def run_cells(cells, *, jobs: int = 1, progress: bool = True, desc: str = "cells
                                  say=lambda line: _say(f"{desc}: {line}", progress))
     except (KeyboardInterrupt, SystemExit):
         raised = f" ({len(errors)} raised: {', '.join(_name(c) for c in errors)})" if errors else ""
-        _say(f"{desc}: stopped with {len(cells) - len(records)} cell(s) unfinished{raised}: run the same command again "
+        _say(f"{desc}: stopped with {count(len(cells) - len(records), 'cell')} unfinished{raised}: run the same command again "
              "to train them (finished cells are kept; a stopped run resumes from its last checkpoint, if it wrote one)",
              progress)
         raise
@@ -290,7 +290,7 @@ def run_cells(cells, *, jobs: int = 1, progress: bool = True, desc: str = "cells
         bar.close()
     if left:
         estimates = ", ".join(f"{s} s" for s in sorted({round(clock.estimate(c)) for c in left}))
-        _say(f"{desc}: {len(left)} cell(s) left for the next run, they would not finish within the deadline "
+        _say(f"{desc}: {count(len(left), 'cell')} left for the next run, they would not finish within the deadline "
              f"({estimates} a cell at the slowest rate so far): run again to train them", progress)
     if errors:
         raise CellErrors(errors, records)
@@ -472,7 +472,7 @@ def submit_slurm(cells, results_dir, *, dry_run: bool = False, params: dict | No
         jobs = executor.map_array(slurm_cell, list(cells))
     array = jobs[0].job_id.split("_")[0]
     what = "wrote (dry run, not submitted) a SLURM array" if dry_run else f"submitted SLURM array {array}"
-    _say(f"{what} of {len(cells)} cells: {Path(results_dir) / 'slurm'}", True)
+    _say(f"{what} of {count(len(cells), 'cell')}: {Path(results_dir) / 'slurm'}", True)
     return jobs
 
 
@@ -555,6 +555,11 @@ def _name(cell: Cell) -> str:
 def _say(line: str, progress: bool):
     if progress:
         tqdm.write(line, file=sys.stderr)
+
+
+def count(n: int, noun: str) -> str:
+    """"1 cell", "2 cells": the messages' counts."""
+    return f"{n} {noun}{'s' * (n != 1)}"
 
 
 def _listed(line: str, progress: bool):

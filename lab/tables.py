@@ -112,9 +112,10 @@ def spearman(measured, paper) -> tuple[float | None, float | None]:
     return float(rho), float(p)
 
 
-def _select(ablation, records, protocol, config_hash):
-    """Keep the records of this table's specs (and LayerNorm), one protocol and one config hash; group by spec."""
-    specs = set(ablation.specs()) | {"layernorm"}
+def select(specs, records, protocol=None, config_hash=None, where="records"):
+    """(protocol, config hash, {spec: {seed: record}}, notes): the finished records of `specs` (and LayerNorm) of one
+    protocol and one config hash, the one with most records (then the latest) unless `config_hash` is given."""
+    specs = set(specs) | {"layernorm"}
     relevant = []
     for record in records:
         try:
@@ -125,7 +126,7 @@ def _select(ablation, records, protocol, config_hash):
             relevant.append({**record, "spec": spec})
     protocols = sorted({r.get("protocol") for r in relevant}, key=str)
     if protocol is None and len(protocols) > 1:
-        raise ValueError(f"{ablation.name}: the records come from several protocols "
+        raise ValueError(f"{where}: the records come from several protocols "
                          f"({', '.join(map(str, protocols))}); choose one with --protocol")
     protocol = protocol if protocol is not None else (protocols[0] if protocols else None)
     relevant = [r for r in relevant if r.get("protocol") == protocol]
@@ -162,7 +163,7 @@ def collect(name: str, records, protocol: str | None = None, *, metric: str = "t
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}; choose one of: {', '.join(METRICS)}")
     ablation = ablations.load(name)
-    protocol, config_hash, by_spec, notes = _select(ablation, list(records), protocol, config_hash)
+    protocol, config_hash, by_spec, notes = select(ablation.specs(), records, protocol, config_hash, ablation.name)
     panels = [[cell_result(c, by_spec.get(c.spec, {}), metric) for c in p.cells] for p in ablation.panels]
     baseline = None
     if "layernorm" in by_spec:

@@ -136,7 +136,7 @@ def test_a_crashing_cell_is_reported_after_the_summary(tmp_path, monkeypatch, ca
     assert main(["calibrate", str(_file(tmp_path)), "--results", str(tmp_path / "out")]) == 1
     captured = capsys.readouterr()
     assert "| `layernorm` | – | 50.0 (51.0) | – |" in captured.out and "| `erf` | 82.6 | – | – |" in captured.out
-    assert "2 cell(s) raised" in captured.out and "boom" in captured.err
+    assert "2 cells raised" in captured.out and "boom" in captured.err
     assert "device cpu · 14 runs packed under MPS ·" in captured.out
     assert (tmp_path / "out" / "summary-round.md").exists()
 

@@ -113,6 +113,19 @@ def test_one_protocol_at_a_time():
     assert "not comparable" not in fidelity.render(f, caveat=False)
 
 
+def test_one_config_for_the_whole_grid():
+    """A folder with a second config that has more records than the grid's in one table (Table 4's cells on three
+    seeds) is still measured under one config: each table picking its own would mix recipes in one verdict."""
+    other = [{**r, "config_hash": "beef", "seed": seed, "top1": 90.0 if r["top1"] is not None else None}
+             for r in paper_grid(seeds=1) if r["spec"] in {*ablations.load("table4").specs(), "layernorm"}
+             for seed in range(3)]
+    f = fidelity.measure(paper_grid(seeds=1) + other)
+    assert {t.config_hash for t in f.tables.values()} == {"c0ffee"}
+    assert f.layernorm.mean == 83.0 and f.seeds["layernorm"] == 1
+    text = fidelity.render(f)
+    assert "Config c0ffee;" in text and "ignored records of other configs of this protocol: beef (18 records)" in text
+
+
 def test_cli(tmp_path, capsys):
     for i, record in enumerate(paper_grid(seeds=1)):
         (tmp_path / f"{i}.json").write_text(json.dumps(record))
@@ -137,7 +150,7 @@ def with_rhos(*rhos):
     """A Fidelity of complete, agreeing tables with these ρ (None: undefined) and every other goal open or met."""
     agreements = {f"t{i}": {"cells": 1, "run": 1, "agree": 1, "spearman_rho": rho, "spearman_n": 3}
                   for i, rho in enumerate(rhos)}
-    return fidelity.Fidelity("proxy", {}, agreements, None, None, {"erf": 3}, None, None, 0.0, [], [])
+    return fidelity.Fidelity("proxy", {}, agreements, None, None, {"erf": 3}, None, None, 0.0, [], [], [])
 
 
 def test_mean_rho_is_the_mean_not_the_median():

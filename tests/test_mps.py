@@ -203,7 +203,7 @@ def test_sigterm_stops_a_packed_sweep_at_once_and_its_daemon_quits(control, tmp_
     finally:
         proc.kill()
     assert proc.returncode == 128 + signal.SIGTERM
-    assert "stopped with 2 cell(s) unfinished: run the same command again" in stderr
+    assert "stopped with 2 cells unfinished: run the same command again" in stderr
     assert "leaked" not in stderr                  # no semaphore of a stopped worker's left for the resource tracker
     assert [c.split()[0] for c in control()] == ["-d", "get_server_list", "quit"]
     assert not any(_alive(pid) for pid in workers) and not list(out.glob("*.json"))

@@ -44,7 +44,7 @@ def test_a_stopped_sweep_counts_the_cells_a_rerun_will_train(tmp_path, monkeypat
     cells = sweep.table_cells("table6", "smoke", tmp_path)[:5]
     with pytest.raises(KeyboardInterrupt):
         sweep.run_cells(cells, jobs=1)
-    assert (f"stopped with 4 cell(s) unfinished (1 raised: {tmp_path.name}/{cells[1].spec} s{cells[1].seed}): run the "
+    assert (f"stopped with 4 cells unfinished (1 raised: {tmp_path.name}/{cells[1].spec} s{cells[1].seed}): run the "
             "same command again") in capsys.readouterr().err
 
 
@@ -288,7 +288,7 @@ def test_a_deadline_judges_each_cell_by_its_own_length(tmp_path, monkeypatch, ca
     sweep.run_cells(cells, deadline=250)
     assert [c.path.exists() for c in cells] == [True, False, True] and clock[0] == 200
     err = capsys.readouterr().err
-    assert "1 cell(s) left for the next run, they would not finish within the deadline (200 s a cell" in err
+    assert "1 cell left for the next run, they would not finish within the deadline (200 s a cell" in err
 
 
 def test_a_cell_resumed_from_its_checkpoint_is_judged_by_all_its_runs(tmp_path, monkeypatch):
@@ -494,7 +494,7 @@ def test_cli_errors_and_ctrl_c_are_one_line_not_a_traceback(tmp_path, capsys, mo
     monkeypatch.setattr(sweep, "_run_cell", interrupted)
     assert main(sweep_cells) == 130
     err = capsys.readouterr().err
-    assert "stopped with 2 cell(s) unfinished" in err and "lab sweep: interrupted" in err and "Traceback" not in err
+    assert "stopped with 2 cells unfinished" in err and "lab sweep: interrupted" in err and "Traceback" not in err
 
 
 def test_all_is_the_baseline_plus_every_tables_unique_specs_once(tmp_path, capsys):
