@@ -61,14 +61,22 @@ RANGES = {
 """The values a numeric setting may take (each element, for a list): checked once the overrides are applied, so a
 bad value fails before anything is trained or written. aug.scale's [min, max] must also be in order."""
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+"""torch.compile's modes; reduce-overhead replays CUDA graphs (for small, launch-bound models like the proxy's)."""
+
 CHOICES = {
+    "precision": ("fp32", "bf16", "fp16"),
+    "compile_mode": COMPILE_MODES,
+    "data.kind": data.KINDS,
     "optim.opt": tuple(list_optimizers()),
     "aug.interpolation": data.INTERPOLATIONS,
     "aug.remode": ("const", "rand", "pixel"),
     "aug.mixup_mode": ("batch", "pair", "elem"),
     "model.global_pool": ("", "avg", "avgmax", "max", "token", "map", "prr"),
 }
-"""The values a named setting may take, checked with RANGES: timm's optimizer registry; the embedded set's resampling
+"""The values a named setting may take, checked with RANGES (so a sweep refuses a bad one before any cell starts, not
+in every cell's traceback): the precisions of autocast (lab/train.py); torch.compile's modes; lab/data.py's kinds;
+timm's optimizer registry; the embedded set's resampling
 modes (lab/data.py, where any other name was silently bilinear; one list for both data kinds, so a protocol means the
 same on either: lanczos or random, which timm's folder transforms also take, are refused); timm's
 RandomErasing modes (else a bare AssertionError) and Mixup modes (any other was silently "batch"); timm

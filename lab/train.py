@@ -54,26 +54,21 @@ from .layers import PointwiseNorm, canonical_norm
 from .models import from_config
 from .results import checkpoint_path, finished, git_commit, log_path, pool_text, record_path, write_json_atomic
 
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-"""torch.compile's modes; reduce-overhead replays CUDA graphs (for small, launch-bound models like the proxy's)."""
+AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}    # config.CHOICES["precision"]
 
 
 def run(cfg: dict, norm: str, out_dir, *, table: str | None = None, progress: bool = True,
         pool: dict | None = None) -> dict:
     """Train `norm` under `cfg`, write the record to lab.results.record_path and return it (with its "path").
 
-    An existing finished record is returned as is; an existing checkpoint is resumed. ValueError on bad input.
+    An existing finished record is returned as is; an existing checkpoint is resumed. `cfg` comes from
+    lab.config.load, which has checked it.
     pool: how the run shares its device, recorded as is (lab.sweep's pool: {"workers": N, "mps": bool}; None: alone).
     """
     spec = canonical_norm(norm)
     path = record_path(out_dir, spec, cfg)
     if (record := finished(path)) is not None:
         return record
-    if cfg.get("precision") not in PRECISIONS:
-        raise ValueError(f"precision {cfg.get('precision')!r}: choose one of {', '.join(PRECISIONS)}")
-    if cfg["compile_mode"] not in COMPILE_MODES:
-        raise ValueError(f"compile_mode {cfg['compile_mode']!r}: choose one of {', '.join(COMPILE_MODES)}")
     rank, world, owned = _init_distributed()
     path.parent.mkdir(parents=True, exist_ok=True)
     threads = torch.get_num_threads()
@@ -146,7 +141,7 @@ class Trainer:
         self.scheduler = CosineLRScheduler(self.optimizer, t_initial=max(self.total - warmup, 1),
                                            lr_min=s["min_lr"], warmup_t=warmup, warmup_lr_init=s["warmup_lr"],
                                            warmup_prefix=True, t_in_epochs=False)
-        self.dtype = PRECISIONS[cfg["precision"]]
+        self.dtype = AUTOCAST[cfg["precision"]]
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
         self.criterion = SoftTargetCrossEntropy() if self.data.mixup is not None else \
             LabelSmoothingCrossEntropy(cfg["aug"]["smoothing"])

@@ -149,6 +149,9 @@ def test_hash_is_the_same_for_an_int_or_a_float_inside_a_list():
     ("aug.remode=foo", "const, rand, pixel"),                            # a bare AssertionError in timm
     ("aug.mixup_mode=foo", "batch, pair, elem"),                         # silently "batch" in timm's Mixup
     ("optim.opt=sgdx", r"\(did you mean 'sgd'\?\); choose one of .*adamw.*, sgd, "),  # timm: not in registry
+    ("precision=fp8", "fp32, bf16, fp16"),              # these three failed in every cell of a sweep, once it ran
+    ("compile_mode=fast", "default, reduce-overhead, max-autotune"),
+    ("data.kind=folder", r"\(did you mean 'imagefolder'\?\); choose one of embedded, imagefolder"),
 ])
 def test_a_setting_with_choices_names_them(override, choices):
     key, value = override.split("=")
