@@ -113,7 +113,7 @@ def calibrate(path, results_dir=RESULTS_DIR, *, jobs: int = 1, dry_run: bool = F
     chosen_specs = _chosen("specs", None if specs is None else [_canonical(s, cal.subset) for s in specs], cal.subset)
     chosen_variants = _chosen("variants", variants, list(cal.variants))
     chosen = [c for name in planned if name in chosen_variants for c in planned[name] if c.spec in chosen_specs]
-    missing = [c for c in chosen if not c.path.exists()]
+    missing = [c for c in chosen if results.finished(c.path) is None]
     sweep._say(f"calibrate {cal.name} [{cal.protocol}]: {sweep.count(len(planned), 'variant')} × "
                f"{sweep.count(len(cal.subset), 'spec')} × {sweep.count(len(cal.seeds or [None]), 'seed')} = "
                f"{sweep.count(len(cells), 'cell')}"

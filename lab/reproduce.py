@@ -133,7 +133,7 @@ def reproduce(protocol: str, out_dir="reproduction", *, jobs: int = 2, overrides
     cells = _sweep.union_cells(tables, protocol, results, seeds=seeds, overrides=_with_data_path(overrides, data_path),
                                device=device, limit=limit)
     train_error = None
-    missing = sum(not c.path.exists() for c in cells)
+    missing = sum(_results.finished(c.path) is None for c in cells)
     _say(f"reproduce [{protocol}]: {_sweep.count(len(cells), 'unique cell')} over "
          f"{_sweep.count(len(tables), 'table')}, "
          + (f"{missing} to train, jobs={jobs}" if train else f"{missing} missing, training none") + f" → {out}")

@@ -446,11 +446,11 @@ def _device_fault(err: Exception) -> bool:
 
 
 def slurm_cell(cell: Cell) -> dict:
-    """One SLURM array task: skip if done (requeue/resubmission), set up torch.distributed for multi-task jobs."""
-    from . import results, train
-    if cell.path.exists():
-        return results.read_record(cell.path)
+    """One SLURM array task: torch.distributed set up for multi-task jobs; a cell done (a requeue, a resubmission) is
+    train.run's finished record."""
     import submitit
+
+    from . import train
     if submitit.JobEnvironment().num_tasks > 1:
         submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
     return train.run(cell.cfg, cell.spec, cell.path.parent, table=cell.table, progress=False)

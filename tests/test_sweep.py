@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 
 import pytest
 
@@ -454,6 +455,16 @@ def test_slurm_dry_run_writes_one_array_submission(tmp_path):
     assert {s.function.__name__ for s in submitted} == {"slurm_cell"}
     assert sorted(s.args[0].spec for s in submitted) == sorted(c.spec for c in cells)
     assert not list(tmp_path.rglob("*.json"))
+
+
+def test_a_requeued_slurm_task_returns_its_finished_record(tmp_path, monkeypatch):
+    """A requeue or a resubmission reaches train.run, which returns the record it finished and trains nothing."""
+    import submitit
+    monkeypatch.setattr(submitit, "JobEnvironment", lambda: types.SimpleNamespace(num_tasks=1))
+    [cell] = sweep.table_cells("table4", "smoke", tmp_path, specs=["linear"])
+    results.write_json_atomic(cell.path, {"spec": "linear", "status": "failed", "top1": None})
+    monkeypatch.setattr(lab.train.Trainer, "__init__", lambda *a, **k: pytest.fail("trained a finished cell"))
+    assert sweep.slurm_cell(cell)["status"] == "failed"
 
 
 def test_cli_sweep_dry_run_and_bad_seeds(tmp_path, capsys):
