@@ -50,6 +50,7 @@ def table_report(table: str, protocol: str = "smoke", results_dir="results", out
     """Sweep `table` (finished cells are skipped), render it (md, tex, csv) beside the paper and draw its figures.
     train=False: render the records present (e.g. a grid fetched from a GPU) and train nothing."""
     from . import figures, tables
+    results_dir, out_dir = project_path(results_dir), project_path(out_dir)
     records = _sweep.sweep(table, protocol, results_dir, jobs=jobs, seeds=seeds, device=device, limit=limit,
                            overrides=_with_data_path(overrides, data_path), progress=progress and train,
                            dry_run=not train)     # not training: the table's – marks what is missing
@@ -59,8 +60,8 @@ def table_report(table: str, protocol: str = "smoke", results_dir="results", out
     for fmt in ("md", "tex", "csv"):
         files.append(out / "tables" / f"{table}.{fmt}")
         files[-1].write_text(tables.render(table, records, fmt))
-    drawn = [*_paths(figures.training_curves(table, records, out / "figures")),
-             *_paths(figures.accuracy_vs_lambda(table, records, out / "figures"))]
+    drawn = [*figures.training_curves(table, records, out / "figures"),
+             *figures.accuracy_vs_lambda(table, records, out / "figures")]
     summary = f"{_sweep.count(len(records), 'record')} ({protocol}) in `{results_dir}`; {_failures(records)}"
     return Report(f"{table} — {protocol}", files[0].read_text() + "\n\n" + summary,
                   [p for p in drawn if p.suffix == ".png"], files + [p for p in drawn if p.suffix != ".png"])
@@ -72,7 +73,8 @@ def demo_report(specs=("erf", "linear"), protocol: str = "smoke", results_dir="r
     """Train a few specs side by side (e.g. one that trains, one that fails): verdicts beside the paper's, and train
     loss per epoch. train=False: only the specs whose records are present."""
     from . import ablations, results
-    cells = _sweep.plan(specs, protocol, results_dir, overrides=_with_data_path(overrides, data_path), device=device)
+    cells = _sweep.plan(specs, protocol, project_path(results_dir), overrides=_with_data_path(overrides, data_path),
+                        device=device)
     if train:
         _sweep.run_cells(cells, progress=progress, desc="demo")
     records = [results.read_record(c.path) for c in cells if c.path.exists()]
@@ -99,9 +101,20 @@ def figures_report(out_dir="reproduction", which=("figure2", "figure3", "figure4
     unknown = [w for w in which if w not in FIGURES]
     if unknown:
         raise ValueError(f"unknown figure(s) {', '.join(unknown)}: choose from {', '.join(FIGURES)}")
-    drawn = [p for w in which for p in getattr(figures, w)(Path(out_dir) / "figures")]
-    return Report("Figures: " + ", ".join(which), "\n".join(f"- `{p}`" for p in drawn),
+    folder = project_path(out_dir) / "figures"
+    drawn = [p for w in which for p in getattr(figures, w)(folder)]
+    return Report("Figures: " + ", ".join(which), f"Written in `{folder}`: {', '.join(p.name for p in drawn)}",
                   [p for p in drawn if p.suffix == ".png"])
+
+
+def project_path(path) -> Path:
+    """A notebook's relative path against the project root when the kernel runs in notebooks/, where JupyterLab
+    starts it: a notebook opened there shares the root's results/ and reproduction/ with `lab` and papermill (which
+    run from the root) instead of training the grid again into notebooks/results/."""
+    path = Path(path)
+    if not path.is_absolute() and Path.cwd().resolve() == NOTEBOOK_DIR.resolve():
+        return NOTEBOOK_DIR.parent / path
+    return path
 
 
 def reproduce(protocol: str, out_dir="reproduction", *, jobs: int = 2, overrides=None, device: str | None = None,
@@ -257,12 +270,6 @@ def _num(value) -> str:
 def _failures(records) -> str:
     failed = [r["spec"] for r in records if r.get("status") != "ok"]
     return f"{len(failed)} failed: " + ", ".join(f"`{s}`" for s in failed) if failed else "none failed"
-
-
-def _paths(paths) -> list[Path]:
-    if paths is None:
-        return []
-    return [Path(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
 
 
 def _rel(path: Path, base: Path) -> str:

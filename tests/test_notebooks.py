@@ -1,6 +1,7 @@
 """The notebooks: committed without outputs, one `parameters` cell each, all run through papermill at smoke size,
 and a bad parameter fails the notebook with lab's ValueError."""
 import re
+from pathlib import Path
 
 import nbformat
 import papermill
@@ -161,3 +162,18 @@ def test_reproduce_trains_only_its_notebooks_tables_into_out_results_and_fails_o
     assert "(2 records; device: cpu)" in (out / "REPORT.md").read_text()
     report = reproduce.reproduce("smoke", tmp_path / "again", results_dir=out / "results", train=False, **args)
     assert "(2 records; device: cpu)" in report.read_text() and len(calls) == 3
+
+
+def test_a_notebook_opened_in_jupyterlab_shares_the_roots_folders(tmp_path, monkeypatch):
+    """JupyterLab starts a kernel in notebooks/: the notebooks' relative results/ and reproduction/ are the project
+    root's there, as for lab and papermill run from the root, not new folders beside the notebooks."""
+    (tmp_path / "notebooks").mkdir()
+    monkeypatch.setattr(reproduce, "NOTEBOOK_DIR", tmp_path / "notebooks")
+    monkeypatch.chdir(tmp_path / "notebooks")
+    reproduce.figures_report("reproduction", which=["figure3"])
+    reproduce.table_report("table4", "smoke", "results", "reproduction", train=False, progress=False)
+    assert (tmp_path / "reproduction" / "figures" / "figure3.png").exists()
+    assert (tmp_path / "reproduction" / "tables" / "table4.md").exists()
+    assert [p.name for p in (tmp_path / "notebooks").iterdir()] == []
+    monkeypatch.chdir(tmp_path)                                  # anywhere else: relative to where it runs
+    assert reproduce.project_path("results") == Path("results")
