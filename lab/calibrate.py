@@ -159,7 +159,7 @@ def summary(cal: Calibration, planned: dict, wall_s: float | None, errors=None) 
     paper = paper_values()
     records = {c: results.read_record(c.path) for cells in planned.values() for c in cells if c.path.exists()}
     devices = ", ".join(sorted({str(r.get("device")) for r in records.values()})) or "–"
-    pools = "".join(f" · {text}" for text in sorted({results.pool_text(r["pool"]) for r in records.values()
+    pools = "".join(f" · {text}" for text in sorted({results.pool_text(r["pool"], r.get("device")) for r in records.values()
                                                      if "pool" in r}))
     multi_seed = bool(cal.seeds and len(cal.seeds) > 1)
     seeds = f" · seeds {', '.join(map(str, cal.seeds))} (means over seeds)" if multi_seed else ""

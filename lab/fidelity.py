@@ -97,7 +97,7 @@ def measure(records, protocol: str | None = None) -> Fidelity:
     return Fidelity(protocol, collected, {name: t.agreement() for name, t in collected.items()}, by_spec.get("erf"),
                     by_spec.get("layernorm"), seeds, *_wall_s(used), sum(float(r.get("wall_s") or 0) for r in used),
                     sorted({str(r.get("device")) for r in used}),
-                    sorted({results.pool_text(r["pool"]) for r in used if "pool" in r}), notes)
+                    sorted({results.pool_text(r["pool"], r.get("device")) for r in used if "pool" in r}), notes)
 
 
 def _wall_s(records) -> tuple[float | None, float | None]:

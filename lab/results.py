@@ -99,10 +99,13 @@ def load_records(results_dir) -> list[dict]:
     return [r for r in records if isinstance(r, dict) and "spec" in r and "status" in r]
 
 
-def pool_text(pool: dict | None) -> str:
-    """How a record's run shared its device, in words (its "pool", as lab.sweep writes it; None: alone)."""
+def pool_text(pool: dict | None, device=None) -> str:
+    """How a record's run shared its device, in words (its "pool", as lab.sweep writes it; None: alone). On a CPU the
+    runs share the cores, each its own threads: time-slicing and MPS are a GPU's."""
     if not pool:
         return "alone on its device"
+    if str(device).startswith("cpu"):
+        return f"{pool['workers']} runs at once on the CPU"
     return f"{pool['workers']} runs packed" + (" under MPS" if pool["mps"] else " (time-sliced)")
 
 

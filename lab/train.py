@@ -156,7 +156,7 @@ class Trainer:
         self._log(f"start {spec} · {cfg['protocol']}-{config_hash(cfg)} seed {self.seed} · {_device_name(device)} · "
                   f"torch {torch.__version__} · {self.total} updates, {self.spe} an epoch"
                   + (f" · compiled ({cfg['compile_mode']})" if cfg.get("compile") else "")
-                  + (f" · {pool_text(pool)}" if pool else ""))
+                  + (f" · {pool_text(pool, device.type)}" if pool else ""))
         for slow in (_cpu_fallback(cfg, device), _emulated_precision(device, self.dtype)):
             if slow:
                 warnings.warn(slow, stacklevel=2)

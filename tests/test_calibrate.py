@@ -128,7 +128,7 @@ def test_a_crashing_cell_is_reported_after_the_summary(tmp_path, monkeypatch, ca
         if norm == "erf":
             raise RuntimeError("boom")
         record = {"spec": norm, "status": "ok", "top1": 50.0, "top1_ema": 51.0, "seed": 0, "wall_s": 2.0,
-                  "device": "cpu", "pool": {"workers": 14, "mps": True}}     # as a packed sweep's records say
+                  "device": "NVIDIA H200", "pool": {"workers": 14, "mps": True}}   # as a packed sweep's records say
         results.write_json_atomic(results.record_path(out_dir, norm, cfg), record)
         return record
 
@@ -137,7 +137,7 @@ def test_a_crashing_cell_is_reported_after_the_summary(tmp_path, monkeypatch, ca
     captured = capsys.readouterr()
     assert "| `layernorm` | – | 50.0 (51.0) | – |" in captured.out and "| `erf` | 82.6 | – | – |" in captured.out
     assert "2 cells raised" in captured.out and "boom" in captured.err
-    assert "device cpu · 14 runs packed under MPS ·" in captured.out
+    assert "device NVIDIA H200 · 14 runs packed under MPS ·" in captured.out
     assert (tmp_path / "out" / "summary-round.md").exists()
 
 

@@ -574,3 +574,11 @@ def test_a_cell_recorded_elsewhere_under_its_config_is_copied_not_trained(tmp_pa
         assert results.log_path(cells[spec].path).read_text() == f"{spec} trained in {calibration / 'v1'}\n"
     assert main([*args[:-6], "--reuse", str(tmp_path / "nowhere")]) == 2      # the default config: 3 cells to run
     assert "reuse " in (err := capsys.readouterr().err) and "nowhere: no such directory" in err and calls == [shifted]
+
+
+def test_a_pool_is_told_in_its_devices_words():
+    """Time-slicing and MPS are how runs share a GPU; on a CPU they run at once, each on its own threads."""
+    assert results.pool_text({"workers": 2, "mps": False}, "cpu") == "2 runs at once on the CPU"
+    assert results.pool_text({"workers": 14, "mps": False}, "NVIDIA H200") == "14 runs packed (time-sliced)"
+    assert results.pool_text({"workers": 14, "mps": True}, "cuda") == "14 runs packed under MPS"
+    assert results.pool_text(None, "cpu") == "alone on its device"
