@@ -257,8 +257,10 @@ def _tex_escape(text: str) -> str:
 
 def _tex(table: TableResult) -> str:
     ab = table.ablation
+    title = ab.title.split(": ", 1)[-1]          # "Table 5: center sensitivity": LaTeX numbers the table itself
     out = ["% lab.tables.render: needs \\usepackage{booktabs}", "\\begin{table}[t]", "\\centering", "\\small",
-           f"\\caption{{{_tex_escape(ab.title)}. {_tex_escape(ab.caption)}}}", f"\\label{{tab:{ab.name}}}"]
+           f"\\caption{{{_tex_escape(title[:1].upper() + title[1:])}. {_tex_escape(ab.caption)}}}",
+           f"\\label{{tab:{ab.name}}}"]
     if note := caveat(table):
         out.append(f"\\textbf{{{_tex_escape(note)}}}\\par\\smallskip")
     for panel, results in zip(ab.panels, table.panels):
