@@ -159,8 +159,8 @@ def summary(cal: Calibration, planned: dict, wall_s: float | None, errors=None) 
     paper = paper_values()
     records = {c: results.read_record(c.path) for cells in planned.values() for c in cells if c.path.exists()}
     devices = ", ".join(sorted({str(r.get("device")) for r in records.values()})) or "–"
-    pools = "".join(f" · {text}" for text in sorted({results.pool_text(r["pool"], r.get("device")) for r in records.values()
-                                                     if "pool" in r}))
+    pools = "".join(f" · {text}" for text in sorted({results.pool_text(r["pool"], r.get("device"))
+                                                     for r in records.values() if "pool" in r}))
     multi_seed = bool(cal.seeds and len(cal.seeds) > 1)
     seeds = f" · seeds {', '.join(map(str, cal.seeds))} (means over seeds)" if multi_seed else ""
     days = sorted({r["created"][:10] for r in records.values() if r.get("created")})
@@ -187,14 +187,12 @@ def summary(cal: Calibration, planned: dict, wall_s: float | None, errors=None) 
             lines.append(f"| `{name_md}` | {tables.MISSING if baseline else top1.paper_text()} | "
                          f"{_measured(top1, tables.cell_result(cell, runs, 'top1_ema'), multi_seed)} | {agrees} | "
                          f"{_final_train_loss(runs.values())} | {_alpha_range(runs.values())} |")
-        judged = [r for spec, r in rows.items() if spec != sweep.BASELINE and r.run]
-        both = [r for r in judged if r.trained and r.cell.paper is not None]
-        rho, _ = tables.spearman([r.mean for r in both], [r.cell.paper for r in both])
-        erf, ln = rows.get("erf"), rows.get(sweep.BASELINE)
-        gap = f"{erf.mean - ln.mean:+.1f} pt" if erf and ln and erf.trained and ln.trained else "n/a"
+        a = tables.agreement([r for spec, r in rows.items() if spec != sweep.BASELINE])
+        rho, gap = a["spearman_rho"], tables.gap(rows.get("erf"), rows.get(sweep.BASELINE))
         wall = sum(records[c].get("wall_s") or 0 for c in cells if c in records)
-        lines += ["", f"train/fail agrees {sum(r.agrees for r in judged)}/{len(judged)} · Spearman ρ "
-                      f"{'n/a' if rho is None else f'{rho:.2f}'} (n={len(both)}) · erf − LayerNorm {gap} · "
+        lines += ["", f"train/fail agrees {a['agree']}/{a['run']} · Spearman ρ "
+                      f"{'n/a' if rho is None else f'{rho:.2f}'} (n={a['spearman_n']}) · erf − LayerNorm "
+                      f"{'n/a' if gap is None else f'{gap:+.1f} pt'} · "
                       f"{wall:.0f} s of training · config {config.config_hash(cells[0].cfg)}"]
     return "\n".join(lines) + "\n"
 
@@ -235,15 +233,14 @@ def _alpha_range(runs) -> str:
 
 def _measured(top1: tables.CellResult, ema: tables.CellResult, multi_seed: bool = False) -> str:
     """"41.2 (43.0)" (EMA in brackets), "41.2 ± 0.35, 2 seeds (43.0)" (mean ± std over seeds; with `multi_seed`, a
-    round of several seeds, the count also where one seed has a record), the failure kind ("× diverged"), or "–" for a
-    cell with no record."""
-    if top1.failures:
-        n = len(top1.failures) + len(top1.values)
-        return "× " + "/".join(dict.fromkeys(k or "?" for k in top1.failures)) + (
-            f" ({len(top1.failures)}/{n} seeds)" if n > 1 else "")
-    if not top1.values:
+    round of several seeds, the count also where one seed has a record), the failure kind ("× diverged", "× diverged
+    (1/3 seeds; trained: 41.2 ± 0.35)"), or "–" for a cell with no record."""
+    n, failed = len(top1.values), len(top1.failures)
+    mean = f"{top1.mean:.1f}" + (f" ± {top1.std:.2f}" if top1.std is not None else "") if n else ""
+    if failed:
+        seeds = f" ({failed}/{failed + n} seeds" + (f"; trained: {mean})" if n else ")") if failed + n > 1 else ""
+        return "× " + "/".join(dict.fromkeys(k or "?" for k in top1.failures)) + seeds
+    if not n:
         return tables.MISSING
-    n = len(top1.values)
-    spread = (f" ± {top1.std:.2f}" if top1.std is not None else "") + (
-        f", {sweep.count(n, 'seed')}" if multi_seed else "")
-    return f"{top1.mean:.1f}{spread}" + (f" ({ema.mean:.1f})" if ema.mean is not None else "")
+    return (mean + (f", {sweep.count(n, 'seed')}" if multi_seed else "")
+            + (f" ({ema.mean:.1f})" if ema.mean is not None else ""))

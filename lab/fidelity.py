@@ -64,8 +64,7 @@ class Fidelity:
 
     @property
     def erf_gap(self) -> float | None:
-        means = [None if r is None else r.mean for r in (self.erf, self.layernorm)]
-        return None if None in means else means[0] - means[1]
+        return tables.gap(self.erf, self.layernorm)
 
     def met(self) -> dict:
         """Goal -> True / False, or None where it cannot be judged yet. While table cells have no record, agreement

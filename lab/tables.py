@@ -93,14 +93,24 @@ class TableResult:
         return [r for panel in self.panels for r in panel]
 
     def agreement(self) -> dict:
-        """Train/fail agreement and Spearman ρ of accuracies with the paper's (cells that trained in both)."""
-        run = [r for r in self.results if r.run]
-        both = [r for r in run if r.trained and r.cell.paper is not None]
-        rho, p = spearman([r.mean for r in both], [r.cell.paper for r in both])
-        return {"cells": len(self.results), "run": len(run), "agree": sum(bool(r.agrees) for r in run),
-                "paper_failed": sum(r.cell.paper is None for r in run),
-                "measured_failed": sum(not r.trained for r in run),
-                "spearman_n": len(both), "spearman_rho": rho, "spearman_p": p}
+        return agreement(self.results)
+
+
+def agreement(results: list[CellResult]) -> dict:
+    """Train/fail agreement and Spearman ρ of accuracies with the paper's (cells that trained in both)."""
+    run = [r for r in results if r.run]
+    both = [r for r in run if r.trained and r.cell.paper is not None]
+    rho, p = spearman([r.mean for r in both], [r.cell.paper for r in both])
+    return {"cells": len(results), "run": len(run), "agree": sum(bool(r.agrees) for r in run),
+            "paper_failed": sum(r.cell.paper is None for r in run),
+            "measured_failed": sum(not r.trained for r in run),
+            "spearman_n": len(both), "spearman_rho": rho, "spearman_p": p}
+
+
+def gap(a: CellResult | None, b: CellResult | None) -> float | None:
+    """a's mean top-1 less b's, each over its seeds that trained (None where either has none): erf − LayerNorm."""
+    means = [None if r is None else r.mean for r in (a, b)]
+    return None if None in means else means[0] - means[1]
 
 
 def spearman(measured, paper) -> tuple[float | None, float | None]:

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 import lab.train
-from lab import calibrate, config, results, sweep
+from lab import ablations, calibrate, config, results, sweep, tables
 from lab.cli import main
 
 TINY = ["epochs=2", "data.train_size=128", "data.val_size=64"]  # a fraction of a second per cell
@@ -358,3 +358,16 @@ mkdir -p {Path(record).parent} && echo {{}} > {record} && exec sleep 60""", SNAP
         os.killpg(stage.pid, signal.SIGKILL)
         stage.wait()
     assert record in packed
+
+
+def test_a_cell_where_some_seeds_failed_shows_the_others_mean():
+    """The cell counts as failed (as in the tables), and the seeds that trained still show how far they got."""
+    cell = ablations.Cell("", "", "erf", 82.6)
+    mixed = tables.CellResult(cell, values=[70.0, 72.0], failures=["diverged"])
+    ema = tables.CellResult(cell, values=[71.0, 73.0])
+    assert calibrate._measured(mixed, ema, multi_seed=True) == "× diverged (1/3 seeds; trained: 71.0 ± 1.41)"
+    assert calibrate._measured(tables.CellResult(cell, failures=["nan"]), ema) == "× nan"
+    assert calibrate._measured(tables.CellResult(cell, values=[70.0]), ema, multi_seed=True) == "70.0, 1 seed (72.0)"
+    # erf − LayerNorm over the seeds that trained, as lab fidelity reads it
+    assert tables.gap(mixed, tables.CellResult(cell, values=[73.0])) == pytest.approx(-2.0)
+    assert tables.gap(tables.CellResult(cell, failures=["nan"]), mixed) is None
