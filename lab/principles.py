@@ -3,8 +3,11 @@
 Definitions (float64, on the function f itself, before α, γ, β):
 - zero-centered: |f(0)| <= ZERO_TOL. Horizontal shifts move the zero crossing off 0 and vertical shifts lift the
   output, and both show up as f(0) != 0; `zero_crossing` is reported too (the root nearest 0, if any).
-- bounded: the output stops growing with the input: GROWTH = max|f| on [-1e6, 1e6] / max|f| on [-1e3, 1e3]
-  is at most BOUND_GROWTH. log-type growth gives 2, power and linear growth give 1e2..1e3, a saturating f gives ~1.
+- bounded: the output stops growing with the input: the sup ratio `growth` = max|f| on [-1e6, 1e6] / max|f| on
+  [-1e3, 1e3] is at most BOUND_GROWTH. A saturating f gives ~1, log-type growth ~2, power and linear growth 1e2..1e3.
+  The ratio tells bounded from unbounded; it does not rank growth rates within a class: constant factors cancel
+  (logquad ~ 2·logsign for large x, and both read 2; arcsinh reads 1.91), so Table 4's order logsign < arcsinh <
+  logquad is not this ratio's order (it is Figure 3's).
 - center-sensitive: f responds to inputs around 0, i.e. it is not constant on any interval [-δ, δ]:
   `flat_halfwidth` (the largest δ, on a grid of step FINE_STEP within ±0.01 and GRID_STEP beyond, with
   |f(x) - f(0)| <= FLAT_TOL on [-δ, δ]) must be 0. Any flat zone breaks the principle; its width says how badly
@@ -99,18 +102,28 @@ SECTION3_EXAMPLES = (
 """One or two variants from each of Tables 1–6, the default list of `lab audit`."""
 
 
+LEGEND = (
+    f"zero-centered: f(0), ✓ when |f(0)| <= {ZERO_TOL:g}.",
+    f"bounded: max|f| ratio = max|f| on ±1e6 / on ±1e3, ✓ when <= {BOUND_GROWTH} (1: saturates; ≈2: log-type "
+    "growth; 1e2–1e3: power, linear).",
+    "  It tells bounded from unbounded but does not rank growth rates: constant factors cancel (logquad ≈ 2·logsign, "
+    "both read 2).",
+    "center-sensitive: flat=±δ, the half-width of the zone around 0 on which f is constant, ✓ when 0 (no flat zone).",
+    f"monotonic: the direction of f on ±{MONO_RANGE:g}, ✓ when increasing or decreasing (−f counts), ✗ when it "
+    "reverses.",
+)
+"""What each column of audit_table measures, one line per column (printed under the table)."""
+
+
 def audit_table(specs=SECTION3_EXAMPLES) -> str:
-    """A plain-text table of the verdicts (✓/✗) with the main number behind each."""
+    """A plain-text table of the verdicts (✓/✗) with the main number behind each, and LEGEND under it."""
     columns = ("zero-centered", "bounded", "center-sensitive", "monotonic")
     rows = []
     for spec in specs:
         a = audit(spec)
         rows.append((a["spec"], *(("✓ " if a[p] else "✗ ") + text for p, text in zip(PROPERTIES, (
-            f"f(0)={a['f0']:+.3g}", f"growth={a['growth']:.3g}", f"flat=±{a['flat_halfwidth']:.3g}",
+            f"f(0)={a['f0']:+.3g}", f"max|f| ratio {a['growth']:.3g}", f"flat=±{a['flat_halfwidth']:.3g}",
             a["direction"])))))
     widths = [max(len(r[i]) for r in rows + [("spec", *columns)]) for i in range(5)]
     fmt = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths))
-    return "\n".join([fmt(("spec", *columns)), fmt(["-" * w for w in widths]), *map(fmt, rows), "",
-                      f"zero-centered: |f(0)| <= {ZERO_TOL:g}; bounded: growth = max|f| on ±1e6 / on ±1e3 <= "
-                      f"{BOUND_GROWTH}; center-sensitive: no flat zone around 0; monotonic: never reverses on "
-                      f"±{MONO_RANGE:g}"])
+    return "\n".join([fmt(("spec", *columns)), fmt(["-" * w for w in widths]), *map(fmt, rows), "", *LEGEND])

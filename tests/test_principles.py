@@ -48,8 +48,19 @@ def test_audit_cli_prints_a_table(capsys):
     assert main(["audit", "erf", "erf|vshift=2"]) == 0
     out = capsys.readouterr().out
     assert "zero-centered" in out and "✗ f(0)=+2" in out
+    assert "growth=" not in out     # the bounded column is a ratio of sups, not a growth rate (Table 4 ranks those)
     assert main(["audit", "erff"]) == 2
     assert "unknown base function 'erff'" in capsys.readouterr().err
+
+
+def test_audit_table_names_the_bounded_number_a_max_ratio_and_explains_every_column():
+    text = lab.principles.audit_table(["arcsinh", "logsign", "logquad", "erf"])
+    assert "✗ max|f| ratio 1.91" in text and "✓ max|f| ratio 1" in text
+    legend = text.split("\n\n")[1]
+    assert legend == "\n".join(lab.principles.LEGEND)
+    assert "max|f| on ±1e6 / on ±1e3" in legend and "does not rank growth rates" in legend
+    for column in ("zero-centered:", "bounded:", "center-sensitive:", "monotonic:"):
+        assert any(line.startswith(column) for line in lab.principles.LEGEND), column
 
 
 def test_slope_at_0_is_the_derivative_at_0():
