@@ -1,6 +1,7 @@
 """The paper's Figures 2–4, drawn from the lab's own point-wise specs, and figures of recorded results.
 
 All figures share one seaborn style (`_style`): curves that satisfy a property are blue, curves that violate it red.
+A figure that redraws one of the paper's says which in its title ("Figure 3: …"; training curves "cf. Figure 6").
 Figures are built with matplotlib's object API (no pyplot state, Agg canvas) and saved as PNG and PDF.
 """
 import math
@@ -38,7 +39,10 @@ SMOOTHING = 5
 """Logged points in the running mean of each training curve (raw per-step losses overlap too much to be read)."""
 TRANSFORM_FORMULAS = {name: t.formula for name, t in TRANSFORMS.items()}
 FIGURE3 = ("logsign", "arcsinh", "logquad", "power23", "linear")
+"""Figure 3's functions, slowest to fastest growth as x → ∞ (Table 4's order; on [0, 18] some curves cross)."""
 FIGURE4 = ("erf", "erf|neg", "sin", "dampx", "dampexp")
+APPENDIX_FIGURES = {"table1": 6, "table5": 7, "table6": 8}
+"""The paper's appendix figure of training losses for a table (a subset of its cells), named by training_curves."""
 
 
 _CALL_OF_F = re.compile(r"(?<![a-z])f\(((?:[^()]|\([^()]*\))*)\)")    # f(arg), arg with one level of parentheses
@@ -130,13 +134,17 @@ def _figure2() -> Figure:
             ax.set(title=title, xlabel="x", xlim=(-half, half))
             ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), fontsize="small")
         fig.axes[0].set_ylabel("f(x)")
+        fig.suptitle("Figure 2: the four principles, each satisfied (blue) and violated (red)")
         return fig
 
 
 def figure3(out_dir="figures") -> list[Path]:
-    """The unbounded functions of Table 4 on [0, 18]: blue ones train in the paper, red ones fail there (×)."""
+    """The unbounded functions of Table 4 on [0, 18]: blue ones train in the paper, red ones fail there (×).
+
+    The legend lists them slowest to fastest as x → ∞; on the plotted range the slowest that fails in the paper
+    (power23) still lies below the fastest that trains (logquad) up to x ≈ 9.8, and that crossover is marked."""
     paper = {c.spec: c.paper for c in ablations.load("table4").cells}
-    x = np.linspace(0, 18, 1801)
+    x = np.linspace(0, 18, 18001)
     with _style():
         fig = Figure(figsize=(5, 4.2), layout="constrained")
         ax = fig.subplots()
@@ -145,9 +153,28 @@ def figure3(out_dir="figures") -> list[Path]:
             trains = paper.get(spec) is not None
             ax.plot(x, _curve(spec, x), lw=2, color=next(good if trains else bad), ls="-" if trains else "--",
                     label=legend_label(spec) if trains else f"{legend_label(spec)} (× in paper)")
-        ax.set(xlim=(0, 18), ylim=(0, 18), xlabel="x", ylabel="f(x)", title="Growth of unbounded functions")
-        ax.legend(loc="upper left")
+        fastest_ok = [s for s in FIGURE3 if paper.get(s) is not None][-1]
+        slowest_bad = next(s for s in FIGURE3 if paper.get(s) is None)
+        at = _last_crossing(x, _curve(fastest_ok, x), _curve(slowest_bad, x))
+        if at is not None:
+            y = _curve(fastest_ok, np.array([at]))[0]
+            ax.plot(at, y, "o", ms=8, mfc="none", mec="0.15", mew=1.5)
+            ax.annotate(f"{slowest_bad} passes {fastest_ok}\nfor good at x ≈ {at:.1f}", (at, y), (at + 0.6, 0.6),
+                        fontsize="small", color="0.15", arrowprops={"arrowstyle": "->", "color": "0.15"})
+        ax.set(xlim=(0, 18), ylim=(0, 18), xlabel="x", ylabel="f(x)",
+               title="Figure 3: growth of unbounded functions")
+        ax.legend(loc="upper left", title="slowest to fastest as x → ∞", title_fontsize="small")
         return _save(fig, out_dir, "figure3")
+
+
+def _last_crossing(x: np.ndarray, a: np.ndarray, b: np.ndarray) -> float | None:
+    """The largest x at which a − b changes sign (linear interpolation on the grid), or None if it never does."""
+    d = a - b
+    flips = np.nonzero(np.sign(d[:-1]) * np.sign(d[1:]) < 0)[0]
+    if not len(flips):
+        return None
+    i = flips[-1]
+    return float(x[i] - d[i] * (x[i + 1] - x[i]) / (d[i + 1] - d[i]))
 
 
 def figure4(out_dir="figures") -> list[Path]:
@@ -161,7 +188,8 @@ def figure4(out_dir="figures") -> list[Path]:
         for spec in FIGURE4:
             color, dash = styles[spec]
             ax.plot(x, _curve(spec, x), color=color, ls=dash, lw=2, label=legend_label(spec))
-        ax.set(xlim=(-8, 8), ylim=(-1.05, 1.05), xlabel="x", ylabel="f(x)", title="Monotonic and non-monotonic")
+        ax.set(xlim=(-8, 8), ylim=(-1.05, 1.05), xlabel="x", ylabel="f(x)",
+               title="Figure 4: monotonic (blue) and non-monotonic (red) functions")
         ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5))
         return _save(fig, out_dir, "figure4")
 
@@ -173,30 +201,45 @@ TRANSFORM_GALLERY = (("hshift", "erf", "table1"), ("vshift", "erf", "table1"), (
 
 def _gallery_curves(name: str, base: str, table: str) -> list[tuple[str, str]]:
     """(λ as the legend shows it, spec) of `base` under transform `name` at each λ of `table`, in order, the plain
-    base included: λ = 0, "none" for the clip (last), "f" before "−f" for the negation."""
+    base included as its table names it: λ = 0, "none" for the clip (last) and the blend, "f" before "−f" for the
+    negation."""
     lams = {ts[0][1] for b, ts in map(parse, (c.spec for c in ablations.load(table).cells))
             if b == base and len(ts) == 1 and ts[0][0] == name}
-    curves = [(math.inf if name == "clip" else 0, {"clip": "none", "neg": "f"}.get(name, "0"), base)]
+    curves = [(math.inf if name == "clip" else 0, {"clip": "none", "blend": "none", "neg": "f"}.get(name, "0"), base)]
     curves += [(1, "−f", f"{base}|neg") if lam is None else
                (lam, format_number(lam).replace("-", "−"), f"{base}|{name}={format_number(lam)}") for lam in lams]
     return [(label, spec) for _, label, spec in sorted(curves)]
 
 
 def transforms(out_dir="figures") -> list[Path]:
-    """Teaching figure: each Section-3 transform applied to its table's base for that table's λ values."""
-    x = np.linspace(-5, 5, 2001)
+    """Teaching figure: each Section-3 transform applied to its table's base for that table's λ values. A clip level
+    that f does not reach on the plotted range says in the legend where it starts to bind."""
+    half = 5
+    x = np.linspace(-half, half, 2001)
     with _style():
         fig = Figure(figsize=(13, 7), layout="constrained")
         for ax, (name, base, table) in zip(_grid(fig, len(TRANSFORM_GALLERY)), TRANSFORM_GALLERY):
             curves = _gallery_curves(name, base, table)
             header = "f" if name == "neg" else "λ"
             for color, (label, spec) in zip(_curve_colors([lam for lam, _ in curves], header), curves):
+                if name == "clip" and label != "none":
+                    binds = _reaches(base, float(label))
+                    label += f" (binds at |x| ≈ {binds:.2g})" if binds > half else ""
                 ax.plot(x, _curve(spec, x), color=color, lw=1.8, label=label)
             ax.axhline(0, color="0.4", lw=0.6)
             ax.axvline(0, color="0.4", lw=0.6)
-            ax.set(title=f"{name}: {TRANSFORM_FORMULAS[name]}, f = {base}", xlabel="x", xlim=(-5, 5))
+            ax.set(title=f"{name} (Table {table.removeprefix('table')}): {TRANSFORM_FORMULAS[name]}, f = {base}",
+                   xlabel="x", xlim=(-half, half))
             ax.legend(title=None if name == "neg" else "λ", fontsize="x-small", loc="upper left")
+        fig.suptitle("The Section-3 perturbations of a spec, each at the λ values of its table")
         return _save(fig, out_dir, "transforms")
+
+
+def _reaches(spec: str, level: float) -> float:
+    """The smallest |x| (on a geometric grid up to 1e6) at which |f(x)| reaches `level`; inf if it never does."""
+    d = np.geomspace(1e-3, 1e6, 20001)
+    hit = np.maximum(np.abs(_curve(spec, d)), np.abs(_curve(spec, -d))) >= level
+    return float(d[np.argmax(hit)]) if hit.any() else math.inf
 
 
 def write_figures(out_dir="figures") -> list[Path]:
@@ -223,14 +266,23 @@ def _swept(panel: ablations.Panel) -> str:
     return panel.col_header if panel.x_axis == "columns" else panel.row_header[0]
 
 
+UNPERTURBED = ("0", "none")
+"""The labels a table gives its plain f on a λ axis; its curve is black in every figure."""
+
+
 def _curve_colors(xs: list[str], header: str) -> list:
-    """Colours that tell neighbouring curves apart: signed λ diverge from λ = 0 (black: the unperturbed f), other λ
-    run along viridis, functions get qualitative colours."""
+    """Colours that tell neighbouring curves apart: the unperturbed f (λ = 0 or "none") is black, signed λ diverge
+    from it (coolwarm), other λ run along viridis (its dark end, too close to black, left out), functions get
+    qualitative colours."""
     if not header.startswith("λ"):
         return sns.color_palette("tab10", len(xs))
-    if not any(x.startswith(("−", "-")) for x in xs):
-        return sns.color_palette("viridis", len(xs))
-    return ["0.1" if x == "0" else color for x, color in zip(xs, sns.color_palette("coolwarm", len(xs)))]
+    plain = [x in UNPERTURBED for x in xs]
+    if any(x.startswith(("−", "-")) for x in xs):
+        colors = sns.color_palette("coolwarm", len(xs))             # λ = 0 in the middle, λ < 0 blue, λ > 0 red
+    else:
+        ramp = iter(sns.color_palette("viridis", as_cmap=True)(np.linspace(0.3, 0.88, len(xs) - sum(plain))))
+        colors = [None if p else tuple(next(ramp)[:3]) for p in plain]
+    return ["0.1" if p else color for p, color in zip(plain, colors)]
 
 
 def training_curves(name: str, records, out_dir="figures", protocol: str | None = None) -> list[Path]:
@@ -283,7 +335,9 @@ def training_curves(name: str, records, out_dir="figures", protocol: str | None 
             if top:
                 ax.set_ylim(top=top)
             ax.legend(title=swept[key] or None, fontsize="small", loc="center left", bbox_to_anchor=(1.0, 0.5))
-        fig.suptitle(f"{table.ablation.title}: training loss ({table.protocol}; running mean of {SMOOTHING} points)")
+        paper_figure = f"; cf. the paper's Figure {APPENDIX_FIGURES[name]}" if name in APPENDIX_FIGURES else ""
+        fig.suptitle(f"{table.ablation.title}: training loss ({table.protocol}; running mean of {SMOOTHING} points"
+                     f"{paper_figure})")
         return _save(fig, out_dir, f"{name}_training_curves")
 
 
@@ -337,7 +391,7 @@ def accuracy_vs_lambda(name: str, records, out_dir="figures", protocol: str | No
                     ax.tick_params(axis="x", pad=2 * FAILED_STRIP)     # the tick labels go below the strip
                 ax.set(xlabel=xlabel, ylabel="top-1 (%)", xlim=(-0.5, len(labels) - 0.5))
                 where = f"measured ({table.protocol or 'no results'})" if measured else "paper (ViT-B, ImageNet-1K)"
-                ax.set_title(f"{panel.title} {where}".strip())
+                ax.set_title(f"{panel.title} — {where}" if panel.title else where)
                 if measured and not any(r.run for r in results):
                     ax.text(0.5, 0.5, "no results", transform=ax.transAxes, ha="center", va="center", color="0.5")
                     ax.set_yticks([])

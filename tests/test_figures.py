@@ -69,6 +69,43 @@ def test_transform_gallery_draws_every_transform_with_its_tables_values(tmp_path
     assert [label for label, _ in curves["flat"]] == ["0", "0.1", "0.5", "1", "2", "3"]              # Table 5's λ
     assert curves["hshift"][0] == ("−2", "erf|hshift=-2") and len(curves["hshift"]) == 9             # Table 1's λ
     assert curves["neg"] == [("f", "erf"), ("−f", "erf|neg")]
+    assert [label for label, _ in curves["blend"]] == ["none", "0.01", "0.1", "0.5"]     # as Table 3 names λb = 0
+
+
+def test_transform_gallery_says_which_clip_levels_bind_beyond_the_plot_and_draws_the_plain_f_black(drawn):
+    figures.transforms()
+    panels = {ax.get_title().split(" ")[0]: ax for ax in drawn[0].axes}
+    assert panels["clip"].get_title().startswith("clip (Table 2): ")
+    clip = [t.get_text() for t in panels["clip"].get_legend().get_texts()]
+    assert clip == ["0.5", "0.8", "1", "2", "3 (binds at |x| ≈ 10)", "5 (binds at |x| ≈ 74)", "none"]  # sinh(λ) > 5
+    assert figures._reaches("arcsinh", 3) == pytest.approx(np.sinh(3), rel=1e-3)
+    for name, plain in (("clip", -1), ("blend", 0), ("flat", 0), ("hshift", 4)):
+        colors = [to_rgb(line.get_color()) for line in panels[name].get_lines() if len(line.get_xdata()) > 2]
+        assert colors[plain] == to_rgb("0.1"), name                     # the unperturbed f: black
+        others = np.delete(np.array(colors), plain % len(colors), axis=0)
+        assert np.linalg.norm(others - to_rgb("0.1"), axis=1).min() > 0.3, name    # and no λ looks like it
+
+
+def test_figures_name_the_papers_figure_they_redraw(drawn):
+    assert figures._figure2().get_suptitle().startswith("Figure 2: ")
+    figures.figure3(), figures.figure4()
+    assert [fig.axes[0].get_title().split(":")[0] for fig in drawn] == ["Figure 3", "Figure 4"]
+    figures.training_curves("table5", [fake("erf"), fake("erf|flat=0.5")])
+    assert "Figure 7" in drawn[-1].get_suptitle()           # the paper's appendix figure of Table 5's losses
+    figures.training_curves("table3", [fake("erf"), fake("erf|blend=0.1")])
+    assert "Figure" not in drawn[-1].get_suptitle()         # the paper has none for Table 3
+
+
+def test_figure3_marks_where_the_first_failing_function_overtakes_the_fastest_that_trains(drawn):
+    """On [0, 18] power23 (× in the paper) lies below logquad up to x ≈ 9.8: the legend's order is asymptotic."""
+    x = np.linspace(0, 18, 18001)
+    at = figures._last_crossing(x, np.log(x ** 2 + 1), x ** (2 / 3))
+    assert at == pytest.approx(9.76, abs=0.01) and np.log(at ** 2 + 1) == pytest.approx(at ** (2 / 3), rel=1e-4)
+    assert figures._last_crossing(x, x, x + 1) is None
+    figures.figure3()
+    ax = drawn[0].axes[0]
+    assert [t.get_text() for t in ax.texts] == ["power23 passes logquad\nfor good at x ≈ 9.8"]
+    assert "x → ∞" in ax.get_legend().get_title().get_text()
 
 
 @pytest.fixture
@@ -112,6 +149,9 @@ def test_accuracy_failures_lie_below_the_data_area_and_categories_are_not_joined
     assert crosses and all(line.get_transform().transform(line.get_xydata())[:, 1].max() < ax_b_measured.bbox.y0
                            for line in crosses)
     assert ax_a_paper.get_legend() is not None and ax_b_paper.get_legend() is None    # one series: no legend
+    assert [ax.get_title() for ax in fig.axes] == [
+        "(a) increasing vs decreasing — measured (smoke)", "(a) increasing vs decreasing — paper (ViT-B, ImageNet-1K)",
+        "(b) non-monotonic — measured (smoke)", "(b) non-monotonic — paper (ViT-B, ImageNet-1K)"]
     # the strip takes room only in the row with a failure: (a)'s tick labels sit at the axes as usual
     tick_top = [ax.get_xticklabels()[0].get_window_extent().y1 for ax in fig.axes]
     assert ax_a_measured.bbox.y0 - tick_top[0] < ax_b_measured.bbox.y0 - tick_top[2]
