@@ -28,12 +28,13 @@ class Base(NamedTuple):
     formula: str
 
 
-def _clip_unit(value_and_grad):
-    """clip(g(x), -1, 1): the derivative vanishes where the clip is active."""
-    def vg(x):
-        y, dy = value_and_grad(x)
-        return y.clamp(-1.0, 1.0), dy * (y.abs() < 1.0)
-    return vg
+def clip_vg(vg, lam: float = 1.0):
+    """clip(g(x), −λ, λ) of a joint value-and-derivative map (Eq. 6; the clipped Section-4 bases at λ = 1): the
+    derivative vanishes where the clip is active."""
+    def clipped(x):
+        y, dy = vg(x)
+        return y.clamp(-lam, lam), dy * (y.abs() < lam)
+    return clipped
 
 
 def _from_vg(vg, formula):
@@ -163,15 +164,15 @@ BASES: dict[str, Base] = {
     "dampx": _from_vg(_dampx_vg, "2x/(1+x²)"),
     "dampexp": _from_vg(_dampexp_vg, "e·x·e^(−|x|)"),
     "satursin": _from_vg(_satursin_vg, "sin(clip(x, −π/2, π/2))"),
-    "arcsinhclip": _from_vg(_clip_unit(_arcsinh_vg), "clip(arcsinh(x), −1, 1)"),
+    "arcsinhclip": _from_vg(clip_vg(_arcsinh_vg), "clip(arcsinh(x), −1, 1)"),
     "exproot": _from_vg(_exproot_vg, "sign(x)·(1 − e^(−√|x|))"),
     "linearclip": _from_vg(_linearclip_vg, "clip(x, −1, 1)"),
     "expsign": _from_vg(_expsign_vg, "−sign(x)·(e^(−|x|) − 1)"),
-    "logsignclip": _from_vg(_clip_unit(_logsign_vg), "clip(sign(x)·ln(|x|+1), −1, 1)"),
+    "logsignclip": _from_vg(clip_vg(_logsign_vg), "clip(sign(x)·ln(|x|+1), −1, 1)"),
     "relsign": _from_vg(_relsign_vg, "x/(√(x²+1) + 1)"),
     "smoothsign": _from_vg(_smoothsign_vg, "x/(1+|x|)"),
-    "logquadclip": _from_vg(_clip_unit(_logquad_vg), "clip(sign(x)·ln(x²+1), −1, 1)"),
-    "power23clip": _from_vg(_clip_unit(_power23_vg), "clip(sign(x)·|x|^(2/3), −1, 1)"),
+    "logquadclip": _from_vg(clip_vg(_logquad_vg), "clip(sign(x)·ln(x²+1), −1, 1)"),
+    "power23clip": _from_vg(clip_vg(_power23_vg), "clip(sign(x)·|x|^(2/3), −1, 1)"),
     "saturlog": _from_vg(_saturlog_vg, "sign(x)·ln(|x|+1)/(ln(|x|+1)+1)"),
     "cubsign": _from_vg(_cubsign_vg, "x³/(|x|³+1)"),
 }

@@ -16,7 +16,7 @@ from typing import Callable, NamedTuple
 import torch
 from torch import Tensor
 
-from .functions import BASES
+from .functions import BASES, clip_vg
 
 ValueAndGrad = Callable[[Tensor], tuple[Tensor, Tensor]]
 
@@ -40,13 +40,6 @@ def _vshift(vg, lam):                 # Eq. 5, vertical: f(x) + λ
         y, dy = vg(x)
         return y + lam, dy
     return shifted
-
-
-def _clip(vg, lam):                   # Eq. 6: clip(f(x), −λ, λ)
-    def clipped(x):
-        y, dy = vg(x)
-        return y.clamp(-lam, lam), dy * (y.abs() < lam)
-    return clipped
 
 
 def _blend(vg, lam):                  # Eq. 7: (1 − λ)·f(x) + λ·x
@@ -76,7 +69,7 @@ TRANSFORMS: dict[str, Transform] = {
                         "λ any real number", lambda v: True, 0.0, "f(x + λ)"),
     "vshift": Transform(lambda f, lam: lambda x: f(x) + lam, _vshift,
                         "λ any real number", lambda v: True, 0.0, "f(x) + λ"),
-    "clip": Transform(lambda f, lam: lambda x: f(x).clamp(-lam, lam), _clip,
+    "clip": Transform(lambda f, lam: lambda x: f(x).clamp(-lam, lam), clip_vg,
                       "λ > 0", lambda v: v > 0, None, "clip(f(x), −λ, λ)"),
     "blend": Transform(lambda f, lam: lambda x: (1.0 - lam) * f(x) + lam * x, _blend,
                        "0 ≤ λ ≤ 1", lambda v: 0 <= v <= 1, 0.0, "(1 − λ)·f(x) + λ·x"),

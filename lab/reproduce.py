@@ -142,7 +142,7 @@ def reproduce(protocol: str, out_dir="reproduction", *, jobs: int = 2, overrides
     out.mkdir(parents=True, exist_ok=True)
     start = time.time()
 
-    tables = [n for n in ablations.TABLES if f"0{n[-1]}_{n}" in notebooks]
+    tables = [n for n in ablations.TABLES if any(book.endswith(f"_{n}") for book in notebooks)]   # 01_table1: table1
     cells = _sweep.union_cells(tables, protocol, results, seeds=seeds, overrides=_with_data_path(overrides, data_path),
                                device=device, limit=limit)
     train_error = None

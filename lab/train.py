@@ -389,12 +389,12 @@ class Trainer:
                 failure = {"step": st["step"], "kind": "no_learning",
                            "reason": f"best top-1 {best:.2f}% never above chance {chance:.2f}% + "
                                      f"{cfg['failure']['chance_sigmas']:g} sigma ({margin:.2f}%)"}
-        finished = st["failure"] is None
+        ran_through = st["failure"] is None     # no nan or divergence: its last top-1 (no_learning's too) is kept
         record = {
             "spec": self.spec, "table": table, "protocol": cfg["protocol"],
             "status": "failed" if failure else "ok", "failure": failure,
-            "top1": last.get("val_top1") if finished else None,
-            "top1_ema": last.get("val_top1_ema") if finished else None,
+            "top1": last.get("val_top1") if ran_through else None,
+            "top1_ema": last.get("val_top1_ema") if ran_through else None,
             "num_classes": self.data.num_classes, "chance_top1": chance,
             "history": st["history"], "loss_curve": st["loss_curve"],
             "config": cfg, "config_hash": config_hash(cfg), "seed": self.seed, "commit": git_commit(),
