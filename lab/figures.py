@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import seaborn as sns
-import torch
 from matplotlib import rc_context
 from matplotlib.figure import Figure
 from matplotlib.transforms import ScaledTranslation, blended_transform_factory
@@ -101,11 +100,6 @@ def _style():
         yield
 
 
-def _curve(spec: str, x: np.ndarray) -> np.ndarray:
-    with torch.no_grad():
-        return pointwise(spec).value(torch.from_numpy(x)).numpy()
-
-
 def _save(fig: Figure, out_dir, stem: str) -> list[Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -128,7 +122,8 @@ def _figure2() -> Figure:
             x = np.linspace(-half, half, 2001)
             for color, label, specs in ((BLUE, good, good_specs), (RED, bad, bad_specs)):
                 for dash, spec in zip(DASHES, specs):
-                    ax.plot(x, _curve(spec, x), color=color, ls=dash, lw=2, label=f"{label}: {legend_label(spec)}")
+                    ax.plot(x, pointwise(spec).at(x), color=color, ls=dash, lw=2,
+                            label=f"{label}: {legend_label(spec)}")
             ax.axhline(0, color="0.4", lw=0.6)
             ax.axvline(0, color="0.4", lw=0.6)
             ax.set(title=title, xlabel="x", xlim=(-half, half))
@@ -151,13 +146,13 @@ def figure3(out_dir="figures") -> list[Path]:
         good, bad = iter(BLUES), iter(REDS[1:])
         for spec in FIGURE3:
             trains = paper.get(spec) is not None
-            ax.plot(x, _curve(spec, x), lw=2, color=next(good if trains else bad), ls="-" if trains else "--",
+            ax.plot(x, pointwise(spec).at(x), lw=2, color=next(good if trains else bad), ls="-" if trains else "--",
                     label=legend_label(spec) if trains else f"{legend_label(spec)} (× in paper)")
         fastest_ok = [s for s in FIGURE3 if paper.get(s) is not None][-1]
         slowest_bad = next(s for s in FIGURE3 if paper.get(s) is None)
-        at = _last_crossing(x, _curve(fastest_ok, x), _curve(slowest_bad, x))
+        at = _last_crossing(x, pointwise(fastest_ok).at(x), pointwise(slowest_bad).at(x))
         if at is not None:
-            y = _curve(fastest_ok, np.array([at]))[0]
+            y = pointwise(fastest_ok).at(np.array([at]))[0]
             ax.plot(at, y, "o", ms=8, mfc="none", mec="0.15", mew=1.5)
             ax.annotate(f"{slowest_bad} passes {fastest_ok}\nfor good at x ≈ {at:.1f}", (at, y), (at + 0.6, 0.6),
                         fontsize="small", color="0.15", arrowprops={"arrowstyle": "->", "color": "0.15"})
@@ -187,7 +182,7 @@ def figure4(out_dir="figures") -> list[Path]:
                   "dampexp": (REDS[2], "-.")}
         for spec in FIGURE4:
             color, dash = styles[spec]
-            ax.plot(x, _curve(spec, x), color=color, ls=dash, lw=2, label=legend_label(spec))
+            ax.plot(x, pointwise(spec).at(x), color=color, ls=dash, lw=2, label=legend_label(spec))
         ax.set(xlim=(-8, 8), ylim=(-1.05, 1.05), xlabel="x", ylabel="f(x)",
                title="Figure 4: monotonic (blue) and non-monotonic (red) functions")
         ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5))
@@ -225,7 +220,7 @@ def transforms(out_dir="figures") -> list[Path]:
                 if name == "clip" and label != "none":
                     binds = _reaches(base, float(label))
                     label += f" (binds at |x| ≈ {binds:.2g})" if binds > half else ""
-                ax.plot(x, _curve(spec, x), color=color, lw=1.8, label=label)
+                ax.plot(x, pointwise(spec).at(x), color=color, lw=1.8, label=label)
             ax.axhline(0, color="0.4", lw=0.6)
             ax.axvline(0, color="0.4", lw=0.6)
             ax.set(title=f"{name} (Table {table.removeprefix('table')}): {TRANSFORM_FORMULAS[name]}, f = {base}",
@@ -238,7 +233,7 @@ def transforms(out_dir="figures") -> list[Path]:
 def _reaches(spec: str, level: float) -> float:
     """The smallest |x| (on a geometric grid up to 1e6) at which |f(x)| reaches `level`; inf if it never does."""
     d = np.geomspace(1e-3, 1e6, 20001)
-    hit = np.maximum(np.abs(_curve(spec, d)), np.abs(_curve(spec, -d))) >= level
+    hit = np.maximum(np.abs(pointwise(spec).at(d)), np.abs(pointwise(spec).at(-d))) >= level
     return float(d[np.argmax(hit)]) if hit.any() else math.inf
 
 

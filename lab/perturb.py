@@ -167,6 +167,11 @@ class Pointwise:
     def __call__(self, x: Tensor) -> Tensor:
         return _Pointwise.apply(x, self)
 
+    def at(self, x):
+        """f at an array of points, as an array (no autograd): for plots and measurements."""
+        with torch.no_grad():
+            return self.value(torch.from_numpy(x)).numpy()
+
     def __eq__(self, other):
         return isinstance(other, Pointwise) and other.spec == self.spec
 

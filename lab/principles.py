@@ -20,7 +20,6 @@ The verdicts are read off finite windows and grids: a bound reached only beyond 
 FINE_STEP escapes the grid; every spec of Tables 1–6 is far from these limits.
 """
 import numpy as np
-import torch
 
 from .perturb import pointwise
 
@@ -32,11 +31,6 @@ MONO_RANGE = 20.0
 MONO_TOL = 1e-9
 FLAT_TOL = 0.0    # constant means equal in float64: x² is 1e-12 at the fine grid's first step, and not flat
 PROPERTIES = ("zero_centered", "bounded", "center_sensitive", "monotonic")
-
-
-def _eval(fn, x: np.ndarray) -> np.ndarray:
-    with torch.no_grad():
-        return fn.value(torch.from_numpy(x)).numpy()
 
 
 def _zero_crossing(x: np.ndarray, y: np.ndarray) -> float | None:
@@ -52,7 +46,7 @@ def _flat_halfwidth(fn, f0: float) -> float:
     |f(x) - f(0)| <= FLAT_TOL on [-δ, δ]."""
     d = np.unique(np.concatenate([np.arange(round(0.01 / FINE_STEP) + 1) * FINE_STEP,
                                   np.arange(round(MONO_RANGE / GRID_STEP) + 1) * GRID_STEP]))
-    moving = (np.abs(_eval(fn, d) - f0) > FLAT_TOL) | (np.abs(_eval(fn, -d) - f0) > FLAT_TOL)
+    moving = (np.abs(fn.at(d) - f0) > FLAT_TOL) | (np.abs(fn.at(-d) - f0) > FLAT_TOL)
     return float(d[np.argmax(moving) - 1]) if moving.any() else float(d[-1])
 
 
@@ -61,14 +55,14 @@ def audit(spec: str) -> dict:
     fn = pointwise(spec)
     half = round(MONO_RANGE / GRID_STEP)
     x = np.linspace(-MONO_RANGE, MONO_RANGE, 2 * half + 1)          # x[half] == 0 exactly
-    y = _eval(fn, x)
+    y = fn.at(x)
     f0 = float(y[half]) + 0.0
-    sup_small = float(np.abs(_eval(fn, np.linspace(-1e3, 1e3, 200_001))).max())
-    sup_large = max(sup_small, float(np.abs(_eval(fn, np.linspace(-1e6, 1e6, 200_001))).max()))  # ±1e3 ⊂ ±1e6
+    sup_small = float(np.abs(fn.at(np.linspace(-1e3, 1e3, 200_001))).max())
+    sup_large = max(sup_small, float(np.abs(fn.at(np.linspace(-1e6, 1e6, 200_001))).max()))  # ±1e3 ⊂ ±1e6
     growth = sup_large / sup_small if sup_small > 0 else float("inf")
 
     flat = _flat_halfwidth(fn, f0)
-    slope0 = float((_eval(fn, np.array([GRID_STEP]))[0] - _eval(fn, np.array([-GRID_STEP]))[0]) / (2 * GRID_STEP))
+    slope0 = float((fn.at(np.array([GRID_STEP]))[0] - fn.at(np.array([-GRID_STEP]))[0]) / (2 * GRID_STEP))
 
     steps = np.diff(y)
     increasing, decreasing = bool((steps >= -MONO_TOL).all()), bool((steps <= MONO_TOL).all())
