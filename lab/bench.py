@@ -31,6 +31,7 @@ import timm
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from .layers import raise_recompile_limit
 from .models import build_model
 from .mps import shared_gpu
 from .results import git_commit, writable_dir, write_json_atomic
@@ -85,60 +86,55 @@ def _step_fn(model, optimizer, images, targets, dtype):
 def measure(norm: str, mode: str, dtype: str, shape: dict, device: torch.device, steps: int, warmup: int,
             peak: float | None = None, profile_dir: Path | None = None) -> dict:
     """One side-by-side cell: images/s, peak memory (GPU only) and MFU of training steps with `norm`; with
-    profile_dir, also the per-kernel times of a few more steps in profile_dir/<norm>-<mode>-<dtype>.txt."""
-    torch._dynamo.reset()       # each cell compiles from scratch: no cache entries or recompile limits carried over
-    step, flops_per_image, _ = _setup(norm, mode, dtype, shape, device)
-    _seconds(step, warmup, device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    img_per_s = steps * shape["batch"] / _seconds(step, steps, device)
-    if profile_dir is not None:
-        _profile_cell(step, norm, mode, dtype, device, profile_dir)
-    mem = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
-    return _record(norm, mode, dtype, shape, device, steps, warmup, img_per_s, mem, flops_per_image, peak)
+    profile_dir, also the per-kernel times of a few more steps in profile_dir/<norm>-<mode>-<dtype>.txt. It is
+    measure_rounds of `norm` alone in one round: `warmup` untimed steps, `steps` timed ones, and the peak memory of
+    the timed steps as torch.cuda.max_memory_allocated reports it."""
+    return measure_rounds([norm], mode, dtype, shape, device, steps, warmup, 1, peak, profile_dir)[0]
 
 
 def measure_rounds(norms, mode: str, dtype: str, shape: dict, device: torch.device, steps: int, warmup: int,
                    rounds: int, peak: float | None = None, profile_dir: Path | None = None) -> list[dict]:
     """Every norm of one (mode, dtype) built once and timed in `rounds` interleaved rounds, round r starting at norm
-    r mod N: one record per norm, its images/s the median over rounds, its "rounds" each round's images/s and, beside
-    LayerNorm, its "ratio_rounds" each round's images/s over LayerNorm's of the same round."""
+    r mod N: one record per norm, its images/s the median over rounds; with rounds > 1 also its "rounds", each
+    round's images/s, and beside LayerNorm its "ratio_rounds", each round's images/s over LayerNorm's of that round.
+    A norm's peak memory is what the device held before the group, its own persistent bytes and its own step's
+    transient peak: what torch.cuda.max_memory_allocated reports over its timed steps when it is measured alone."""
     torch._dynamo.reset()       # the group compiles from scratch; its models stay compiled side by side
     cuda = device.type == "cuda"
     allocated = functools.partial(torch.cuda.memory_allocated, device) if cuda else (lambda: 0)
+    held = allocated()          # before the group (nothing, or what earlier cells left): a standalone peak counts it
     cells, inputs = [], None
-    # the N compiled models share their code objects: each may have as many cache entries as one model alone
-    limit = max(getattr(torch._dynamo.config, _RECOMPILE_LIMIT), 8 * len(norms))
-    with torch._dynamo.config.patch(**{_RECOMPILE_LIMIT: limit}):
-        for norm in norms:
-            before = allocated() - sum(t.nbytes for t in inputs or ())   # the shared inputs count for each norm
-            step, flops_per_image, inputs = _setup(norm, mode, dtype, shape, device, inputs)
-            _seconds(step, warmup, device)
-            # its own persistent bytes: parameters and AdamW state (the gradients are set to None after each step)
-            cells.append({"norm": norm, "step": step, "flops": flops_per_image, "bytes": allocated() - before,
-                          "rounds": []})
-        for r in range(rounds):
-            for cell in cells[r % len(cells):] + cells[:r % len(cells)]:
-                if cuda and r == 0:
-                    torch.cuda.reset_peak_memory_stats(device)
-                    idle = allocated()
-                cell["rounds"].append(steps * shape["batch"] / _seconds(cell["step"], steps, device))
-                if cuda and r == 0:
-                    cell["bytes"] += torch.cuda.max_memory_allocated(device) - idle     # its step's transient peak
-        if profile_dir is not None:
-            for cell in cells:
-                _profile_cell(cell["step"], cell["norm"], mode, dtype, device, profile_dir)
+    # the N compiled models share their code objects, each with as many cache entries as one model alone: at dynamo's
+    # default limit (8) the 9th model of a group would run eager
+    raise_recompile_limit(8 * len(norms))
+    for norm in norms:
+        before = allocated() - sum(t.nbytes for t in inputs or ())   # the shared inputs count for each norm
+        step, flops_per_image, inputs = _setup(norm, mode, dtype, shape, device, inputs)
+        _seconds(step, warmup, device)
+        # its own persistent bytes: parameters and AdamW state (the gradients are set to None after each step)
+        cells.append({"norm": norm, "step": step, "flops": flops_per_image, "bytes": allocated() - before,
+                      "rounds": []})
+    for r in range(rounds):
+        for cell in cells[r % len(cells):] + cells[:r % len(cells)]:
+            if cuda and r == 0:
+                torch.cuda.reset_peak_memory_stats(device)
+                idle = allocated()
+            cell["rounds"].append(steps * shape["batch"] / _seconds(cell["step"], steps, device))
+            if cuda and r == 0:
+                cell["bytes"] += torch.cuda.max_memory_allocated(device) - idle     # its step's transient peak
+    if profile_dir is not None:
+        for cell in cells:
+            _profile_cell(cell["step"], cell["norm"], mode, dtype, device, profile_dir)
     ln = next((c["rounds"] for c in cells if c["norm"] == "layernorm"), None)
-    # persistent + transient bytes: the peak that a standalone `measure` of the norm reports (max_memory_allocated)
-    return [{**_record(c["norm"], mode, dtype, shape, device, steps, warmup, statistics.median(c["rounds"]),
-                       c["bytes"] if cuda else None, c["flops"], peak),
-             "rounds": c["rounds"], **({"ratio_rounds": [v / b for v, b in zip(c["rounds"], ln)]} if ln else {})}
-            for c in cells]
-
-
-_RECOMPILE_LIMIT = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
-"""Dynamo's limit of cache entries per code object (cache_size_limit in older torch); the 9th differently-normed
-model of a group would otherwise run eager."""
+    records = []
+    for c in cells:
+        records.append(_record(c["norm"], mode, dtype, shape, device, steps, warmup, statistics.median(c["rounds"]),
+                               held + c["bytes"] if cuda else None, c["flops"], peak))
+        if rounds > 1:
+            records[-1]["rounds"] = c["rounds"]
+            if ln:
+                records[-1]["ratio_rounds"] = [v / b for v, b in zip(c["rounds"], ln)]
+    return records
 
 
 def _setup(norm: str, mode: str, dtype: str, shape: dict, device: torch.device, inputs=None):
@@ -205,10 +201,9 @@ def _sync(device: torch.device) -> None:
 def _record(norm, mode, dtype, shape, device, steps, warmup, img_per_s, mem_bytes, flops_per_image, peak) -> dict:
     """A bench record: `steps` timed after `warmup` untimed ones, `mem_bytes` the peak allocated memory (None on a
     CPU), MFU against the dtype's peak."""
-    kw, model_name = _model_kwargs(shape), shape["model"]
     peak = peak_tflops(device, dtype, peak)
     return {
-        "model": model_name if model_name != "vit" else f"vit-d{kw['depth']}-w{kw['embed_dim']}-{kw['img_size']}px",
+        "model": _model_name(shape),
         "norm": norm, "mode": mode, "dtype": dtype, "batch": shape["batch"], "steps": steps, "warmup": warmup,
         "pointwise_kernels": _kernels(norm, mode, device),
         "img_per_s": img_per_s,
@@ -217,6 +212,13 @@ def _record(norm, mode, dtype, shape, device, steps, warmup, img_per_s, mem_byte
         "mfu": flops_per_image * img_per_s / (peak * 1e12) if peak else None,
         "peak_tflops": peak, **_provenance(device), "commit": git_commit(),
     }
+
+
+def _model_name(shape: dict) -> str:
+    """A record's model: timm's name, or for "vit" its depth, width and resolution."""
+    if shape["model"] != "vit":
+        return shape["model"]
+    return f"vit-d{shape['depth']}-w{shape['embed_dim']}-{shape['img_size']}px"
 
 
 def _profile_cell(step, norm: str, mode: str, dtype: str, device: torch.device, profile_dir: Path) -> None:
@@ -346,7 +348,7 @@ def _erf_run(shape: dict, device: torch.device, **adamw):
 
 def _packing_row(n: int, run_mode: str, img_per_s: float, shape: dict, device: torch.device) -> dict:
     return {"mode": "packing", "runs": n, "run_mode": run_mode, "img_per_s": img_per_s, "batch": shape["batch"],
-            "model": f"vit-d{shape['depth']}-w{shape['embed_dim']}-{shape['img_size']}px", **_provenance(device)}
+            "model": _model_name(shape), **_provenance(device)}
 
 
 def _provenance(device: torch.device) -> dict:
@@ -358,17 +360,18 @@ def format_table(rows: list[dict]) -> str:
     """Markdown table; each cell's speed and memory relative to LayerNorm of the same mode and dtype, measured in the
     same `lab bench` run where it has one (side by side), else on the same day, device and torch (records of another
     session are not compared with each other)."""
-    base = {}
+    by_run, by_session = {}, {}       # LayerNorm by (record file, session), and by session alone
     for r in rows:
         if r.get("norm") == "layernorm":
-            base[_session(r, r["mode"])] = base[(r.get("record"), *_session(r, r["mode"]))] = r
+            by_run[r.get("record"), _session(r, r["mode"])] = r
+            by_session[_session(r, r["mode"])] = r
     lines = ["| norm | mode | dtype | img/s | × LN | peak GiB | × LN | MFU | date |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r["mode"] == "packing":
             continue
         session = _session(r, "eager" if r["mode"] == "eager-plain" else r["mode"])
-        ln = base.get((r.get("record"), *session)) or base.get(session)
+        ln = by_run.get((r.get("record"), session)) or by_session.get(session)
         speed = f"{r['img_per_s'] / ln['img_per_s']:.3f}" if ln else "–"
         if "ratio_rounds" in r:     # interleaved rounds: the median of each round's ratio, and its spread
             ratios = r["ratio_rounds"]
@@ -435,11 +438,9 @@ def run(norms, modes, dtypes, device, steps, warmup, shape, packing_ns=(), packi
         for dtype in dtypes:
             baseline = () if mode == "eager-plain" else ("layernorm",)   # LayerNorm has no point-wise kernels
             group = [*baseline, *[n for n in norms if n != "layernorm"]]
-            for cell in ([[norm] for norm in group] if rounds == 1 else [group]):
+            for cell in ([group] if rounds > 1 else [[norm] for norm in group]):
                 with _plain_kernels(mode == "eager-plain"):
-                    new = ([measure(cell[0], mode, dtype, shape, device, steps, warmup, peak, profile_dir)]
-                           if rounds == 1 else
-                           measure_rounds(cell, mode, dtype, shape, device, steps, warmup, rounds, peak, profile_dir))
+                    new = measure_rounds(cell, mode, dtype, shape, device, steps, warmup, rounds, peak, profile_dir)
                 rows += new
                 for r in new if progress else ():
                     ratios = r.get("ratio_rounds")

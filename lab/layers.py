@@ -75,9 +75,18 @@ def _fused(spec: str):
     specialised backward is one pass over the activations; the dynamic one splits its row sums off into a second."""
     fn = pointwise(spec)
     # entries per spec × dtype × (with/without s) × (first shape, any other) share two code objects: let them coexist
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    raise_recompile_limit(64)
     compile = functools.partial(torch.compile, fullgraph=True)
     return (compile(functools.partial(_forward, fn=fn)), compile(functools.partial(_backward, fn=fn)))
+
+
+def raise_recompile_limit(at_least: int) -> None:
+    """Raise dynamo's limit of cache entries per code object to at least `at_least`, for the rest of the process (never
+    lowering it: a higher limit only lets more variants compile instead of running eager). The limit is
+    `recompile_limit`, called `cache_size_limit` in the older torch that pyproject's torch>=2.4 still allows."""
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    setattr(config, name, max(getattr(config, name), at_least))
 
 
 def fuses_on(device_type: str) -> bool:

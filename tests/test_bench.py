@@ -466,3 +466,45 @@ def test_cli_passes_its_numbers_to_the_measurement(tmp_path, monkeypatch):
     norms, modes, dtypes, device, steps, warmup, shape, *_ = args
     assert (steps, warmup, shape, args[9]) == (3, 2, {**default, "batch": 8}, 5.0)
     assert bench.CPU_MODEL == default
+
+
+def test_a_norms_peak_memory_is_the_same_alone_or_in_rounds(fake_gpu, monkeypatch):
+    """What the device held before (cuBLAS workspaces, what earlier cells left) is in a standalone peak
+    (max_memory_allocated); a norm measured in rounds reports the same peak, not its own bytes without it."""
+    own = {"layernorm": (1, 5), "erf": (2, 3)}           # GiB: parameters, step's transient
+
+    def setup(norm, mode, dtype, shape, device, inputs=None):
+        if inputs is None:
+            fake_gpu.allocate(2**30)                      # the images and targets
+            inputs = (SimpleNamespace(nbytes=2**30),)
+        fake_gpu.allocate(own[norm][0] * 2**30)
+        return lambda: fake_gpu.run(own[norm][1] * 2**30), 1e9, inputs
+
+    monkeypatch.setattr(bench, "_setup", setup)
+    held, alone = 3 * 2**30, []
+    for norm in own:
+        fake_gpu.allocated = held                         # the previous norm's model freed
+        alone.append(bench.measure(norm, "eager", "bf16", TINY, torch.device("cuda"), steps=1, warmup=1)
+                     ["peak_mem_gib"])
+    fake_gpu.allocated = held
+    rows = bench.measure_rounds(list(own), "eager", "bf16", TINY, torch.device("cuda"), steps=1, warmup=1, rounds=2)
+    assert alone == [3 + 1 + 1 + 5, 3 + 1 + 2 + 3] and [r["peak_mem_gib"] for r in rows] == alone
+
+
+def test_one_round_is_measure_and_records_no_rounds():
+    """Without --rounds each norm is measured alone, and its record has no per-round fields."""
+    rows = bench.run(["erf"], ["eager"], ["fp32"], torch.device("cpu"), steps=1, warmup=0, shape=TINY,
+                     progress=False)
+    assert [r["norm"] for r in rows] == ["layernorm", "erf"]
+    assert not any("rounds" in r or "ratio_rounds" in r for r in rows)
+
+
+def test_a_group_raises_dynamos_limit_under_either_name(monkeypatch):
+    """N models of a group share their code objects: the limit is raised to 8 N, under older torch's name too."""
+    older = SimpleNamespace(cache_size_limit=8)
+    monkeypatch.setattr(torch._dynamo, "config", older)
+    monkeypatch.setattr(torch._dynamo, "reset", lambda: None)
+    monkeypatch.setattr(bench, "_setup", lambda *args, **kwargs: (lambda: None, 1e9, None))
+    norms = ["layernorm", *bench.SECTION3_VARIANTS]
+    bench.measure_rounds(norms, "compiled", "fp32", TINY, torch.device("cpu"), steps=1, warmup=0, rounds=1)
+    assert older.cache_size_limit == 8 * len(norms)

@@ -1,5 +1,6 @@
 """PointwiseNorm: initialisation, output, gradients against plain autograd, memory frugality, timm's norm_layer."""
 import copy
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -193,3 +194,17 @@ def test_a_low_precision_layer_rounds_once_at_its_output(dtype):
     full = copy.deepcopy(low).float()
     x = (10 * torch.randn(256, 4)).to(dtype)
     assert torch.equal(low(x), full(x.float()).to(dtype))
+
+
+def test_the_recompile_limit_falls_back_to_older_torchs_name(monkeypatch):
+    """torch without `recompile_limit` (pyproject allows torch>=2.4) calls the limit `cache_size_limit`: a spec's
+    kernels raise that one to 64 (they raised an AttributeError), and a raise never lowers it."""
+    older = SimpleNamespace(cache_size_limit=8)
+    monkeypatch.setattr(torch._dynamo, "config", older)
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: fn)
+    lab.layers._fused.__wrapped__("erf")          # uncached: the spec's kernels built anew
+    assert older.cache_size_limit == 64
+    lab.layers.raise_recompile_limit(16)
+    assert older.cache_size_limit == 64
+    lab.layers.raise_recompile_limit(80)
+    assert older.cache_size_limit == 80 and not hasattr(older, "recompile_limit")
