@@ -31,6 +31,7 @@ import timm
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from . import config
 from .layers import raise_recompile_limit
 from .models import build_model
 from .mps import shared_gpu
@@ -41,8 +42,19 @@ SECTION3_VARIANTS = ("erf", "tanh", "arctan", "erf|hshift=0.5", "erf|vshift=0.5"
                      "erf|blend=0.1", "erf|flat=0.5", "erf|neg", "sin", "dampx", "dampexp")
 GPU_MODEL = {"model": "vit_base_patch16_224", "img_size": 224, "batch": 256}
 CPU_MODEL = {"model": "vit", "img_size": 32, "patch_size": 8, "embed_dim": 64, "depth": 2, "num_heads": 2, "batch": 16}
-PROXY_MODEL = {"model": "vit", "img_size": 32, "patch_size": 4, "embed_dim": 192, "depth": 12, "num_heads": 3,
-               "batch": 256}
+
+
+def protocol_shape(protocol: str) -> dict:
+    """The model a protocol's runs train, as a bench shape: its `model` section at the data's resolution and number of
+    classes, as models.from_config builds it for training (name and alpha0 included), and the optimizer's batch."""
+    cfg = config.load(protocol)
+    model = dict(cfg["model"])
+    return {"model": model.pop("name"), **model, "img_size": cfg["data"]["img_size"],
+            "num_classes": cfg["data"]["num_classes"], "batch": cfg["optim"]["batch_size"]}
+
+
+PROXY_MODEL = protocol_shape("proxy")
+"""configs/protocols/proxy.yaml's model and batch, read from it: --proxy's cells and, on a GPU, the packed runs."""
 PEAK_TFLOPS = {  # device name (torch.cuda.get_device_name) -> dense peaks from NVIDIA's data sheets (half the sparse
     # figure): bf16 tensor cores, fp32 without TF32 (torch's matmul default). One chip's form factors differ in clocks
     # and power, hence in peak, and a name is matched whole: an unknown variant gets no MFU rather than a wrong one.
@@ -215,10 +227,14 @@ def _record(norm, mode, dtype, shape, device, steps, warmup, img_per_s, mem_byte
 
 
 def _model_name(shape: dict) -> str:
-    """A record's model: timm's name, or for "vit" its depth, width and resolution."""
+    """A record's model: timm's name, or for "vit" its depth, width and resolution, and its classes and drop path
+    where the shape sets them (the proxy's: the committed records' "vit-d12-w192-32px" was its shape without either,
+    with timm's 1000-way head)."""
     if shape["model"] != "vit":
         return shape["model"]
-    return f"vit-d{shape['depth']}-w{shape['embed_dim']}-{shape['img_size']}px"
+    extra = (f"-{shape['num_classes']}cls" if "num_classes" in shape else "") + \
+        (f"-dp{shape['drop_path_rate']}" if shape.get("drop_path_rate") else "")
+    return f"vit-d{shape['depth']}-w{shape['embed_dim']}-{shape['img_size']}px{extra}"
 
 
 def _profile_cell(step, norm: str, mode: str, dtype: str, device: torch.device, profile_dir: Path) -> None:
@@ -569,7 +585,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the packed processes share the GPU through NVIDIA MPS (lab.mps; where it cannot be had, a "
                         "message and the processes time-slice): each packing row says which")
     p.add_argument("--proxy", action="store_true",
-                   help="the proxy's model (depth 12, width 192, 32 px, batch 256), not ViT-B/16 or the CPU one")
+                   help="the proxy protocol's model as its runs train it (configs/protocols/proxy.yaml's model, "
+                        "data.img_size, data.num_classes and optim.batch_size), not ViT-B/16 or the CPU one")
     p.add_argument("--peak-tflops", type=_positive, default=None, help="dense peak for MFU (default: by device name)")
     p.add_argument("--out", default=str(RESULTS_DIR))
     p.add_argument("--profile", default=None, metavar="DIR",

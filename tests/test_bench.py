@@ -468,6 +468,28 @@ def test_cli_passes_its_numbers_to_the_measurement(tmp_path, monkeypatch):
     assert bench.CPU_MODEL == default
 
 
+def test_the_proxy_shape_is_the_model_proxy_runs_train(monkeypatch):
+    """--proxy and GPU packing build the model that lab train builds from configs/protocols/proxy.yaml (models.
+    from_config): its drop path and its data's 100 classes too (a hand copy had drifted: no drop path, timm's
+    1000-way head), at its optimizer's batch; the records name what differs from that copy's "vit-d12-w192-32px"."""
+    from lab import config
+    from lab.models import from_config
+    cfg, built, build = config.load("proxy"), [], bench.build_model
+    monkeypatch.setattr(bench, "build_model", lambda *args, **kwargs: built.append(build(*args, **kwargs)) or built[0])
+    monkeypatch.setattr(bench, "_step_fn", lambda *args: lambda: None)       # the model as built, no step taken
+    bench._setup("erf", "eager", "fp32", bench.PROXY_MODEL, torch.device("cpu"))
+    torch.manual_seed(0)
+    trained = from_config(cfg, "erf", cfg["data"]["num_classes"])
+    assert repr(built[0]) == repr(trained) and built[0].num_classes == 100
+    initial, expected = built[0].state_dict(), trained.state_dict()
+    assert initial.keys() == expected.keys() and all(torch.equal(initial[k], v) for k, v in expected.items())
+    assert bench.PROXY_MODEL["batch"] == cfg["optim"]["batch_size"]
+    assert bench._model_name(bench.PROXY_MODEL) == "vit-d12-w192-32px-100cls-dp0.1"
+    changed = {**cfg, "model": {**cfg["model"], "depth": 3, "qkv_bias": False}}     # any setting the section gains
+    monkeypatch.setattr(config, "load", lambda protocol: changed)
+    assert bench.protocol_shape("proxy") == {**bench.PROXY_MODEL, "depth": 3, "qkv_bias": False}
+
+
 def test_a_norms_peak_memory_is_the_same_alone_or_in_rounds(fake_gpu, monkeypatch):
     """What the device held before (cuBLAS workspaces, what earlier cells left) is in a standalone peak
     (max_memory_allocated); a norm measured in rounds reports the same peak, not its own bytes without it."""
