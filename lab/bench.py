@@ -445,10 +445,11 @@ MODES = ("eager", "eager-plain", *COMPILED)
 
 def run(norms, modes, dtypes, device, steps, warmup, shape, packing_ns=(), packing_seconds=10.0,
         peak=None, progress=True, on_row=lambda rows: None, profile_dir=None, packing_mode="eager",
-        rounds=1, mps=False) -> list[dict]:
+        rounds=1, mps=False, packing_batch=None) -> list[dict]:
     """Every (mode, dtype, norm) cell, LayerNorm first in each mode, then packing (its processes under NVIDIA MPS with
     `mps`); on_row(rows) after each cell or N, or with rounds > 1 after each (mode, dtype), whose norms are timed in
-    interleaved rounds (measure_rounds)."""
+    interleaved rounds (measure_rounds). The packed runs are the proxy's model on a GPU, `shape` elsewhere, at
+    `packing_batch` where given (--batch), else at that model's batch."""
     rows = []
     for mode in modes:
         for dtype in dtypes:
@@ -469,7 +470,9 @@ def run(norms, modes, dtypes, device, steps, warmup, shape, packing_ns=(), packi
         def packed(row):
             rows.append(row)
             on_row(rows)
-        shape = PROXY_MODEL if device.type == "cuda" else shape
+        shape = dict(PROXY_MODEL if device.type == "cuda" else shape)
+        if packing_batch:
+            shape["batch"] = packing_batch
         if packing_mode == STREAMS:
             for n in packing_ns:
                 packed(*packing_streams([n], shape, device, packing_seconds))
@@ -523,7 +526,7 @@ def main(args: argparse.Namespace) -> int:
     save = functools.partial(write_json_atomic, path)     # after every cell: a killed bench keeps what it measured
     rows = run(norms, modes, dtypes, device, args.steps, args.warmup, shape, args.packing, args.packing_seconds,
                args.peak_tflops, on_row=save, profile_dir=args.profile, packing_mode=args.packing_mode,
-               rounds=args.rounds, mps=args.mps)
+               rounds=args.rounds, mps=args.mps, packing_batch=args.batch)
     print(format_table(rows))
     print(f"records: {path}")
     return 0
@@ -573,7 +576,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rounds", type=_integer(1), default=1, metavar="K",
                    help="build each (mode, dtype)'s norms once and time them in K interleaved rounds, one norm later "
                         "each round: records each round's images/s and ratio to LayerNorm, apart from the drift")
-    p.add_argument("--batch", type=_integer(1), default=None, help="default 256 on a GPU (ViT-B/16), 16 on a CPU")
+    p.add_argument("--batch", type=_integer(1), default=None,
+                   help="the batch of the cells and of the packed runs alike (default: each model's own: 256 for "
+                        "ViT-B/16 on a GPU, 16 for the CPU's model, proxy.yaml's optim.batch_size for the proxy's, "
+                        "which --proxy measures and the packed runs train on a GPU)")
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda or cuda:N")
     p.add_argument("--packing", type=_run_counts, default="",
                    help="e.g. 1,2,4,8: concurrent small-model runs on one device")

@@ -530,3 +530,15 @@ def test_a_group_raises_dynamos_limit_under_either_name(monkeypatch):
     norms = ["layernorm", *bench.SECTION3_VARIANTS]
     bench.measure_rounds(norms, "compiled", "fp32", TINY, torch.device("cpu"), steps=1, warmup=0, rounds=1)
     assert older.cache_size_limit == 8 * len(norms)
+
+
+@pytest.mark.parametrize("batch", [None, 64])
+def test_gpu_packing_runs_at_the_batch_given(tmp_path, monkeypatch, batch):
+    """--batch sets the packed runs' batch too (it was the proxy's 256 on a GPU whatever --batch said)."""
+    import lab.train
+    shapes = []
+    monkeypatch.setattr(lab.train, "resolve_device", lambda name: torch.device("cuda"))
+    monkeypatch.setattr(bench, "packing", lambda ns, shape, *args, **kwargs: shapes.append(shape))
+    assert main(["bench", "--modes", "", "--packing", "2", *(["--batch", str(batch)] if batch else []),
+                 "--out", str(tmp_path)]) == 0
+    assert shapes == [{**bench.PROXY_MODEL, "batch": batch or bench.PROXY_MODEL["batch"]}]
