@@ -227,13 +227,14 @@ def _record(norm, mode, dtype, shape, device, steps, warmup, img_per_s, mem_byte
 
 
 def _model_name(shape: dict) -> str:
-    """A record's model: timm's name, or for "vit" its depth, width and resolution, and its classes and drop path
-    where the shape sets them (the proxy's: the committed records' "vit-d12-w192-32px" was its shape without either,
-    with timm's 1000-way head)."""
+    """A record's model: timm's name, or for "vit" its depth, width and resolution, then its patch, classes and drop
+    path where the shape sets them (the committed records' "vit-d12-w192-32px" was the proxy's patch-4 shape without
+    the last two, with timm's 1000-way head; a calibration round may change the patch)."""
     if shape["model"] != "vit":
         return shape["model"]
-    extra = (f"-{shape['num_classes']}cls" if "num_classes" in shape else "") + \
-        (f"-dp{shape['drop_path_rate']}" if shape.get("drop_path_rate") else "")
+    extra = "".join(f"-{prefix}{shape[key]}{suffix}" for key, prefix, suffix in
+                    (("patch_size", "p", ""), ("num_classes", "", "cls"), ("drop_path_rate", "dp", ""))
+                    if shape.get(key))
     return f"vit-d{shape['depth']}-w{shape['embed_dim']}-{shape['img_size']}px{extra}"
 
 

@@ -129,7 +129,7 @@ def test_compiled_modes_and_the_proxy_model(tmp_path, monkeypatch):
     rows = json.loads(next(tmp_path.glob("bench-cpu-*.json")).read_text())
     assert seen == ["default", "default", "reduce-overhead", "reduce-overhead",     # LayerNorm, then erf, per mode
                     "max-autotune-no-cudagraphs", "max-autotune-no-cudagraphs"]
-    assert {r["model"] for r in rows} == {"vit-d2-w16-16px"}
+    assert {r["model"] for r in rows} == {"vit-d2-w16-16px-p8"}
     assert [r["pointwise_kernels"] for r in rows if r["norm"] == "erf"] == ["compiled-model"] * 3
     assert main(["bench", "--packing", "1", "--packing-mode", "jit", "--out", str(tmp_path)]) == 2
 
@@ -484,7 +484,7 @@ def test_the_proxy_shape_is_the_model_proxy_runs_train(monkeypatch):
     initial, expected = built[0].state_dict(), trained.state_dict()
     assert initial.keys() == expected.keys() and all(torch.equal(initial[k], v) for k, v in expected.items())
     assert bench.PROXY_MODEL["batch"] == cfg["optim"]["batch_size"]
-    assert bench._model_name(bench.PROXY_MODEL) == "vit-d12-w192-32px-100cls-dp0.1"
+    assert bench._model_name(bench.PROXY_MODEL) == "vit-d12-w192-32px-p4-100cls-dp0.1"
     changed = {**cfg, "model": {**cfg["model"], "depth": 3, "qkv_bias": False}}     # any setting the section gains
     monkeypatch.setattr(config, "load", lambda protocol: changed)
     assert bench.protocol_shape("proxy") == {**bench.PROXY_MODEL, "depth": 3, "qkv_bias": False}
