@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from lab import tables
+from lab import ablations, sweep, tables
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -191,3 +191,14 @@ def test_noise_note_says_three_standard_errors():
     text = tables.render("table3", records, "md", protocol="smoke")
     # 500 validation images: se = 100·sqrt(0.25/500) = 2.236; 3·se = 6.7 -> "7"
     assert "a difference under ~7 points between two cells is within noise" in text
+
+
+def test_the_cli_offers_the_librarys_tables_and_formats():
+    """lab/cli.py spells these out (it imports the library lazily, in its handlers): they must stay the library's."""
+    from lab import cli
+    subcommands = next(a for a in cli.build_parser()._actions if a.choices and "render" in a.choices).choices
+    render = {a.dest: a.choices for a in subcommands["render"]._actions}
+    assert cli.TABLE_CHOICES == list(ablations.TABLES) == render["table"]
+    assert tuple(render["format"]) == tables.FORMATS
+    sweep_args = {a.dest: a.choices for a in subcommands["sweep"]._actions}
+    assert tuple(sweep_args["launcher"]) == sweep.LAUNCHERS and sweep_args["table"] == [*ablations.TABLES, sweep.ALL]
