@@ -230,6 +230,12 @@ def _regime(table: TableResult) -> str | None:
             f"difference under ~{3 * se:.0f} points between two cells is within noise.")
 
 
+def _rows(panel: ablations.Panel, results: list[CellResult]) -> list[tuple]:
+    """(row labels, the row's cell results): a panel's results are row-major, one per column."""
+    n = len(panel.columns)
+    return [(labels, results[i * n:(i + 1) * n]) for i, labels in enumerate(panel.rows)]
+
+
 def _cell_text(r: CellResult) -> str:
     return f"{r.measured_text()} ({r.paper_text()})"
 
@@ -245,8 +251,7 @@ def _md(table: TableResult) -> str:
         header = list(panel.row_header) + list(panel.columns)
         out.append("| " + " | ".join(header) + " |")
         out.append("|" + "|".join(["---"] * len(panel.row_header) + [":---:"] * len(panel.columns)) + "|")
-        for i, labels in enumerate(panel.rows):
-            cells = [results[i * len(panel.columns) + j] for j in range(len(panel.columns))]
+        for labels, cells in _rows(panel, results):
             texts = [f"**{_cell_text(r)}**" if r.agrees is False else _cell_text(r) for r in cells]
             out.append("| " + " | ".join(list(labels) + texts) + " |")
         out.append("")
@@ -282,12 +287,9 @@ def _tex(table: TableResult) -> str:
             out += [" & " * nr + f"\\multicolumn{{{nc}}}{{c}}{{{_tex_escape(panel.col_header)}}} \\\\",
                     f"\\cmidrule(lr){{{nr + 1}-{nr + nc}}}"]
         out += [" & ".join(_tex_escape(h) for h in list(panel.row_header) + list(panel.columns)) + " \\\\", "\\midrule"]
-        for i, labels in enumerate(panel.rows):
-            texts = []
-            for j in range(nc):
-                r = results[i * nc + j]
-                text = _tex_escape(_cell_text(r))
-                texts.append(f"\\textbf{{{text}}}" if r.agrees is False else text)
+        for labels, cells in _rows(panel, results):
+            texts = [_tex_escape(_cell_text(r)) for r in cells]
+            texts = [f"\\textbf{{{t}}}" if r.agrees is False else t for r, t in zip(cells, texts)]
             out.append(" & ".join([_tex_escape(s) for s in labels] + texts) + " \\\\")
         out += ["\\bottomrule", "\\end{tabular}"]
     out.append("\\par\\smallskip\\footnotesize")
@@ -307,8 +309,7 @@ def _csv(table: TableResult) -> str:
         if panel.title:
             buffer.write(f"# {panel.title}\n")
         writer.writerow(list(panel.row_header) + [h for c in panel.columns for h in (c, f"{c} paper")])
-        for i, labels in enumerate(panel.rows):
-            cells = results[i * len(panel.columns):(i + 1) * len(panel.columns)]
+        for labels, cells in _rows(panel, results):
             writer.writerow(list(labels) + [t for r in cells for t in (r.measured_text(), r.paper_text())])
     buffer.writelines(f"# {line}\n" for line in _notes(table))
     return buffer.getvalue()
@@ -334,9 +335,9 @@ def _html(table: TableResult) -> str:
             out.append(f'<tr>{first}<th colspan="{nc}">{esc(panel.col_header)}</th></tr>')
             first = ""
         out.append("<tr>" + first + "".join(f"<th>{esc(c)}</th>" for c in panel.columns) + "</tr></thead><tbody>")
-        for i, labels in enumerate(panel.rows):
+        for labels, cells in _rows(panel, results):
             tds = []
-            for r in results[i * nc:(i + 1) * nc]:
+            for r in cells:
                 classes = [c for c, on in (("failed", r.trained is False), ("disagree", r.agrees is False)) if on]
                 attr = f' class="{" ".join(classes)}"' if classes else ""
                 paper = f'<span class="paper">({esc(r.paper_text())})</span>'
