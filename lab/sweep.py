@@ -155,7 +155,7 @@ def sweep(table: str, protocol: str, results_dir="results", *, jobs: int = 1, la
     reuse = [reuse] if isinstance(reuse, (str, Path)) else list(reuse)
     found = reusable(missing, reuse)
     missing = [c for c in missing if c not in found]
-    _say(f"{table} [{protocol}]: {count(len(cells), 'cell')}, {len(cells) - len(missing) - len(found)} done, "
+    _say(f"{table} [{protocol}]: {count(len(cells), 'unique cell')}, {len(cells) - len(missing) - len(found)} done, "
          + (f"{len(found)} to copy from {', '.join(map(str, reuse))}, " if found else "")
          + f"{len(missing)} to run" + (" (dry run)" if dry_run else ""), progress)
     for cell, source in found.items():

@@ -513,7 +513,7 @@ def test_all_is_the_baseline_plus_every_tables_unique_specs_once(tmp_path, capsy
     union = {s for t in ablations.TABLES for s in ablations.load(t).specs()}
     assert main(["sweep", "all", "--protocol", "smoke", "--results", str(tmp_path), "--dry-run"]) == 0
     out, err = capsys.readouterr()
-    assert f"all [smoke]: {1 + len(union)} cells" in err and out.count("would run") == 1 + len(union)
+    assert f"all [smoke]: {1 + len(union)} unique cells" in err and out.count("would run") == 1 + len(union)
     cells = sweep.table_cells("all", "smoke", tmp_path)
     assert {c.spec for c in cells} == union | {"layernorm"}
     assert {c.table for c in cells if c.spec in ("layernorm", "erf")} == {"table1"}   # the first table with it
@@ -530,7 +530,7 @@ def test_specs_restrict_the_cells_and_one_outside_the_table_is_an_error(tmp_path
         sweep.table_cells("table1", "smoke", tmp_path, specs=["erf", "erf|flat=1"])
     assert main(["sweep", "table5", "--protocol", "smoke", "--results", str(tmp_path), "--dry-run",
                  "--specs", "erf|flat=1, tanh"]) == 0
-    assert "table5 [smoke]: 2 cells" in capsys.readouterr().err
+    assert "table5 [smoke]: 2 unique cells" in capsys.readouterr().err
     assert main(["sweep", "table5", "--protocol", "smoke", "--results", str(tmp_path), "--specs", "erf|hshift=2"]) == 2
     assert "'erf|hshift=2' is not in table5" in capsys.readouterr().err
 
@@ -564,7 +564,7 @@ def test_a_cell_recorded_elsewhere_under_its_config_is_copied_not_trained(tmp_pa
     args = ["sweep", "table1", "--protocol", "smoke", "--results", str(grid), "--specs", ",".join(specs),
             "--reuse", str(calibration), *[a for o in TINY for a in ("--set", o)]]
     assert main([*args, "--dry-run"]) == 0
-    assert f"3 cells, 0 done, 2 to copy from {calibration}, 1 to run" in capsys.readouterr().err
+    assert f"3 unique cells, 0 done, 2 to copy from {calibration}, 1 to run" in capsys.readouterr().err
     assert not grid.exists() and not calls
     assert main(args) == 0
     assert calls == [shifted]
