@@ -18,6 +18,7 @@ import argparse
 import contextlib
 import datetime
 import functools
+import gc
 import json
 import math
 import multiprocessing as mp
@@ -53,8 +54,10 @@ def protocol_shape(protocol: str) -> dict:
             "num_classes": cfg["data"]["num_classes"], "batch": cfg["optim"]["batch_size"]}
 
 
-PROXY_MODEL = protocol_shape("proxy")
-"""configs/protocols/proxy.yaml's model and batch, read from it: --proxy's cells and, on a GPU, the packed runs."""
+def proxy_model() -> dict:
+    """configs/protocols/proxy.yaml's model and batch: --proxy's cells and, on a GPU, the packed runs. Read when a
+    bench needs it, so that a proxy.yaml being edited fails that bench with its config error, not every `lab` command."""
+    return protocol_shape("proxy")
 PEAK_TFLOPS = {  # device name (torch.cuda.get_device_name) -> dense peaks from NVIDIA's data sheets (half the sparse
     # figure): bf16 tensor cores, fp32 without TF32 (torch's matmul default). One chip's form factors differ in clocks
     # and power, hence in peak, and a name is matched whole: an unknown variant gets no MFU rather than a wrong one.
@@ -114,6 +117,7 @@ def measure_rounds(norms, mode: str, dtype: str, shape: dict, device: torch.devi
     torch._dynamo.reset()       # the group compiles from scratch; its models stay compiled side by side
     cuda = device.type == "cuda"
     allocated = functools.partial(torch.cuda.memory_allocated, device) if cuda else (lambda: 0)
+    gc.collect()                # an earlier group's models, freed: not counted as held
     held = allocated()          # before the group (nothing, or what earlier cells left): a standalone peak counts it
     cells, inputs = [], None
     # the N compiled models share their code objects, each with as many cache entries as one model alone: at dynamo's
@@ -471,7 +475,7 @@ def run(norms, modes, dtypes, device, steps, warmup, shape, packing_ns=(), packi
         def packed(row):
             rows.append(row)
             on_row(rows)
-        shape = dict(PROXY_MODEL if device.type == "cuda" else shape)
+        shape = dict(proxy_model() if device.type == "cuda" else shape)
         if packing_batch:
             shape["batch"] = packing_batch
         if packing_mode == STREAMS:
@@ -502,7 +506,7 @@ def main(args: argparse.Namespace) -> int:
         raise ValueError(f"--device: {err}") from None
     names = args.norms.split(",") if args.norms else SECTION3_VARIANTS + (DERF,)
     norms = [n if n == DERF else canonical_norm(n) for n in names]
-    shape = dict(PROXY_MODEL if args.proxy else GPU_MODEL if device.type == "cuda" else CPU_MODEL)
+    shape = dict(proxy_model() if args.proxy else GPU_MODEL if device.type == "cuda" else CPU_MODEL)
     if args.batch:
         shape["batch"] = args.batch
     modes = [m for m in args.modes.split(",") if m]      # --modes "": packing only

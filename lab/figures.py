@@ -137,7 +137,8 @@ def figure3(out_dir="figures") -> list[Path]:
     """The unbounded functions of Table 4 on [0, 18]: blue ones train in the paper, red ones fail there (×).
 
     The legend lists them slowest to fastest as x → ∞; on the plotted range the slowest that fails in the paper
-    (power23) still lies below the fastest that trains (logquad) up to x ≈ 9.8, and that crossover is marked."""
+    (power23) lies below the fastest that trains (logquad) from x ≈ 1.9 to 9.8, and the last crossover, after which
+    it stays above, is marked."""
     paper = {c.spec: c.paper for c in ablations.load("table4").cells}
     x = np.linspace(0, 18, 18001)
     with _style():

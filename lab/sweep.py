@@ -282,9 +282,9 @@ def run_cells(cells, *, jobs: int = 1, progress: bool = True, desc: str = "cells
                                  say=lambda line: _say(f"{desc}: {line}", progress))
     except (KeyboardInterrupt, SystemExit):
         raised = f" ({len(errors)} raised: {', '.join(_name(c) for c in errors)})" if errors else ""
-        _say(f"{desc}: stopped with {count(len(cells) - len(records), 'cell')} unfinished{raised}: run the same command again "
-             "to train them (finished cells are kept; a stopped run resumes from its last checkpoint, if it wrote one)",
-             progress)
+        _say(f"{desc}: stopped with {count(len(cells) - len(records), 'cell')} unfinished{raised}: run the same command "
+             "again to train them (finished cells are kept; a stopped run resumes from its last checkpoint, if it wrote "
+             "one)", progress)
         raise
     finally:
         bar.close()

@@ -9,6 +9,7 @@ import csv
 import html
 import io
 import math
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -272,7 +273,7 @@ def _tex_escape(text: str) -> str:
 
 def _tex(table: TableResult) -> str:
     ab = table.ablation
-    title = ab.title.split(": ", 1)[-1]          # "Table 5: center sensitivity": LaTeX numbers the table itself
+    title = re.sub(r"^Table \d+: ", "", ab.title)     # "Table 5: center sensitivity": LaTeX numbers the table itself
     out = ["% lab.tables.render: needs \\usepackage{booktabs}", "\\begin{table}[t]", "\\centering", "\\small",
            f"\\caption{{{_tex_escape(title[:1].upper() + title[1:])}. {_tex_escape(ab.caption)}}}",
            f"\\label{{tab:{ab.name}}}"]

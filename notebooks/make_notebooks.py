@@ -74,8 +74,8 @@ def build() -> dict:
         "while they grow slowly (log-type, or blended with ≤ 0.1·x) and fail when they grow fast; the direction of a "
         "monotonic f does not matter.",
         "## The Section-3 perturbations, one panel each (the λ values of their tables)\n\n"
-        "Each panel is one transform of the spec applied to its table's base; black is the unperturbed f: the λ = 1 "
-        "curve of the hshift panel is `erf|hshift=1`.",
+        "Each panel is one transform of the spec applied to its table's base; in a λ legend, black is the unperturbed "
+        "f: the λ = 1 curve of the hshift panel is `erf|hshift=1`.",
         "from lab.reproduce import figures_report\nfigures_report(out_dir, which=[\"transforms\"])",
         "## Figure 2: each property, satisfied and violated\n\n"
         "Blue curves satisfy the panel's property, red ones violate it; each legend gives the function and, in "
@@ -110,7 +110,7 @@ def build() -> dict:
     books["07_figures"] = notebook("Figures 2–4", "The paper's function plots, drawn from the lab's specs: the four "
                                    "properties, each satisfied and violated (Figure 2); the unbounded functions of "
                                    "Table 4, slowest to fastest growth as x → ∞ (Figure 3: on the plotted range "
-                                   "power23 passes logquad only at x ≈ 9.8); erf, −erf and the non-monotonic "
+                                   "power23 overtakes logquad for good only at x ≈ 9.8); erf, −erf and the non-monotonic "
                                    "functions of Table 6 (Figure 4). The training losses of the paper's appendix "
                                    "Figures 6–8 are drawn in the notebooks of Tables 1, 5 and 6.",
                                    'out_dir = "reproduction"  # figures/ is written here',

@@ -123,7 +123,7 @@ def test_compiled_modes_and_the_proxy_model(tmp_path, monkeypatch):
     them; --proxy benchmarks the proxy's model."""
     seen = []
     monkeypatch.setattr(torch, "compile", lambda model, mode: seen.append(mode) or model)
-    monkeypatch.setattr(bench, "PROXY_MODEL", {**TINY, "depth": 2})
+    monkeypatch.setattr(bench, "proxy_model", lambda: {**TINY, "depth": 2})
     assert main(["bench", "--proxy", "--norms", "erf", "--modes", "compiled,compiled-graphs,compiled-autotune",
                  "--dtypes", "fp32", "--steps", "1", "--warmup", "0", "--out", str(tmp_path)]) == 0
     rows = json.loads(next(tmp_path.glob("bench-cpu-*.json")).read_text())
@@ -290,7 +290,7 @@ def test_graphed_streams_packing_needs_cuda_and_says_so(tmp_path, capsys):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_gpu_graphed_streams_replay_whole_training_steps():
-    shape = {**bench.PROXY_MODEL, "depth": 2, "batch": 64}
+    shape = {**bench.proxy_model(), "depth": 2, "batch": 64}
     rows = bench.packing_streams([1, 2], shape, torch.device("cuda"), seconds=1.0)
     assert [(r["runs"], r["run_mode"]) for r in rows] == [(1, "graphed-streams"), (2, "graphed-streams")]
     assert all(r["img_per_s"] > 0 for r in rows)
@@ -452,7 +452,7 @@ def test_gpu_packing_runs_the_proxys_model(monkeypatch):
     monkeypatch.setattr(bench, "packing", lambda ns, shape, *args, **kwargs: shapes.append(shape))
     for device in ("cuda", "cpu"):
         bench.run([], [], ["bf16"], torch.device(device), 1, 0, bench.GPU_MODEL, packing_ns=[2], progress=False)
-    assert shapes == [bench.PROXY_MODEL, bench.GPU_MODEL]
+    assert shapes == [bench.proxy_model(), bench.GPU_MODEL]
 
 
 def test_cli_passes_its_numbers_to_the_measurement(tmp_path, monkeypatch):
@@ -477,17 +477,20 @@ def test_the_proxy_shape_is_the_model_proxy_runs_train(monkeypatch):
     cfg, built, build = config.load("proxy"), [], bench.build_model
     monkeypatch.setattr(bench, "build_model", lambda *args, **kwargs: built.append(build(*args, **kwargs)) or built[0])
     monkeypatch.setattr(bench, "_step_fn", lambda *args: lambda: None)       # the model as built, no step taken
-    bench._setup("erf", "eager", "fp32", bench.PROXY_MODEL, torch.device("cpu"))
+    bench._setup("erf", "eager", "fp32", bench.proxy_model(), torch.device("cpu"))
     torch.manual_seed(0)
     trained = from_config(cfg, "erf", cfg["data"]["num_classes"])
     assert repr(built[0]) == repr(trained) and built[0].num_classes == 100
     initial, expected = built[0].state_dict(), trained.state_dict()
     assert initial.keys() == expected.keys() and all(torch.equal(initial[k], v) for k, v in expected.items())
-    assert bench.PROXY_MODEL["batch"] == cfg["optim"]["batch_size"]
-    assert bench._model_name(bench.PROXY_MODEL) == "vit-d12-w192-32px-p4-100cls-dp0.1"
-    changed = {**cfg, "model": {**cfg["model"], "depth": 3, "qkv_bias": False}}     # any setting the section gains
-    monkeypatch.setattr(config, "load", lambda protocol: changed)
-    assert bench.protocol_shape("proxy") == {**bench.PROXY_MODEL, "depth": 3, "qkv_bias": False}
+    assert bench.proxy_model()["batch"] == cfg["optim"]["batch_size"]
+    m, d = cfg["model"], cfg["data"]
+    assert bench._model_name(bench.proxy_model()) == (f"vit-d{m['depth']}-w{m['embed_dim']}-{d['img_size']}px-"
+                                                      f"p{m['patch_size']}-{d['num_classes']}cls-dp{m['drop_path_rate']}")
+    assert bench._model_name({"model": "vit", "depth": 12, "embed_dim": 192, "img_size": 32}) == "vit-d12-w192-32px"
+    changed, before = {**cfg, "model": {**cfg["model"], "depth": 3, "qkv_bias": False}}, bench.proxy_model()
+    monkeypatch.setattr(config, "load", lambda protocol: changed)     # any setting the section gains reaches it
+    assert bench.proxy_model() == {**before, "depth": 3, "qkv_bias": False}
 
 
 def test_a_norms_peak_memory_is_the_same_alone_or_in_rounds(fake_gpu, monkeypatch):
@@ -541,4 +544,4 @@ def test_gpu_packing_runs_at_the_batch_given(tmp_path, monkeypatch, batch):
     monkeypatch.setattr(bench, "packing", lambda ns, shape, *args, **kwargs: shapes.append(shape))
     assert main(["bench", "--modes", "", "--packing", "2", *(["--batch", str(batch)] if batch else []),
                  "--out", str(tmp_path)]) == 0
-    assert shapes == [{**bench.PROXY_MODEL, "batch": batch or bench.PROXY_MODEL["batch"]}]
+    assert shapes == [{**bench.proxy_model(), "batch": batch or bench.proxy_model()["batch"]}]

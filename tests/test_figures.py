@@ -97,7 +97,8 @@ def test_figures_name_the_papers_figure_they_redraw(drawn):
 
 
 def test_figure3_marks_where_the_first_failing_function_overtakes_the_fastest_that_trains(drawn):
-    """On [0, 18] power23 (× in the paper) lies below logquad up to x ≈ 9.8: the legend's order is asymptotic."""
+    """On [0, 18] power23 (× in the paper) lies below logquad from x ≈ 1.9 to 9.8: the legend's order is asymptotic,
+    and the last crossover is marked."""
     x = np.linspace(0, 18, 18001)
     at = figures._last_crossing(x, np.log(x ** 2 + 1), x ** (2 / 3))
     assert at == pytest.approx(9.76, abs=0.01) and np.log(at ** 2 + 1) == pytest.approx(at ** (2 / 3), rel=1e-4)
