@@ -74,13 +74,12 @@ CHOICES = {
     "aug.mixup_mode": ("batch", "pair", "elem"),
     "model.global_pool": ("", "avg", "avgmax", "max", "token", "map", "prr"),
 }
-"""The values a named setting may take, checked with RANGES (so a sweep refuses a bad one before any cell starts, not
-in every cell's traceback): the precisions of autocast (lab/train.py); torch.compile's modes; lab/data.py's kinds;
-timm's optimizer registry; the embedded set's resampling
-modes (lab/data.py, where any other name was silently bilinear; one list for both data kinds, so a protocol means the
-same on either: lanczos or random, which timm's folder transforms also take, are refused); timm's
-RandomErasing modes (else a bare AssertionError) and Mixup modes (any other was silently "batch"); timm
-VisionTransformer's pooling modes (else a bare AssertionError)."""
+"""The values a named setting may take, checked with RANGES (so a sweep refuses a bad one before any cell starts, not in
+every cell's traceback): the precisions of autocast (lab/train.py); torch.compile's modes; lab/data.py's kinds;
+timm's optimizer registry; the embedded set's resampling modes (lab/data.py, where any other name was silently
+bilinear; one list for both data kinds, so a protocol means the same on either: lanczos or random, which timm's
+folder transforms also take, are refused); timm's RandomErasing modes (else a bare AssertionError) and Mixup modes
+(any other was silently "batch"); timm VisionTransformer's pooling modes (else a bare AssertionError)."""
 
 NULLABLE = {"threads": 1, "data.path": "/datasets/imagenet", "optim.micro_batch": 128, "optim.clip_grad": 1.0,
             "optim.layer_decay": 0.75, "aug.auto_augment": "rand-m9-mstd0.5-inc1"}

@@ -3,8 +3,8 @@
 Train/fail agreement over every table cell, Spearman ρ per table and its mean, erf against LayerNorm, the grid's wall
 time by the records' own clocks, and how many seeds the reference cells have. Records are matched to cells as
 `lab.tables` does, with one protocol and one config for the whole grid (the one with most records over Tables 1–6):
-erf and LayerNorm, and every table, come from the same protocol. Every figure here is computed from records, none typed
-in.
+erf and LayerNorm, and every table, were trained under the same recipe. Every figure here is computed from records,
+none typed in.
 """
 from dataclasses import dataclass
 from datetime import datetime, timedelta

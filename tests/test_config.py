@@ -159,6 +159,11 @@ def test_a_setting_with_choices_names_them(override, choices):
         config.load("smoke", [override])
 
 
+def test_every_precision_the_config_accepts_is_one_training_can_run():
+    from lab import train
+    assert tuple(train.AUTOCAST) == config.CHOICES["precision"]
+
+
 def test_an_optimizer_name_is_read_as_timm_reads_it():
     """timm lower-cases the name and takes the part after a lookahead_ prefix; the config keeps what was written."""
     for name in ("AdamW", "lookahead_adamw"):
