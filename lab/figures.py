@@ -385,7 +385,8 @@ def accuracy_vs_lambda(name: str, records, out_dir="figures", protocol: str | No
                 ax.set_xticks(range(len(labels)), labels)
                 if strip:
                     ax.tick_params(axis="x", pad=2 * FAILED_STRIP)     # the tick labels go below the strip
-                ax.set(xlabel=xlabel, ylabel="top-1 (%)", xlim=(-0.5, len(labels) - 0.5))
+                ax.set(xlabel=f"{xlabel} (the table's values, evenly spaced)" if along_lambda else xlabel,
+                       ylabel="top-1 (%)", xlim=(-0.5, len(labels) - 0.5))
                 where = f"measured ({table.protocol or 'no results'})" if measured else "paper (ViT-B, ImageNet-1K)"
                 ax.set_title(f"{panel.title} — {where}" if panel.title else where)
                 if measured and not any(r.run for r in results):

@@ -160,8 +160,10 @@ def test_accuracy_failures_lie_below_the_data_area_and_categories_are_not_joined
 
 
 def test_accuracy_along_lambda_joins_points(drawn):
+    """λ is joined along its values, which are the table's, evenly spaced (0.5 is as far from 0.1 as 2 from 3)."""
     figures.accuracy_vs_lambda("table5", [fake("erf"), fake("erf|flat=0.5")])
     assert all(bar.lines[0].get_linestyle() != "None" for ax in drawn[0].axes for bar in ax.containers)
+    assert {ax.get_xlabel() for ax in drawn[0].axes} == {"λ (the table's values, evenly spaced)"}
 
 
 def test_training_curves_are_smoothed_and_neighbouring_lambdas_differ_in_colour(drawn):
