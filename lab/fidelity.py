@@ -159,4 +159,4 @@ def _signed(value: float, fmt: str) -> str:
 
 
 def _num(value, fmt: str) -> str:
-    return tables.MISSING if value is None else format(value, fmt)
+    return tables.MISSING if value is None else format(value, fmt).replace("-", "−")   # the minus of _signed

@@ -73,6 +73,7 @@ def test_ranking_against_the_paper_fails_the_spearman_goal():
         r["top1"] = None if r["top1"] is None else 160.0 - r["top1"]
     f = fidelity.measure(grid)
     assert f.mean_rho < -0.9 and f.met()["spearman"] is False and f.met()["agreement"] is True
+    assert f"| ≥ 0.6 | −{-f.mean_rho:.2f} (table1 −" in fidelity.render(f)     # one minus sign, as erf − LayerNorm's
 
 
 def test_a_table_without_a_rho_leaves_the_mean_to_the_others_once_the_grid_is_complete():
