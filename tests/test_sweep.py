@@ -346,14 +346,17 @@ def test_a_deadline_in_the_pool_judges_by_the_cells_finished_so_far(tmp_path, mo
     """In the pool as in one process, the cells finished so far set the estimate: two cells packed take 100 s of a
     fake clock, so with 150 s neither of the next two starts (at 100 each would end at 200). The workers are threads
     here, sharing the clock, and the test takes no time."""
+    import threading
     from concurrent.futures import ThreadPoolExecutor
-    clock = [0.0]
+    clock, both_started = [0.0], threading.Barrier(2)
 
     class Threads(ThreadPoolExecutor):
         def __init__(self, workers, mp_context=None, initializer=None, initargs=()):
             super().__init__(workers)
 
     def run_cell(cell, pool=None):
+        if cells.index(cell) < 2:       # the first pair both submitted at 0 before either moves the clock
+            both_started.wait(timeout=10)
         clock[0] = max(clock[0], 100.0 * (1 + cells.index(cell) // 2))       # in pairs, 100 s a pair
         record = {"spec": cell.spec, "status": "ok", "top1": 42.0}
         return "ok", results.write_json_atomic(cell.path, record) and record
