@@ -63,13 +63,17 @@ def read_record(path) -> dict:
     return {**record, "path": str(path)} if isinstance(record, dict) else record
 
 
+FINISHED = ("ok", "failed")
+"""The statuses of a finished cell: it trained, or it failed (a failure is a result, not retried)."""
+
+
 def finished(path) -> dict | None:
     """The cell's record if it has finished, trained or failed (a failure is a result, not retried); else None. An
     unreadable one is its ValueError now, before anything trains: a record cut off by a full disk is not a finished
     cell."""
     if Path(path).exists():
         record = read_record(path)
-        if record.get("status") in ("ok", "failed"):
+        if record.get("status") in FINISHED:
             return record
     return None
 

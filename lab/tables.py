@@ -18,6 +18,7 @@ from scipy import stats
 
 from . import ablations
 from .layers import canonical_norm
+from .results import FINISHED
 
 FORMATS = ("md", "tex", "csv", "html")
 METRICS = ("top1", "top1_ema")
@@ -133,7 +134,7 @@ def select(specs, records, protocol=None, config_hash=None, where="records"):
             spec = canonical_norm(record.get("spec", ""))
         except ValueError:
             continue
-        if spec in specs and record.get("status") in ("ok", "failed"):
+        if spec in specs and record.get("status") in FINISHED:
             relevant.append({**record, "spec": spec})
     protocols = sorted({r.get("protocol") for r in relevant}, key=str)
     if protocol is None and len(protocols) > 1:
