@@ -5,7 +5,6 @@ Values are parsed as YAML ("1e-3", "null", "[0.9, 0.95]"). An unknown protocol o
 so is a value of the wrong type, out of range, not among the choices, or null where the setting cannot be off.
 """
 import copy
-import difflib
 import hashlib
 import json
 import os
@@ -15,6 +14,7 @@ import yaml
 from timm.optim import list_optimizers
 
 from . import data
+from .perturb import did_you_mean
 
 PROTOCOL_DIR = Path(__file__).resolve().parent.parent / "configs" / "protocols"
 PROTOCOLS = tuple(sorted(p.stem for p in PROTOCOL_DIR.glob("*.yaml")))
@@ -97,7 +97,7 @@ def load(protocol: str, overrides: list[str] | dict | None = None, *, source=Non
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}: choose one of {', '.join(PROTOCOLS)}"
-                         f"{_hint(protocol, PROTOCOLS)}")
+                         f"{did_you_mean(protocol, PROTOCOLS)}")
     cfg = read_yaml(PROTOCOL_DIR / f"{protocol}.yaml")
     if source is not None:
         cfg = _stand_in(cfg, Path(source))
@@ -126,7 +126,7 @@ def _check(cfg: dict):
         value = _get(cfg, dotted)
         name = value.lower().split("_")[-1] if dotted == "optim.opt" and isinstance(value, str) else value
         if name not in choices:     # timm reads "AdamW" and "lookahead_adamw" as adamw (its create_optimizer_v2)
-            raise ValueError(f"config key {dotted!r}: {value!r} is not a valid choice{_hint(name, choices)}; "
+            raise ValueError(f"config key {dotted!r}: {value!r} is not a valid choice{did_you_mean(name, choices)}; "
                              f"choose one of {', '.join(choices)}")
 
 
@@ -172,7 +172,7 @@ def _stand_in(protocol_cfg: dict, source: Path) -> dict:
     expected, given = keys(protocol_cfg), keys(settings)
     unknown, missing = [k for k in given if k not in expected], [k for k in expected if k not in given]
     if unknown:
-        raise ValueError(f"{source}: unknown key {unknown[0]!r}{_hint(unknown[0], expected)}")
+        raise ValueError(f"{source}: unknown key {unknown[0]!r}{did_you_mean(unknown[0], expected)}")
     if missing:
         raise ValueError(f"{source}: missing key(s) {', '.join(map(repr, missing))}, which every protocol file has")
     typed = copy.deepcopy(protocol_cfg)
@@ -219,7 +219,7 @@ def _set(cfg: dict, key: str, value):
     for i, part in enumerate(path):
         if not isinstance(node, dict) or part not in node:
             valid = sorted(SHORTCUTS) + keys({k: v for k, v in cfg.items() if k != "protocol"})
-            raise ValueError(f"unknown config key {key!r}{_hint(key, valid)}; valid keys: {', '.join(valid)}")
+            raise ValueError(f"unknown config key {key!r}{did_you_mean(key, valid)}; valid keys: {', '.join(valid)}")
         if i == len(path) - 1:
             old = node[part]
             if isinstance(old, dict):
@@ -253,8 +253,3 @@ def _compatible(old, new) -> bool:
     if isinstance(old, (int, float)):
         return isinstance(new, (int, float)) and (isinstance(old, float) or isinstance(new, int))
     return isinstance(new, type(old))
-
-
-def _hint(word: str, choices) -> str:
-    close = difflib.get_close_matches(str(word), list(choices), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""

@@ -1,5 +1,4 @@
 """Vision Transformers from timm with the norm chosen by name, through timm's own `norm_layer` argument."""
-import difflib
 from collections import Counter
 
 import timm
@@ -9,6 +8,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from .layers import norm_layer
+from .perturb import did_you_mean
 
 PAPER_DEFAULTS = {"global_pool": "avg"}
 """The paper's code builds ViTs with global_pool='avg', so the final norm is `fc_norm` (one per model)."""
@@ -47,10 +47,8 @@ def build_model(model: str = "vit_base_patch16_224", norm: str = "layernorm", al
         return VisionTransformer(**kwargs)
     names = timm.list_models(module="vision_transformer")
     if model not in names:
-        close = difflib.get_close_matches(model, names, n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise ValueError(f"unknown model '{model}': use 'vit' or a name from timm's vision_transformer module "
-                         f"(timm.list_models(module='vision_transformer')){hint}")
+                         f"(timm.list_models(module='vision_transformer')){did_you_mean(model, names)}")
     vit = timm.create_model(model, pretrained=False, **kwargs)
     kinds = count_norms(vit)
     if len(kinds) > 1:

@@ -90,9 +90,11 @@ def _choices(names) -> str:
     return ", ".join(names)
 
 
-def _suggest(word, names) -> str:
-    close = difflib.get_close_matches(word, names, n=1)
-    return f" (did you mean '{close[0]}'?)" if close else ""
+def did_you_mean(word, choices) -> str:
+    """The suffix " (did you mean 'x'?)" naming the choice closest to a misspelt `word`, or "" when none is close:
+    one wording for every error that names a bad word."""
+    close = difflib.get_close_matches(str(word), list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _transform_usage() -> str:
@@ -105,13 +107,13 @@ def parse(spec: str) -> tuple[str, tuple[tuple[str, float | None], ...]]:
         raise ValueError(f"empty point-wise spec {spec!r}; start with a base function: {_choices(BASES)}")
     base, *parts = [p.strip() for p in spec.strip().lower().split("|")]
     if base not in BASES:
-        raise ValueError(f"unknown base function '{base}' in spec '{spec}'{_suggest(base, BASES)}; "
+        raise ValueError(f"unknown base function '{base}' in spec '{spec}'{did_you_mean(base, BASES)}; "
                          f"choose one of: {_choices(BASES)}")
     transforms = []
     for part in parts:
         name, has_value, text = (p.strip() for p in part.partition("="))
         if name not in TRANSFORMS:
-            raise ValueError(f"unknown transform '{name}' in spec '{spec}'{_suggest(name, TRANSFORMS)}; "
+            raise ValueError(f"unknown transform '{name}' in spec '{spec}'{did_you_mean(name, TRANSFORMS)}; "
                              f"choose one of: {_transform_usage()}")
         transform = TRANSFORMS[name]
         if not transform.domain:
