@@ -127,7 +127,7 @@ def reproduce(protocol: str, out_dir="reproduction", *, jobs: int = 2, overrides
     the others still run; then RuntimeError names the failures.
     """
     from . import ablations, config, results as _results
-    config.load(protocol, _sweep._overrides(_with_data_path(overrides, data_path), device))  # bad input fails here
+    config.load(protocol, _sweep.override_items(_with_data_path(overrides, data_path), device))  # bad input fails here
     unknown = [n for n in notebooks if n not in NOTEBOOKS]
     if unknown:
         raise ValueError(f"unknown notebook(s) {', '.join(unknown)}: choose from {', '.join(NOTEBOOKS)}")
@@ -159,7 +159,7 @@ def reproduce(protocol: str, out_dir="reproduction", *, jobs: int = 2, overrides
 
     params = dict(protocol=protocol, results_dir=str(results), out_dir=str(out), jobs=jobs, device=device,
                   data_path=data_path, seeds=None if seeds is None else list(seeds),
-                  overrides=_sweep._overrides(overrides, None), limit=limit, train=train)
+                  overrides=_sweep.override_items(overrides, None), limit=limit, train=train)
     todo = [(NOTEBOOK_DIR / f"{n}.ipynb", out / f"{n}.ipynb", params, out) for n in notebooks]
     spawn = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(min(jobs, len(todo)), mp_context=spawn) if jobs > 1 else nullcontext() as pool:
@@ -172,7 +172,7 @@ def reproduce(protocol: str, out_dir="reproduction", *, jobs: int = 2, overrides
     report = out / "REPORT.md"
     command = shlex.join(["lab", "reproduce", "--protocol", protocol, "--out", str(out_dir), "--jobs", str(jobs),
                           *([] if train else ["--no-train"]), *(["--results", str(results_dir)] if results_dir else []),
-                          *(a for o in _sweep._overrides(_with_data_path(overrides, data_path), device)
+                          *(a for o in _sweep.override_items(_with_data_path(overrides, data_path), device)
                             for a in ("--set", o))])
     python_only = {"seeds": seeds, "limit": limit, "notebooks": None if notebooks == NOTEBOOKS else list(notebooks)}
     extras = ", ".join(f"{k}={v!r}" for k, v in python_only.items() if v is not None)     # arguments with no flag
@@ -259,7 +259,7 @@ def _report_text(command, protocol, out, results, tables, ran, n_cells, wall, tr
 
 
 def _with_data_path(overrides, data_path):
-    items = _sweep._overrides(overrides, None)
+    items = _sweep.override_items(overrides, None)
     return items + ([f"data_path={data_path}"] if data_path else [])
 
 

@@ -70,7 +70,7 @@ def plan(specs, protocol: str, results_dir, *, table: str | None = None, seeds=N
     """The cells for `specs` × `seeds` (seeds=None: the config's own seed), keyed by lab.results.record_path.
     source: the protocol's settings from this file (see config.load)."""
     from . import config, results
-    base = _overrides(overrides, device)
+    base = override_items(overrides, device)
     seeds = [None] if seeds is None else [int(s) for s in seeds]
     cells = []
     for seed in seeds:
@@ -155,19 +155,19 @@ def sweep(table: str, protocol: str, results_dir="results", *, jobs: int = 1, la
     reuse = [reuse] if isinstance(reuse, (str, Path)) else list(reuse)
     found = reusable(missing, reuse)
     missing = [c for c in missing if c not in found]
-    _say(f"{table} [{protocol}]: {count(len(cells), 'unique cell')}, {len(cells) - len(missing) - len(found)} done, "
+    say(f"{table} [{protocol}]: {count(len(cells), 'unique cell')}, {len(cells) - len(missing) - len(found)} done, "
          + (f"{len(found)} to copy from {', '.join(map(str, reuse))}, " if found else "")
          + f"{len(missing)} to run" + (" (dry run)" if dry_run else ""), progress)
     for cell, source in found.items():
         if dry_run:
-            _listed(f"  would copy {cell.spec} seed={cell.seed} <- {source}", progress)
+            listed(f"  would copy {cell.spec} seed={cell.seed} <- {source}", progress)
         else:
             _copy_record(source, cell.path)
     if launcher == "slurm":
         submit_slurm(missing, results_dir, dry_run=dry_run, params=slurm)
     elif dry_run:
         for cell in missing:
-            _listed(f"  would run {cell.spec} seed={cell.seed} -> {cell.path}", progress)
+            listed(f"  would run {cell.spec} seed={cell.seed} -> {cell.path}", progress)
     else:
         run_cells(missing, jobs=jobs, progress=progress, desc=table, deadline=deadline, mps=mps)
     return [results.read_record(c.path) for c in cells if c.path.exists()]
@@ -272,17 +272,17 @@ def run_cells(cells, *, jobs: int = 1, progress: bool = True, desc: str = "cells
                 done(cell, ("error" if kind == "fault" else kind, value))
                 clock.finished(cell, started, value if kind == "ok" else None)
                 if kind == "fault" and cells[i + 1:]:
-                    _say(f"{desc}: the GPU faulted, and this process cannot use it again: run again to train the "
+                    say(f"{desc}: the GPU faulted, and this process cannot use it again: run again to train the "
                          f"{count(len(cells) - i - 1, 'cell')} left", progress)
                     break
         else:
             workers = min(jobs, len(cells))
-            with shared_gpu(mps, say=lambda line: _say(line, progress)) as shared:
+            with shared_gpu(mps, say=lambda line: say(line, progress)) as shared:
                 left = _run_pool(cells, workers, done, clock, {"workers": workers, "mps": shared},
-                                 say=lambda line: _say(f"{desc}: {line}", progress))
+                                 say=lambda line: say(f"{desc}: {line}", progress))
     except (KeyboardInterrupt, SystemExit):
         raised = f" ({len(errors)} raised: {', '.join(_name(c) for c in errors)})" if errors else ""
-        _say(f"{desc}: stopped with {count(len(cells) - len(records), 'cell')} unfinished{raised}: run the same command "
+        say(f"{desc}: stopped with {count(len(cells) - len(records), 'cell')} unfinished{raised}: run the same command "
              "again to train them (finished cells are kept; a stopped run resumes from its last checkpoint, if it wrote "
              "one)", progress)
         raise
@@ -290,7 +290,7 @@ def run_cells(cells, *, jobs: int = 1, progress: bool = True, desc: str = "cells
         bar.close()
     if left:
         estimates = ", ".join(f"{s} s" for s in sorted({round(clock.estimate(c)) for c in left}))
-        _say(f"{desc}: {count(len(left), 'cell')} left for the next run, they would not finish within the deadline "
+        say(f"{desc}: {count(len(left), 'cell')} left for the next run, they would not finish within the deadline "
              f"({estimates} a cell at the slowest rate so far): run again to train them", progress)
     if errors:
         raise CellErrors(errors, records)
@@ -472,7 +472,7 @@ def submit_slurm(cells, results_dir, *, dry_run: bool = False, params: dict | No
         jobs = executor.map_array(slurm_cell, list(cells))
     array = jobs[0].job_id.split("_")[0]
     what = "wrote (dry run, not submitted) a SLURM array" if dry_run else f"submitted SLURM array {array}"
-    _say(f"{what} of {count(len(cells), 'cell')}: {Path(results_dir) / 'slurm'}", True)
+    say(f"{what} of {count(len(cells), 'cell')}: {Path(results_dir) / 'slurm'}", True)
     return jobs
 
 
@@ -527,9 +527,10 @@ def _slurm_minutes(text: str) -> int:
     return -(-total // 60)
 
 
-def _overrides(overrides, device) -> list[str]:
-    """As "key=value" strings, which config.load parses as YAML: a dict's values written as JSON (a YAML subset), so
-    None is null rather than the text 'None', and a string stays text to parse, as config.load treats a dict."""
+def override_items(overrides, device) -> list[str]:
+    """Overrides given as a dict, one string or a list, plus the device, as "key=value" strings, which config.load
+    parses as YAML: a dict's values written as JSON (a YAML subset), so None is null rather than the text 'None', and a
+    string stays text to parse, as config.load treats a dict."""
     if overrides is None:
         items = []
     elif isinstance(overrides, dict):
@@ -552,7 +553,8 @@ def _name(cell: Cell) -> str:
     return f"{cell.path.parent.name}/{cell.spec} s{cell.seed}"
 
 
-def _say(line: str, progress: bool):
+def say(line: str, progress: bool):
+    """A progress line: on stderr, above tqdm's bars, and only when the command shows progress."""
     if progress:
         tqdm.write(line, file=sys.stderr)
 
@@ -562,7 +564,7 @@ def count(n: int, noun: str) -> str:
     return f"{n} {noun}{'s' * (n != 1)}"
 
 
-def _listed(line: str, progress: bool):
-    """A line of a dry run's list: the command's output, so stdout (a pipe, > file), beside _say's stderr."""
+def listed(line: str, progress: bool):
+    """A line of a dry run's list: the command's output, so stdout (a pipe, > file), beside say's stderr."""
     if progress:
         print(line, flush=True)
