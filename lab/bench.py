@@ -33,12 +33,11 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from . import config
-from .layers import raise_recompile_limit
+from .layers import DERF, raise_recompile_limit
 from .models import build_model
 from .mps import shared_gpu
 from .results import git_commit, writable_dir, write_json_atomic
 
-DERF = "derf"   # erf with the learnable shift s (Section 4); every other name is a norm spec without s
 SECTION3_VARIANTS = ("erf", "tanh", "arctan", "erf|hshift=0.5", "erf|vshift=0.5", "arcsinh|clip=1",
                      "erf|blend=0.1", "erf|flat=0.5", "erf|neg", "sin", "dampx", "dampexp")
 GPU_MODEL = {"model": "vit_base_patch16_224", "img_size": 224, "batch": 256}
@@ -72,11 +71,6 @@ PEAK_TFLOPS = {  # device name (torch.cuda.get_device_name) -> dense peaks from 
     "NVIDIA A100 80GB PCIe": {"bf16": 312.0, "fp32": 19.5},
 }
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "ablations" / "results" / "bench"
-
-
-def spec_and_shift(norm: str) -> tuple[str, float | None]:
-    """A bench norm name as the layer takes it: DERF is erf with s initialised to 0, any other name a spec without s."""
-    return ("erf", 0.0) if norm == DERF else (norm, None)
 
 
 def device_name(device: torch.device) -> str:
@@ -158,8 +152,7 @@ def _setup(norm: str, mode: str, dtype: str, shape: dict, device: torch.device, 
     eager step) and its (images, targets): `inputs`, else new ones drawn after the model."""
     kw = _model_kwargs(shape)
     torch.manual_seed(0)
-    spec, shift = spec_and_shift(norm)
-    model = build_model(shape["model"], norm=spec, shift=shift, **kw).to(device)
+    model = build_model(shape["model"], norm=norm, **kw).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
     images, targets = inputs or _inputs(shape, model.num_classes, device)
     with _countable_attention(device), FlopCounterMode(display=False) as counter:
@@ -505,7 +498,7 @@ def main(args: argparse.Namespace) -> int:
     except ValueError as err:
         raise ValueError(f"--device: {err}") from None
     names = args.norms.split(",") if args.norms else SECTION3_VARIANTS + (DERF,)
-    norms = [n if n == DERF else canonical_norm(n) for n in names]
+    norms = [canonical_norm(n) for n in names]
     shape = dict(proxy_model() if args.proxy else GPU_MODEL if device.type == "cuda" else CPU_MODEL)
     if args.batch:
         shape["batch"] = args.batch

@@ -19,6 +19,9 @@ NORMALIZATIONS = {
     "layernorm": functools.partial(nn.LayerNorm, eps=1e-6),   # timm ViT's own default
     "rmsnorm": functools.partial(RmsNorm, eps=1e-6),
 }
+DERF = "derf"
+"""Section 4's Derf, γ·erf(αx + s) + β with s learnable from 0: a norm name beside the baselines, since a spec names
+f alone and s is the layer's."""
 
 
 def _per_channel(grad: Tensor) -> Tensor:
@@ -157,13 +160,14 @@ class PointwiseNorm(nn.Module):
 
 
 def canonical_norm(name: str) -> str:
-    """Canonical name of a norm choice: "layernorm", "rmsnorm" or a canonical point-wise spec (ValueError if bad)."""
-    if isinstance(name, str) and name.strip().lower() in NORMALIZATIONS:
+    """Canonical name of a norm choice: "layernorm", "rmsnorm", "derf" or a canonical point-wise spec (ValueError if
+    bad)."""
+    if isinstance(name, str) and name.strip().lower() in (*NORMALIZATIONS, DERF):
         return name.strip().lower()
     try:
         return canonical(name)
     except ValueError as err:
-        raise ValueError(f"{err} (or a normalization baseline: {', '.join(NORMALIZATIONS)})") from None
+        raise ValueError(f"{err} (or a normalization baseline: {', '.join(NORMALIZATIONS)}; or {DERF})") from None
 
 
 def is_norm_name(name: str) -> bool:
@@ -179,9 +183,12 @@ def norm_layer(spec: str, alpha0: float = 0.5, shift: float | None = None, **kw)
     """A constructor timm accepts as `norm_layer` (called `norm_layer(dim, **factory_kwargs)`); `kw` are the layer's
     own options (`eps` of a baseline, say).
 
-    "layernorm" and "rmsnorm" give the normalization baselines (alpha0/shift do not apply to them).
+    "layernorm" and "rmsnorm" give the normalization baselines (alpha0/shift do not apply to them); "derf" is erf with
+    the shift s learnable, from `shift` or 0.
     """
     name = canonical_norm(spec)
     if name in NORMALIZATIONS:
         return functools.partial(NORMALIZATIONS[name], **kw)
+    if name == DERF:
+        name, shift = "erf", 0.0 if shift is None else shift
     return functools.partial(PointwiseNorm, spec=name, alpha0=alpha0, shift=shift, **kw)

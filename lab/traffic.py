@@ -64,9 +64,7 @@ def _generating_for_h100():
 def _training_graphs(norm: str, dtype: str, shape) -> dict:
     """The layer's forward and backward graphs as AOTAutograd partitions them for training (traced on meta)."""
     from torch._inductor.decomposition import select_decomp_table
-    from .bench import spec_and_shift
-    spec, shift = spec_and_shift(norm)
-    layer = norm_layer(spec, shift=shift)(shape[-1])
+    layer = norm_layer(norm)(shape[-1])
     names = [name for name, _ in layer.named_parameters()]
 
     def block_norm(x, residual, *params):

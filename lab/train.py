@@ -295,6 +295,8 @@ class Trainer:
             entry["val_top1"], entry["val_top1_ema"] = self._evaluate(self.model), self._evaluate(self.ema.module)
             if self.pointwise:   # how each layer's input scale α adapted (calibration reads it: saturation, drift)
                 entry["alpha"] = [round(m.alpha.item(), 5) for m in self.pointwise]
+                if self.pointwise[0].shift is not None:     # Derf: where each layer's learnable shift s went
+                    entry["shift"] = [round(m.shift.item(), 5) for m in self.pointwise]
         self.state["history"].append(entry)
         self._log(f"epoch {epoch + 1}/{self.cfg['schedule']['epochs']} · update {entry['step']} · loss "
                   f"{entry['train_loss']:.4f} · grad norm ≤ {entry['grad_norm_max']:.3g} · lr {entry['lr']:.2e} · "

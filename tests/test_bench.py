@@ -176,7 +176,7 @@ def test_rounds_build_each_model_once_per_group(monkeypatch):
     monkeypatch.setattr(bench, "build_model", lambda *a, **kw: built.append(kw["norm"]) or build(*a, **kw))
     rows = bench.run(["derf"], ["eager", "eager-plain"], ["fp32"], torch.device("cpu"), steps=1, warmup=0,
                      shape=TINY, progress=False, rounds=3, on_row=lambda rows: saves.append(len(rows)))
-    assert built == ["layernorm", "erf", "erf"]          # Derf's spec is erf (with s)
+    assert built == ["layernorm", "derf", "derf"]
     assert saves == [2, 3]                               # after each (mode, dtype)
     assert [(r["mode"], len(r["rounds"]), "ratio_rounds" in r) for r in rows] == [
         ("eager", 3, True), ("eager", 3, True), ("eager-plain", 3, False)]

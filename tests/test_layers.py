@@ -154,6 +154,17 @@ def test_norm_layer_is_a_timm_constructor():
         lab.norm_layer("erff")
 
 
+def test_derf_is_a_norm_name_for_erf_with_a_learnable_shift():
+    layer = lab.norm_layer("Derf")(16)
+    assert isinstance(layer, PointwiseNorm) and layer.spec == "erf" and layer.shift.item() == 0.0
+    assert lab.norm_layer("derf", shift=0.25)(16).shift.item() == 0.25 and lab.canonical_norm(" DERF ") == "derf"
+    model = lab.build_model("vit", norm="derf", img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)
+    assert [type(m).__name__ for m in model.modules() if m.__class__.__name__.endswith("Norm")] == ["PointwiseNorm"] * 5
+    assert all(m.shift is not None for m in model.modules() if isinstance(m, PointwiseNorm))
+    with pytest.raises(ValueError, match="or derf"):
+        lab.norm_layer("derff")
+
+
 def test_derf_and_dyt():
     derf, dyt = PointwiseNorm(4, "erf", shift=0.0), PointwiseNorm(4, "tanh")
     assert derf.shift is not None and derf.shift.requires_grad and dyt.shift is None

@@ -47,6 +47,15 @@ def test_smoke_cell_learns_and_writes_a_complete_record(tmp_path):
     assert train.run(config.load("smoke"), "erf", tmp_path, progress=False)["created"] == saved["created"]
 
 
+def test_a_derf_record_has_each_layers_learned_shift(tmp_path):
+    cfg = config.load("smoke", ["schedule.epochs=1", "data.train_size=128", "data.val_size=64"])
+    record = train.run(cfg, "Derf", tmp_path, progress=False)
+    assert record["spec"] == "derf" and Path(record["path"]).name.startswith("derf.smoke-")
+    shift = record["history"][-1]["shift"]       # s of every norm layer, trained off 0
+    assert len(shift) == len(record["history"][-1]["alpha"]) == 2 * cfg["model"]["depth"] + 1
+    assert any(s != 0 for s in shift)
+
+
 @pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600)])
 def test_a_record_gets_the_umasks_mode_as_any_written_file_does(tmp_path, umask, mode):
     """In a shared results folder, mkstemp's 0600 left records unreadable to the others while logs were 0644."""
