@@ -243,11 +243,18 @@ def write_figures(out_dir="figures") -> list[Path]:
     return figure2(out_dir) + figure3(out_dir) + figure4(out_dir)
 
 
-def _grid(fig: Figure, n: int, ncols: int = 3):
-    rows, cols = math.ceil(n / ncols), min(n, ncols)
-    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False).ravel())
+def _grid_shape(n: int, max_cols: int = 3) -> tuple[int, int]:
+    """(rows, columns) for n panels, as few rows as `max_cols` allow and as few columns as fill them: 4 panels are
+    2 × 2, not 3 + 1 with two blank slots."""
+    rows = math.ceil(n / max_cols)
+    return rows, math.ceil(n / rows)
+
+
+def _grid(fig: Figure, n: int):
+    """n axes in a `_grid_shape` grid; a slot left over (5 panels in 2 × 3) is removed, not left as a blank frame."""
+    axes = fig.subplots(*_grid_shape(n), squeeze=False).ravel()
     for ax in axes[n:]:
-        ax.set_visible(False)
+        fig.delaxes(ax)
     return axes[:n]
 
 
@@ -316,7 +323,8 @@ def training_curves(name: str, records, out_dir="figures", protocol: str | None 
     trained = data[~data["failed"]]
     top = trained["loss"].max() * 1.05 if len(trained) else None
     with _style():
-        fig = Figure(figsize=(5.4 * min(len(keys), 3), 3.3 * math.ceil(len(keys) / 3)), layout="constrained")
+        rows, cols = _grid_shape(len(keys))
+        fig = Figure(figsize=(5.4 * cols, 3.3 * rows), layout="constrained")
         for ax, key in zip(_grid(fig, len(keys)), keys):
             part = data[data["key"] == key]
             order = [h for h in hues[key] if (part["hue"] == h).any()]

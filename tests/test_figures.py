@@ -206,3 +206,16 @@ def test_training_curves_are_per_epoch_from_the_fine_loss_curve_scaled_to_the_ru
     assert ax.get_xlabel() == "epoch" and list(ok.get_xdata()) == [0.5, 1.0, 2.0, 2.5, 3.0]
     assert list(failed.get_xdata()) == [0.5, 1.0, 1.5, 2.0, 2.5, 3.0] and np.isfinite(ok.get_ydata()).all()
     assert ax.get_ylim()[1] == pytest.approx(max(ok.get_ydata()) * 1.05)
+
+
+@pytest.mark.parametrize("specs, shape", [
+    (("erf", "erf|neg", "tanh", "tanh|neg", "arctan", "arctan|neg", "sin", "dampx"), (2, 2)),    # Table 6: 3 + 1
+    (("erf|hshift=1", "erf|vshift=1", "tanh|hshift=1", "tanh|vshift=1", "arctan|hshift=1"), (2, 3)),  # 5 of Table 1's
+])
+def test_training_curves_leave_no_blank_panel(drawn, specs, shape):
+    """The grid is sized to the panels that have curves, and a slot it cannot fill is removed, not left blank."""
+    table = "table6" if "erf|neg" in specs else "table1"
+    figures.training_curves(table, [fake(spec) for spec in specs])
+    axes = drawn[0].axes
+    assert axes[0].get_subplotspec().get_gridspec().get_geometry() == shape
+    assert len(axes) == len({ax.get_title() for ax in axes}) and all(ax.get_lines() for ax in axes)
