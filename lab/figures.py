@@ -345,14 +345,33 @@ def training_curves(name: str, records, out_dir="figures", protocol: str | None 
         return _save(fig, out_dir, f"{name}_training_curves")
 
 
+REFERENCE = "erf"
+"""The paper's plain function: a panel of other functions (Table 4, Table 6(b)) draws its top-1 as a dotted line."""
+
+
+def _reference(table: tables.TableResult, records) -> tables.CellResult:
+    """REFERENCE with the paper's value from the tables and its records of `table`'s protocol and config (none when
+    the table has no records, whose protocol is then unknown)."""
+    _, _, by_spec, _ = tables.select([REFERENCE], records if table.protocol else [], table.protocol,
+                                     table.config_hash)
+    return tables.cell_result(ablations.cells_by_spec()[REFERENCE], by_spec.get(REFERENCE, {}), table.metric)
+
+
+def _top1(result: tables.CellResult, measured: bool) -> float | None:
+    """The measured mean (None unless every seed trained: a failure is drawn as ×) or the paper's value (None: ×)."""
+    return (result.mean if result.trained else None) if measured else result.cell.paper
+
+
 def accuracy_vs_lambda(name: str, records, out_dir="figures", protocol: str | None = None) -> list[Path]:
     """Top-1 against the swept value (λ, or the function for Tables 4 and 6), measured beside the paper's.
 
     Per panel: measured (mean ± std over seeds) on the left, the paper's on the right. Failures are × in a strip below
     the axes, where no value can be. Points are joined only along λ: functions are categories, not a trend. Series are
-    dodged sideways a little so that equal values stay visible.
+    dodged sideways a little so that equal values stay visible. A panel of functions without REFERENCE among them
+    draws REFERENCE's top-1 as a labelled dotted line, so that they can be read against it.
     """
     table = tables.collect(name, records, protocol)
+    reference = _reference(table, records)
     with _style():
         panels = table.ablation.panels
         fig = Figure(figsize=(13, 3.8 * len(panels)), layout="constrained")
@@ -366,6 +385,8 @@ def accuracy_vs_lambda(name: str, records, out_dir="figures", protocol: str | No
             along_lambda = xlabel.startswith("λ")
             # both plots of a row keep their tick labels level: below the strip if either has a failure to show
             strip = any(r.trained is False or r.cell.paper is None for r in results)
+            with_reference = not along_lambda and all(r.cell.spec != REFERENCE for r in results)
+            panel_run = any(r.run for r in results)
             for ax, measured in ((ax_m, True), (ax_p, False)):
                 failed_strip = blended_transform_factory(ax.transData, ax.transAxes) + below_axes
                 any_failed = False
@@ -374,7 +395,7 @@ def accuracy_vs_lambda(name: str, records, out_dir="figures", protocol: str | No
                     y, err, failed = [], [], []
                     for i, label in enumerate(labels):
                         r = points[label]
-                        value = (r.mean if r.trained else None) if measured else r.cell.paper
+                        value = _top1(r, measured)
                         y.append(np.nan if value is None else value)
                         err.append((r.std or 0.0) if measured and r.trained else 0.0)
                         if (r.trained is False) if measured else r.cell.paper is None:
@@ -390,6 +411,13 @@ def accuracy_vs_lambda(name: str, records, out_dir="figures", protocol: str | No
                 if any_failed:
                     ax.text(-0.01, 0, "failed", transform=ax.transAxes + below_axes, ha="right", va="center",
                             fontsize="small", color="0.3")
+                reference_value = _top1(reference, measured) if panel_run or not measured else None
+                if with_reference and reference_value is not None:
+                    ax.axhline(reference_value, color="0.35", ls=":", lw=1.5, zorder=1)
+                    ax.text(0.99, reference_value, f"{REFERENCE}: {reference_value:.1f}", ha="right", va="bottom",
+                            transform=blended_transform_factory(ax.transAxes, ax.transData), fontsize="small",
+                            color="0.25")
+                    ax.margins(y=0.12)          # room for the label above the line where erf is the highest value
                 ax.set_xticks(range(len(labels)), labels)
                 if strip:
                     ax.tick_params(axis="x", pad=2 * FAILED_STRIP)     # the tick labels go below the strip
@@ -397,7 +425,7 @@ def accuracy_vs_lambda(name: str, records, out_dir="figures", protocol: str | No
                        ylabel="top-1 (%)", xlim=(-0.5, len(labels) - 0.5))
                 where = f"measured ({table.protocol or 'no results'})" if measured else "paper (ViT-B, ImageNet-1K)"
                 ax.set_title(f"{panel.title} — {where}" if panel.title else where)
-                if measured and not any(r.run for r in results):
+                if measured and not panel_run:
                     ax.text(0.5, 0.5, "no results", transform=ax.transAxes, ha="center", va="center", color="0.5")
                     ax.set_yticks([])
             if len(series) > 1:

@@ -219,3 +219,29 @@ def test_training_curves_leave_no_blank_panel(drawn, specs, shape):
     axes = drawn[0].axes
     assert axes[0].get_subplotspec().get_gridspec().get_geometry() == shape
     assert len(axes) == len({ax.get_title() for ax in axes}) and all(ax.get_lines() for ax in axes)
+
+
+def reference_labels(ax) -> list[str]:
+    return [t.get_text() for t in ax.texts if t.get_text().startswith(f"{figures.REFERENCE}: ")]
+
+
+def test_accuracy_of_other_functions_is_drawn_against_plain_erf(drawn):
+    """Table 6(b)'s functions are read against erf's top-1 from the records (the mean of its seeds) and the paper's
+    erf from the tables; (a), where erf is a point, has no line."""
+    records = [fake("erf"), fake("erf", seed=1, top1=52.0), fake("tanh"), fake("sin", top1=40.0)]
+    figures.accuracy_vs_lambda("table6", records)
+    a_measured, a_paper, b_measured, b_paper = drawn[0].axes
+    assert reference_labels(a_measured) == reference_labels(a_paper) == []
+    assert reference_labels(b_measured) == ["erf: 51.0"] and reference_labels(b_paper) == ["erf: 82.6"]
+    for ax, value in ((b_measured, 51.0), (b_paper, 82.6)):
+        assert [list(line.get_ydata()) for line in ax.get_lines() if line.get_linestyle() == ":"] == [[value, value]]
+
+
+def test_accuracy_reference_is_drawn_only_where_erf_was_run(drawn):
+    """Table 4 has no erf cell: its measured side has erf's line only if erf's records (same protocol) are given."""
+    figures.accuracy_vs_lambda("table4", [fake("linear"), {**fake("erf", top1=45.0), "protocol": "proxy"}],
+                               protocol="smoke")
+    figures.accuracy_vs_lambda("table4", [fake("linear"), fake("erf", top1=45.0)])
+    (without_erf, paper), (with_erf, _) = (fig.axes for fig in drawn)
+    assert reference_labels(without_erf) == [] and reference_labels(with_erf) == ["erf: 45.0"]
+    assert reference_labels(paper) == ["erf: 82.6"]
