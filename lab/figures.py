@@ -357,6 +357,14 @@ def _reference(table: tables.TableResult, records) -> tables.CellResult:
     return tables.cell_result(ablations.cells_by_spec()[REFERENCE], by_spec.get(REFERENCE, {}), table.metric)
 
 
+def _x_labels(panel: ablations.Panel) -> list[str]:
+    """The swept axis's labels in the table's order, but a clip's "none" (no clip: λu = ∞) last, after the loosest
+    clip as in the transforms gallery: first, joined to the tightest clip, it read as the end of the tight side."""
+    labels = list(panel.columns if panel.x_axis == "columns" else [", ".join(r) for r in panel.rows])
+    clipped = any(name == "clip" for cell in panel.cells for name, _ in parse(cell.spec)[1])
+    return sorted(labels, key=lambda label: clipped and label == "none")
+
+
 def _top1(result: tables.CellResult, measured: bool) -> float | None:
     """The measured mean (None unless every seed trained: a failure is drawn as ×) or the paper's value (None: ×)."""
     return (result.mean if result.trained else None) if measured else result.cell.paper
@@ -378,7 +386,7 @@ def accuracy_vs_lambda(name: str, records, out_dir="figures", protocol: str | No
         axes = fig.subplots(len(panels), 2, squeeze=False)
         below_axes = ScaledTranslation(0, -FAILED_STRIP / 72, fig.dpi_scale_trans)
         for (ax_m, ax_p), panel, results in zip(axes, panels, table.panels):
-            labels = list(panel.columns if panel.x_axis == "columns" else [", ".join(r) for r in panel.rows])
+            labels = _x_labels(panel)
             series = list(dict.fromkeys(panel.x_and_series(r.cell)[1] for r in results))
             colors = dict(zip(series, sns.color_palette("deep", len(series))))
             xlabel = _swept(panel)

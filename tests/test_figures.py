@@ -245,3 +245,14 @@ def test_accuracy_reference_is_drawn_only_where_erf_was_run(drawn):
     (without_erf, paper), (with_erf, _) = (fig.axes for fig in drawn)
     assert reference_labels(without_erf) == [] and reference_labels(with_erf) == ["erf: 45.0"]
     assert reference_labels(paper) == ["erf: 82.6"]
+
+
+def test_accuracy_puts_no_clip_after_the_loosest_clip(drawn):
+    """Table 2's "none" is λu = ∞: it is drawn after 5.0, not joined to the tightest clip; Table 3's "none" is
+    λb = 0 and stays first."""
+    figures.accuracy_vs_lambda("table2", [fake("arcsinh", top1=60.0), fake("arcsinh|clip=0.5", top1=40.0)])
+    figures.accuracy_vs_lambda("table3", [fake("erf"), fake("erf|blend=0.1")])
+    clip, blend = ([t.get_text() for t in fig.axes[0].get_xticklabels()] for fig in drawn)
+    assert clip == ["0.5", "0.8", "1.0", "2.0", "3.0", "5.0", "none"] and blend == ["none", "0.01", "0.1", "0.5"]
+    arcsinh = np.asarray(drawn[0].axes[0].containers[0].lines[0].get_ydata(), float)     # measured, by label
+    assert (arcsinh[0], arcsinh[-1]) == (40.0, 60.0) and np.isnan(arcsinh[1:-1]).all()
