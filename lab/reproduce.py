@@ -61,10 +61,19 @@ def table_report(table: str, protocol: str = "smoke", results_dir="results", out
         files.append(out / "tables" / f"{table}.{fmt}")
         files[-1].write_text(tables.render(table, records, fmt))
     drawn = [*figures.training_curves(table, records, out / "figures"),
-             *figures.accuracy_vs_lambda(table, records, out / "figures")]
+             *figures.accuracy_vs_lambda(table, records + _reference_records(results_dir, records), out / "figures")]
     summary = f"{_sweep.count(len(records), 'record')} ({protocol}) in `{results_dir}`; {_failures(records)}"
     return Report(f"{table} — {protocol}", files[0].read_text() + "\n\n" + summary,
                   [p for p in drawn if p.suffix == ".png"], files + [p for p in drawn if p.suffix != ".png"])
+
+
+def _reference_records(results_dir, records) -> list[dict]:
+    """figures.REFERENCE's records in the folder beyond `records`: a table without it as a cell (Table 4) is drawn
+    against it where another table's sweep trained it (the figure keeps those of the table's own config)."""
+    from . import figures, results
+    shown = {Path(r["path"]).resolve() for r in records}
+    return [r for r in results.load_records(results_dir)
+            if r["spec"] == figures.REFERENCE and Path(r["path"]).resolve() not in shown]
 
 
 def demo_report(specs=("erf", "linear"), protocol: str = "smoke", results_dir="results", *,

@@ -177,3 +177,30 @@ def test_a_notebook_opened_in_jupyterlab_shares_the_roots_folders(tmp_path, monk
     assert [p.name for p in (tmp_path / "notebooks").iterdir()] == []
     monkeypatch.chdir(tmp_path)                                  # anywhere else: relative to where it runs
     assert reproduce.project_path("results") == Path("results")
+
+
+def test_table4s_figure_reads_its_functions_against_the_erf_another_tables_sweep_trained(tmp_path, monkeypatch):
+    """Table 4 has no erf cell: its measured panel draws erf's line from the folder's erf record (Table 1's), and
+    only from a record of the table's own config."""
+    from lab import config, figures, results
+    drawn = []
+    monkeypatch.setattr(figures, "_save", lambda fig, out_dir, stem: drawn.append((stem, fig)) or [])
+
+    def write(spec, top1, cfg):
+        record = {"spec": spec, "protocol": "smoke", "status": "ok", "top1": top1, "top1_ema": top1,
+                  "seed": cfg["seed"], "config_hash": config.config_hash(cfg), "failure": None, "history": [],
+                  "loss_curve": [[1, 2.0], [2, 1.5]]}
+        results.write_json_atomic(results.record_path(tmp_path, spec, cfg), record)
+
+    def erf_line():
+        drawn.clear()
+        reproduce.table_report("table4", "smoke", tmp_path, tmp_path / "out", train=False, progress=False)
+        measured = dict(drawn)["table4_accuracy_vs_lambda"].axes[0]
+        return [t.get_text() for t in measured.texts if t.get_text().startswith("erf: ")]
+
+    write("linear", 30.0, config.load("smoke"))
+    write("erf", 44.0, config.load("smoke", ["seed=1"]))      # another seed of the same config
+    write("erf", 99.0, config.load("smoke", ["lr=1e-3"]))     # another config: not the table's
+    assert erf_line() == ["erf: 44.0"]
+    (tmp_path / results.record_path(tmp_path, "erf", config.load("smoke", ["seed=1"])).name).unlink()
+    assert erf_line() == []
