@@ -121,6 +121,19 @@ def test_transform_gradient(spec, reference):
     np.testing.assert_allclose(derivative(spec, x), numeric_derivative(reference, x), rtol=1e-5, atol=1e-6)
 
 
+def test_every_transform_has_a_case():
+    assert {name for spec, _ in TRANSFORM_CASES for name, _ in lab.perturb.parse(spec)[1]} == set(lab.TRANSFORMS)
+
+
+@pytest.mark.parametrize("spec", [c[0] for c in TRANSFORM_CASES] + list(FORMULAS))
+def test_the_backward_pass_value_is_the_forward_pass_value(spec):
+    """Each transform is written twice (the forward's f, the backward's (f, f')): a later transform's f' reads the
+    f of the (f, f') pair (clip masks where it binds), so the two must agree."""
+    f = lab.pointwise(spec)
+    x = torch.from_numpy(X)
+    np.testing.assert_allclose(f.value_and_grad(x)[0].numpy(), f.value(x).numpy(), rtol=1e-12, atol=1e-12)
+
+
 def test_flat_zone_is_continuous_for_a_centered_function():
     for lam in (0.1, 0.5, 1.0, 2.0, 3.0):
         edge = np.array([lam - 1e-9, lam, lam + 1e-9])
