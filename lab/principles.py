@@ -59,6 +59,8 @@ def audit(spec: str) -> dict:
     f0 = float(y[half]) + 0.0
     sup_small = float(np.abs(fn.at(np.linspace(-1e3, 1e3, 200_001))).max())
     sup_large = max(sup_small, float(np.abs(fn.at(np.linspace(-1e6, 1e6, 200_001))).max()))  # ±1e3 ⊂ ±1e6
+    if not (np.isfinite(y).all() and np.isfinite(sup_large)):     # a NaN would read as unbounded or monotonic
+        raise ValueError(f"audit {spec!r}: f is not finite everywhere on [−1e6, 1e6] (an overflow in its formula?)")
     growth = sup_large / sup_small if sup_small > 0 else float("inf")
 
     flat = _flat_halfwidth(fn, f0)
