@@ -1,5 +1,6 @@
 """PointwiseNorm: initialisation, output, gradients against plain autograd, memory frugality, timm's norm_layer."""
 import copy
+import functools
 from types import SimpleNamespace
 
 import pytest
@@ -84,6 +85,19 @@ def test_generated_kernels_match_the_reference(spec, shift, device, monkeypatch)
     torch.testing.assert_close(y, reference_forward(layer, x))
     for a, b in zip(generated, plain):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("spec", [*lab.BASES, "erf|hshift=0.5|vshift=0.1|clip=0.5|blend=0.1|flat=0.5|neg"])
+def test_every_base_and_transform_traces_as_one_graph(spec):
+    """The GPU's generated kernels compile each layer's forward and backward with fullgraph=True: a base with Python
+    control flow on tensor values would fail there at its first step, so it fails here, on the CPU (tracing only)."""
+    lab.layers.raise_recompile_limit(256)       # one code object for every spec in this process
+    fn = lab.pointwise(spec)
+    x, alpha, weight, bias = torch.randn(3, 8), torch.tensor(0.5), torch.ones(8), torch.zeros(8)
+    forward, backward = (torch.compile(functools.partial(f, fn=fn), fullgraph=True, backend="eager")
+                         for f in (lab.layers._forward, lab.layers._backward))
+    forward(x, alpha, None, weight, bias)
+    backward(torch.ones(3, 8), x, alpha, None, weight)
 
 
 def test_dispatch_modes_get_the_plain_expression(monkeypatch):
