@@ -7,7 +7,8 @@ import torch
 from matplotlib.colors import to_rgb
 
 import lab
-from lab import figures
+from lab import ablations, figures
+from lab.perturb import parse
 
 
 def test_write_figures(tmp_path):
@@ -63,7 +64,8 @@ def test_result_figures_without_results(tmp_path):
 def test_transform_gallery_draws_every_transform_with_its_tables_values(tmp_path):
     paths = figures.transforms(tmp_path)
     assert [p.suffix for p in paths] == [".png", ".pdf"] and all(p.stat().st_size > 10_000 for p in paths)
-    assert {name for name, _, _ in figures.TRANSFORM_GALLERY} == set(lab.TRANSFORMS)
+    used = {name for t in ablations.TABLES for c in ablations.load(t).cells for name, _ in parse(c.spec)[1]}
+    assert {name for name, _, _ in figures.TRANSFORM_GALLERY} == used    # every perturbation of Section 3's tables
     curves = {name: figures._gallery_curves(name, base, table) for name, base, table in figures.TRANSFORM_GALLERY}
     assert [label for label, _ in curves["clip"]] == ["0.5", "0.8", "1", "2", "3", "5", "none"]     # Table 2's λu
     assert [label for label, _ in curves["flat"]] == ["0", "0.1", "0.5", "1", "2", "3"]              # Table 5's λ
