@@ -142,7 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train one cell and write its result record")
     p.add_argument("--protocol", required=True, help="paper, proxy or smoke (configs/protocols/)")
-    p.add_argument("--norm", required=True, help='layernorm, rmsnorm or a point-wise spec such as "erf|hshift=0.5"')
+    p.add_argument("--norm", required=True, help='layernorm, rmsnorm, derf (erf with a learnable shift) or a '
+                   'point-wise spec such as "erf|hshift=0.5"')
     p.add_argument("--out", default="results", help="results folder (default: results)")
     p.add_argument("--table", default=None, choices=TABLE_CHOICES, help="table the cell belongs to (recorded only)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
