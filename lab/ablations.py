@@ -1,4 +1,4 @@
-"""The paper's Section-3 ablation grids (ablations/table*.yaml) as validated data: cells, specs and paper values.
+"""The paper's Section-3 ablation grids (ablations/table<N>.yaml) as validated data: cells, specs and paper values.
 
 A table has one or more panels. A panel is rows x columns; each cell's spec is the panel's `spec` template (or a
 row's / column's own `spec`) filled with the row's and column's variables: `{row}` / `{col}` are their labels, any
@@ -6,6 +6,7 @@ other key of a row or column mapping (`lam`, `f`, ...) is a variable. A `|part` 
 a "none" row is the plain base function. Every spec is checked with `lab.canonical` at load time.
 Paper values are floats; "×" (the paper's training failure) loads as None.
 """
+import re
 import string
 from dataclasses import dataclass
 from functools import cache
@@ -16,7 +17,17 @@ import yaml
 from .perturb import canonical
 
 ABLATIONS_DIR = Path(__file__).resolve().parent.parent / "ablations"
-TABLES = tuple(sorted((p.stem for p in ABLATIONS_DIR.glob("table*.yaml")), key=lambda s: int(s[5:] or 0)))
+PAPER_TABLE = re.compile(r"table\d+")
+
+
+def paper_tables(folder: Path) -> tuple[str, ...]:
+    """The paper's grid: exactly the table<N>.yaml files of `folder`, in N order; other files there are not tables."""
+    names = [p.stem for p in folder.glob("*.yaml") if PAPER_TABLE.fullmatch(p.stem)]
+    return tuple(sorted(names, key=lambda name: int(name.removeprefix("table"))))
+
+
+TABLES = paper_tables(ABLATIONS_DIR)
+"""`lab sweep all`, `lab fidelity`, `lab reproduce` and the notebooks are these tables."""
 FAILURE = "×"
 PRINCIPLES = ("zero_centered", "bounded", "center_sensitive", "monotonic")
 _TABLE_KEYS = {"title", "caption", "principle", "panels"}

@@ -15,6 +15,13 @@ def test_tables_listed():
     assert ablations.TABLES == ("table1", "table2", "table3", "table4", "table5", "table6")
 
 
+def test_the_papers_grid_is_the_table_n_files_and_other_yaml_beside_them_is_not_a_table(tmp_path):
+    """A researcher's ablations/table_gd.yaml used to crash every command (int('_gd'))."""
+    for stem in ("table2", "table10", "table1", "table_gd", "tables", "notes"):
+        (tmp_path / f"{stem}.yaml").write_text("title: T\n", encoding="utf-8")
+    assert ablations.paper_tables(tmp_path) == ("table1", "table2", "table10")
+
+
 @pytest.mark.parametrize("name, shapes", [
     ("table1", [(6, 9)]), ("table2", [(7, 3)]), ("table3", [(4, 4)]), ("table4", [(1, 5)]), ("table5", [(3, 6)]),
     ("table6", [(3, 2), (1, 3)]),
