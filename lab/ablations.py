@@ -1,10 +1,12 @@
-"""The paper's Section-3 ablation grids (ablations/table<N>.yaml) as validated data: cells, specs and paper values.
+"""The paper's Section-3 ablation grids (ablations/table<N>.yaml), and tables of your own in the same format, as
+validated data: cells, specs and paper values.
 
 A table has one or more panels. A panel is rows x columns; each cell's spec is the panel's `spec` template (or a
 row's / column's own `spec`) filled with the row's and column's variables: `{row}` / `{col}` are their labels, any
 other key of a row or column mapping (`lam`, `f`, ...) is a variable. A `|part` whose variable is null is dropped, so
 a "none" row is the plain base function. Every spec is checked with `lab.canonical` at load time.
-Paper values are floats; "×" (the paper's training failure) loads as None.
+Paper values are floats; "×" (the paper's training failure) loads as None. A table of your own is any .yaml file,
+named by its path and known by the file's stem; its paper values are optional (omitted or null: the cell has none).
 """
 import re
 import string
@@ -14,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from .perturb import canonical
+from .perturb import canonical, did_you_mean
 
 ABLATIONS_DIR = Path(__file__).resolve().parent.parent / "ablations"
 PAPER_TABLE = re.compile(r"table\d+")
@@ -29,6 +31,7 @@ def paper_tables(folder: Path) -> tuple[str, ...]:
 TABLES = paper_tables(ABLATIONS_DIR)
 """`lab sweep all`, `lab fidelity`, `lab reproduce` and the notebooks are these tables."""
 FAILURE = "×"
+NO_PAPER = "–"
 PRINCIPLES = ("zero_centered", "bounded", "center_sensitive", "monotonic")
 _TABLE_KEYS = {"title", "caption", "principle", "panels"}
 _PANEL_KEYS = {"title", "row_header", "col_header", "x_axis", "spec", "columns", "rows"}
@@ -37,14 +40,22 @@ _AXES = ("columns", "rows")
 
 @dataclass(frozen=True)
 class Cell:
-    """One cell of a table: its row and column labels, canonical spec, and the paper's top-1 (None = ×)."""
+    """One cell of a table: its row and column labels, canonical spec, and the paper's top-1 (None = ×; a cell of a
+    table of your own may have no paper value: has_paper False, and then no verdict to agree with)."""
     row: str
     col: str
     spec: str
     paper: float | None
     panel: str = ""
+    has_paper: bool = True
+
+    @property
+    def paper_failed(self) -> bool:
+        return self.has_paper and self.paper is None
 
     def paper_text(self) -> str:
+        if not self.has_paper:
+            return NO_PAPER
         return FAILURE if self.paper is None else f"{self.paper:.1f}"
 
 
@@ -78,6 +89,11 @@ class Ablation:
     @property
     def cells(self) -> list[Cell]:
         return [c for p in self.panels for c in p.cells]
+
+    @property
+    def of_paper(self) -> bool:
+        """One of the paper's tables (one of your own cannot take a paper table's name)."""
+        return self.name in TABLES
 
     def specs(self) -> list[str]:
         """Unique canonical specs to train, in table order (row-major, panel by panel)."""
@@ -127,15 +143,18 @@ def _fill(where: str, template: str, variables: dict) -> str:
         raise ValueError(f"{where}: {err}") from None
 
 
-def _paper_value(where: str, value) -> float | None:
+def _paper_value(where: str, value, required: bool) -> float | None:
+    if value is None and not required:
+        return None
     if value == FAILURE:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{where}: paper value {value!r} must be a number or {FAILURE!r} (training failure)")
+        raise ValueError(f"{where}: paper value {value!r} must be a number or {FAILURE!r} (training failure)"
+                         + ("" if required else " or null (none)"))
     return float(value)
 
 
-def _panel(name: str, index: int, raw) -> Panel:
+def _panel(name: str, index: int, raw, paper_required: bool) -> Panel:
     where = f"{name} panel {index + 1}"
     _check_keys(where, raw, _PANEL_KEYS, {"row_header", "columns", "rows"})
     x_axis = raw.get("x_axis", "columns")
@@ -148,6 +167,8 @@ def _panel(name: str, index: int, raw) -> Panel:
         row_where = f"{where} row {i + 1}"
         labels, row_vars, row_spec = _entry(row_where, row, "rows")
         paper = row.get("paper") if isinstance(row, dict) else None
+        if paper is None and not paper_required:
+            paper = [None] * len(columns)
         if not isinstance(paper, list) or len(paper) != len(columns):
             raise ValueError(f"{row_where} ({' '.join(labels)}): 'paper' must list one value per column "
                              f"({len(columns)}), got {paper!r}")
@@ -158,7 +179,8 @@ def _panel(name: str, index: int, raw) -> Panel:
             if not template:
                 raise ValueError(f"{cell_where}: no spec template (give the panel, row or column a 'spec')")
             spec = _fill(cell_where, template, {**row_vars, **col_vars})
-            cells.append(Cell(", ".join(labels), col_labels[0], spec, _paper_value(cell_where, value), title))
+            cells.append(Cell(", ".join(labels), col_labels[0], spec, _paper_value(cell_where, value, paper_required),
+                              title, has_paper=value is not None))
     widths = {len(r) for r in rows} | {len(raw["row_header"])}
     if len(widths) != 1:
         raise ValueError(f"{where}: row_header {raw['row_header']} and the row labels differ in length")
@@ -169,23 +191,42 @@ def _panel(name: str, index: int, raw) -> Panel:
                  tuple(c[0][0] for c in columns), x_axis, tuple(cells))
 
 
+def load(name) -> Ablation:
+    """A table of the paper by name ("table1", ...), or one of your own by the path of its .yaml file (read afresh each
+    time, so that an edit shows); ValueError naming the problem otherwise."""
+    if str(name) in TABLES:
+        return _paper_table(str(name))
+    path = Path(name)
+    if path.suffix not in (".yaml", ".yml") or not path.is_file():
+        raise ValueError(f"unknown table {str(name)!r}{did_you_mean(name, TABLES)}: neither a table of the paper "
+                         f"({', '.join(TABLES)}) nor the path of a .yaml table of your own")
+    if path.stem in TABLES:     # records name their table by it: one of your own must not pass for the paper's
+        if path.resolve() == (ABLATIONS_DIR / f"{path.stem}.yaml").resolve():
+            return _paper_table(path.stem)
+        raise ValueError(f"{path}: {path.stem!r} is the name of a table of the paper; give your table another name")
+    return _parse(path.stem, path, str(path), paper_required=False)
+
+
 @cache
-def load(name: str) -> Ablation:
-    """The validated grid of `name` ("table1" … "table6"); ValueError naming the problem otherwise."""
-    if name not in TABLES:
-        raise ValueError(f"unknown table {name!r}; choose one of: {', '.join(TABLES)}")
-    raw = yaml.safe_load((ABLATIONS_DIR / f"{name}.yaml").read_text(encoding="utf-8"))
-    _check_keys(name, raw, _TABLE_KEYS, {"title", "panels"})
+def _paper_table(name: str) -> Ablation:
+    """The paper's tables give its value, or ×, for every cell."""
+    return _parse(name, ABLATIONS_DIR / f"{name}.yaml", name, paper_required=True)
+
+
+def _parse(name: str, path: Path, where: str, paper_required: bool) -> Ablation:
+    """Table `name` from `path`; errors start with `where`."""
+    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    _check_keys(where, raw, _TABLE_KEYS, {"title", "panels"})
     principle = raw.get("principle", "")
     if principle and principle not in PRINCIPLES:
-        raise ValueError(f"{name}: principle {principle!r} must be one of {', '.join(PRINCIPLES)}")
-    panels = tuple(_panel(name, i, p) for i, p in enumerate(raw["panels"]))
+        raise ValueError(f"{where}: principle {principle!r} must be one of {', '.join(PRINCIPLES)}")
+    panels = tuple(_panel(where, i, p, paper_required) for i, p in enumerate(raw["panels"]))
     return Ablation(name, str(raw["title"]), " ".join(str(raw.get("caption", "")).split()), principle, panels)
 
 
 def cells_by_spec() -> dict[str, Cell]:
-    """Every canonical spec of Tables 1 … 6 and its first cell in that order (a spec in several tables, such as a
-    λ = 0 cell, has the same paper value in each)."""
+    """Every canonical spec of the paper's tables and its first cell in that order (a spec in several tables, such as
+    a λ = 0 cell, has the same paper value in each)."""
     cells = {}
     for table in TABLES:
         for cell in load(table).cells:
