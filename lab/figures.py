@@ -291,7 +291,8 @@ def _curve_colors(xs: list[str], header: str) -> list:
 
 
 def training_curves(name: str, records, out_dir="figures", protocol: str | None = None) -> list[Path]:
-    """Training loss against epoch for every cell of a table (cf. the paper's Appendix Figures 6–8).
+    """Training loss against epoch for every cell of a table (cf. the paper's Appendix Figures 6–8); `name` as in
+    ablations.load, the paper's or the path of your own, the files named by the table's name.
 
     One subplot per series (e.g. "erf, horizontal"), one curve per swept value (λ), mean ± sd over seeds, each run
     smoothed by a running mean of SMOOTHING logged points (said in the title) so that close curves can be told apart;
@@ -341,10 +342,12 @@ def training_curves(name: str, records, out_dir="figures", protocol: str | None 
             if top:
                 ax.set_ylim(top=top)
             ax.legend(title=swept[key] or None, fontsize="small", loc="center left", bbox_to_anchor=(1.0, 0.5))
-        paper_figure = f"; cf. the paper's Figure {APPENDIX_FIGURES[name]}" if name in APPENDIX_FIGURES else ""
+        table_name = table.ablation.name
+        figure = APPENDIX_FIGURES.get(table_name)
+        paper_figure = f"; cf. the paper's Figure {figure}" if figure else ""
         fig.suptitle(f"{table.ablation.title}: training loss ({table.protocol}; running mean of {SMOOTHING} points"
                      f"{paper_figure})")
-        return _save(fig, out_dir, f"{name}_training_curves")
+        return _save(fig, out_dir, f"{table_name}_training_curves")
 
 
 REFERENCE = "erf"
@@ -375,10 +378,11 @@ def _top1(result: tables.CellResult, measured: bool) -> float | None:
 def accuracy_vs_lambda(name: str, records, out_dir="figures", protocol: str | None = None) -> list[Path]:
     """Top-1 against the swept value (λ, or the function for Tables 4 and 6), measured beside the paper's.
 
-    Per panel: measured (mean ± std over seeds) on the left, the paper's on the right. Failures are × in a strip below
-    the axes, where no value can be. Points are joined only along λ: functions are categories, not a trend. Series are
-    dodged sideways a little so that equal values stay visible. A panel of functions without REFERENCE among them
-    draws REFERENCE's top-1 as a labelled dotted line, so that they can be read against it.
+    Per panel: measured (mean ± std over seeds) on the left, the paper's on the right (none where a table of your own
+    gives none). Failures are × in a strip below the axes, where no value can be. Points are joined only along λ:
+    functions are categories, not a trend. Series are dodged sideways a little so that equal values stay visible. A
+    panel of functions without REFERENCE among them draws REFERENCE's top-1 as a labelled dotted line, so that they can
+    be read against it (on the paper's side, for the paper's tables only). `name` and the files as in training_curves.
     """
     table = tables.collect(name, records, protocol)
     reference = _reference(table, records)
@@ -394,7 +398,7 @@ def accuracy_vs_lambda(name: str, records, out_dir="figures", protocol: str | No
             xlabel = _swept(panel)
             along_lambda = xlabel.startswith("λ")
             # both plots of a row keep their tick labels level: below the strip if either has a failure to show
-            strip = any(r.trained is False or r.cell.paper is None for r in results)
+            strip = any(r.trained is False or r.cell.paper_failed for r in results)
             with_reference = not along_lambda and all(r.cell.spec != REFERENCE for r in results)
             panel_run = any(r.run for r in results)
             for ax, measured in ((ax_m, True), (ax_p, False)):
@@ -408,7 +412,7 @@ def accuracy_vs_lambda(name: str, records, out_dir="figures", protocol: str | No
                         value = _top1(r, measured)
                         y.append(np.nan if value is None else value)
                         err.append((r.std or 0.0) if measured and r.trained else 0.0)
-                        if (r.trained is False) if measured else r.cell.paper is None:
+                        if (r.trained is False) if measured else r.cell.paper_failed:
                             failed.append(i)
                     dodge = (k - (len(series) - 1) / 2) * min(0.08, 0.6 / len(series))
                     ax.errorbar(np.arange(len(labels)) + dodge, y, yerr=err if measured else None, color=colors[s],
@@ -421,7 +425,8 @@ def accuracy_vs_lambda(name: str, records, out_dir="figures", protocol: str | No
                 if any_failed:
                     ax.text(-0.01, 0, "failed", transform=ax.transAxes + below_axes, ha="right", va="center",
                             fontsize="small", color="0.3")
-                reference_value = _top1(reference, measured) if panel_run or not measured else None
+                shown = panel_run if measured else table.ablation.of_paper     # the paper's erf is not your table's
+                reference_value = _top1(reference, measured) if shown else None
                 if with_reference and reference_value is not None:
                     ax.axhline(reference_value, color="0.35", ls=":", lw=1.5, zorder=1)
                     ax.text(0.99, reference_value, f"{REFERENCE}: {reference_value:.1f}", ha="right", va="bottom",
@@ -433,12 +438,14 @@ def accuracy_vs_lambda(name: str, records, out_dir="figures", protocol: str | No
                     ax.tick_params(axis="x", pad=2 * FAILED_STRIP)     # the tick labels go below the strip
                 ax.set(xlabel=f"{xlabel} (the table's values, evenly spaced)" if along_lambda else xlabel,
                        ylabel="top-1 (%)", xlim=(-0.5, len(labels) - 0.5))
-                where = f"measured ({table.protocol or 'no results'})" if measured else "paper (ViT-B, ImageNet-1K)"
+                where = (f"measured ({table.protocol or 'no results'})" if measured else
+                         "paper (ViT-B, ImageNet-1K)" if table.ablation.of_paper else "paper (as the table gives it)")
                 ax.set_title(f"{panel.title} — {where}" if panel.title else where)
-                if measured and not panel_run:
-                    ax.text(0.5, 0.5, "no results", transform=ax.transAxes, ha="center", va="center", color="0.5")
+                if not (panel_run if measured else any(r.cell.has_paper for r in results)):
+                    ax.text(0.5, 0.5, "no results" if measured else "no paper values", transform=ax.transAxes,
+                            ha="center", va="center", color="0.5")
                     ax.set_yticks([])
             if len(series) > 1:
                 ax_p.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.0, 0.5))
         fig.suptitle(table.ablation.title)
-        return _save(fig, out_dir, f"{name}_accuracy_vs_lambda")
+        return _save(fig, out_dir, f"{table.ablation.name}_accuracy_vs_lambda")

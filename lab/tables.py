@@ -1,4 +1,5 @@
-"""Tables 1–6 from result records, in the paper's layout, each cell "measured (paper)", as md / tex / csv / html.
+"""Tables 1–6 (or one of your own) from result records, in the paper's layout, each cell "measured (paper)", as md /
+tex / csv / html.
 
 Records are matched to cells by canonical spec and protocol only (a record trained for another table serves every
 cell with its spec). Within one protocol, records of one config hash are used (the hash covers everything but the seed
@@ -61,8 +62,8 @@ class CellResult:
 
     @property
     def agrees(self) -> bool | None:
-        """Train/fail verdict equals the paper's (None if not run)."""
-        return None if not self.run else self.trained == (self.cell.paper is not None)
+        """Train/fail verdict equals the paper's (None if not run, or the cell has no paper value)."""
+        return None if not self.run or not self.cell.has_paper else self.trained == (self.cell.paper is not None)
 
     def measured_text(self) -> str:
         if not self.run:
@@ -99,12 +100,13 @@ class TableResult:
 
 
 def agreement(results: list[CellResult]) -> dict:
-    """Train/fail agreement and Spearman ρ of accuracies with the paper's (cells that trained in both)."""
+    """Train/fail agreement and Spearman ρ of accuracies with the paper's (cells that trained in both), over the cells
+    run that have a paper value ("compared"; all of them in the paper's tables)."""
     run = [r for r in results if r.run]
     both = [r for r in run if r.trained and r.cell.paper is not None]
     rho, p = spearman([r.mean for r in both], [r.cell.paper for r in both])
-    return {"cells": len(results), "run": len(run), "agree": sum(bool(r.agrees) for r in run),
-            "paper_failed": sum(r.cell.paper is None for r in run),
+    return {"cells": len(results), "run": len(run), "compared": sum(r.cell.has_paper for r in run),
+            "agree": sum(bool(r.agrees) for r in run), "paper_failed": sum(r.cell.paper_failed for r in run),
             "measured_failed": sum(not r.trained for r in run),
             "spearman_n": len(both), "spearman_rho": rho, "spearman_p": p}
 
@@ -171,7 +173,8 @@ def cell_result(cell, seeds_records: dict, metric: str) -> CellResult:
 
 def collect(name: str, records, protocol: str | None = None, *, metric: str = "top1",
             config_hash: str | None = None) -> TableResult:
-    """Match records to the cells of table `name` (see the module docstring)."""
+    """Match records to the cells of table `name`, the paper's or the path of your own (see ablations.load and the
+    module docstring)."""
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}; choose one of: {', '.join(METRICS)}")
     ablation = ablations.load(name)
@@ -198,24 +201,37 @@ def caveat(table: TableResult) -> str | None:
 def _notes(table: TableResult) -> list[str]:
     """Lines under the table: provenance, agreement, baseline, protocol caveats, legend."""
     a = table.agreement()
+    cells = table.ablation.cells
+    without_paper = sum(not c.has_paper for c in cells)
     lines = []
     if a["run"] == 0:
-        lines.append(f"No results{f' of protocol {table.protocol}' if table.protocol else ''} yet: the paper's values "
-                     "only.")
+        lines.append(f"No results{f' of protocol {table.protocol}' if table.protocol else ''} yet"
+                     + (": the paper's values only." if without_paper < len(cells) else "."))
     else:
-        rho = (f"Spearman ρ = {a['spearman_rho']:.2f} (p = {a['spearman_p']:.2g}) over the {a['spearman_n']} "
-               "cells that trained in both" if a["spearman_rho"] is not None else
-               f"Spearman ρ: n/a ({a['spearman_n']} cells trained in both; needs ≥ 3 with distinct accuracies)")
-        lines.append(f"Agreement with the paper: {a['run']} of {a['cells']} cells run; train/fail agrees on "
-                     f"{a['agree']}/{a['run']} (paper ×: {a['paper_failed']}, measured ×: {a['measured_failed']}); "
-                     f"{rho}.")
+        lines.append(_agreement_text(a))
         seeds = ", ".join(map(str, table.seeds))
         lines.append(f"Protocol {table.protocol}, config {table.config_hash}, seeds {seeds}, metric {table.metric}.")
         if regime := _regime(table):
             lines.append(regime)
     if table.baseline is not None:
         lines.append(f"LayerNorm baseline (same protocol and config): {table.baseline.measured_text()}.")
+    if without_paper:
+        lines.append(f"{ablations.NO_PAPER} in the paper's place: the table gives no paper value ({without_paper} of "
+                     f"{len(cells)} cells).")
     return lines + table.notes + [LEGEND]
+
+
+def _agreement_text(a: dict) -> str:
+    """The agreement line, over the cells run that have a paper value; with none, no figures that mean nothing."""
+    if a["compared"] == 0:
+        return f"{a['run']} of {a['cells']} cells run; no paper values to compare them with."
+    rho = (f"Spearman ρ = {a['spearman_rho']:.2f} (p = {a['spearman_p']:.2g}) over the {a['spearman_n']} "
+           "cells that trained in both" if a["spearman_rho"] is not None else
+           f"Spearman ρ: n/a ({a['spearman_n']} cells trained in both; needs ≥ 3 with distinct accuracies)")
+    compared = f", {a['compared']} of them with a paper value" if a["compared"] < a["run"] else ""
+    return (f"Agreement with the paper: {a['run']} of {a['cells']} cells run{compared}; train/fail agrees on "
+            f"{a['agree']}/{a['compared']} (paper ×: {a['paper_failed']}, measured ×: {a['measured_failed']}); "
+            f"{rho}.")
 
 
 def _regime(table: TableResult) -> str | None:
@@ -371,7 +387,7 @@ def frame(name: str, records=(), protocol: str | None = None, *, metric: str = "
     import pandas as pd
     table = collect(name, records, protocol, metric=metric, config_hash=config_hash)
     return pd.DataFrame([{
-        "table": name, "panel": r.cell.panel, "row": r.cell.row, "col": r.cell.col, "spec": r.cell.spec,
+        "table": table.ablation.name, "panel": r.cell.panel, "row": r.cell.row, "col": r.cell.col, "spec": r.cell.spec,
         "paper": r.cell.paper, "mean": r.mean, "std": r.std, "n_ok": len(r.values), "n_failed": len(r.failures),
         "failure_kinds": ",".join(k or "" for k in r.failures), "trained": r.trained, "agrees": r.agrees,
         "protocol": table.protocol, "config_hash": table.config_hash,

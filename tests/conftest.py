@@ -14,3 +14,24 @@ def jpeg_folder(tmp_path):
             for i in range(n):
                 Image.new("RGB", (40 + i, 36), colour).save(folder / f"{i}.jpg")
     return tmp_path
+
+
+OWN_TABLE = """title: "Gradient descent on erf's slope"
+panels:
+- row_header: [f]
+  col_header: λ
+  spec: "{row}|hshift={lam}"
+  columns: [{label: "0", lam: 0}, {label: "0.3", lam: 0.3}, {label: "3", lam: 3}]
+  rows:
+    - {label: erf, paper: [82.6, null, ×]}
+    - {label: tanh}
+"""
+
+
+@pytest.fixture
+def own_table(tmp_path):
+    """A researcher's table of their own, my/table_gd.yaml: 2 x 3 cells, paper values for three of them (one ×)."""
+    path = tmp_path / "my" / "table_gd.yaml"
+    path.parent.mkdir()
+    path.write_text(OWN_TABLE, encoding="utf-8")
+    return path

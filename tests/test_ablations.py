@@ -95,22 +95,8 @@ def test_unknown_table_names_the_choices(name, message):
         ablations.load(name)
 
 
-OWN = """title: "Gradient descent on erf's slope"
-panels:
-- row_header: [f]
-  col_header: λ
-  spec: "{row}|hshift={lam}"
-  columns: [{label: "0", lam: 0}, {label: "0.3", lam: 0.3}, {label: "3", lam: 3}]
-  rows:
-    - {label: erf, paper: [82.6, null, ×]}
-    - {label: tanh}
-"""
-
-
-def test_a_table_of_your_own_is_a_yaml_file_named_by_its_stem_and_its_paper_values_are_optional(tmp_path):
-    path = tmp_path / "my" / "table_gd.yaml"
-    path.parent.mkdir()
-    path.write_text(OWN, encoding="utf-8")
+def test_a_table_of_your_own_is_a_yaml_file_named_by_its_stem_and_its_paper_values_are_optional(own_table):
+    path = own_table
     ab = ablations.load(str(path))
     assert ab.name == "table_gd" and not ab.of_paper and ablations.load(path) == ab
     assert [(c.spec, c.paper, c.has_paper, c.paper_failed, c.paper_text()) for c in ab.cells] == [
@@ -118,31 +104,30 @@ def test_a_table_of_your_own_is_a_yaml_file_named_by_its_stem_and_its_paper_valu
         ("erf|hshift=3", None, True, True, "×"),
         ("tanh", None, False, False, "–"), ("tanh|hshift=0.3", None, False, False, "–"),
         ("tanh|hshift=3", None, False, False, "–")]
-    path.write_text(OWN.replace("0.3", "0.4"), encoding="utf-8")
+    path.write_text(path.read_text(encoding="utf-8").replace("0.3", "0.4"), encoding="utf-8")
     assert "erf|hshift=0.4" in ablations.load(path).specs()             # read afresh: an edit shows at once
     assert ablations.load(ablations.ABLATIONS_DIR / "table1.yaml") is ablations.load("table1")
 
 
-def test_a_table_of_your_own_cannot_take_a_paper_tables_name(tmp_path):
-    (tmp_path / "table1.yaml").write_text(OWN, encoding="utf-8")
+def test_a_table_of_your_own_cannot_take_a_paper_tables_name(own_table):
     with pytest.raises(ValueError, match=r"'table1' is the name of a table of the paper; give your table another"):
-        ablations.load(tmp_path / "table1.yaml")
+        ablations.load(own_table.rename(own_table.with_name("table1.yaml")))
 
 
-def test_the_papers_tables_still_need_a_value_or_failure_in_every_cell(tmp_path, monkeypatch):
+def test_the_papers_tables_still_need_a_value_or_failure_in_every_cell(tmp_path, own_table, monkeypatch):
     """Only a table of your own may leave a paper value out: the paper reports one for each of its cells."""
-    (tmp_path / "table9.yaml").write_text(OWN, encoding="utf-8")
-    (tmp_path / "own.yaml").write_text(OWN, encoding="utf-8")
+    own = own_table.read_text(encoding="utf-8")
+    (tmp_path / "table9.yaml").write_text(own, encoding="utf-8")
     monkeypatch.setattr(ablations, "ABLATIONS_DIR", tmp_path)
     monkeypatch.setattr(ablations, "TABLES", ("table9",))
     ablations._paper_table.cache_clear()
     try:
         with pytest.raises(ValueError, match=r"paper value None must be a number or '×' \(training failure\)$"):
             ablations.load("table9")
-        (tmp_path / "table9.yaml").write_text(OWN.replace("null", "80"), encoding="utf-8")
+        (tmp_path / "table9.yaml").write_text(own.replace("null", "80"), encoding="utf-8")
         with pytest.raises(ValueError, match=r"row 2 \(tanh\): 'paper' must list one value per column \(3\)"):
             ablations.load("table9")
-        assert len(ablations.load(tmp_path / "own.yaml").cells) == 6
+        assert len(ablations.load(own_table).cells) == 6
     finally:
         ablations._paper_table.cache_clear()
 

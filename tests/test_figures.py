@@ -1,6 +1,8 @@
 """Figures are written, and Figure 2 draws the lab's own specs, each on the side of the property lab.audit measures;
 legends speak math and name the spec, failures cannot be read as values, and neighbouring training curves can be told
 apart."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -258,3 +260,38 @@ def test_accuracy_puts_no_clip_after_the_loosest_clip(drawn):
     assert clip == ["0.5", "0.8", "1.0", "2.0", "3.0", "5.0", "none"] and blend == ["none", "0.01", "0.1", "0.5"]
     arcsinh = np.asarray(drawn[0].axes[0].containers[0].lines[0].get_ydata(), float)     # measured, by label
     assert (arcsinh[0], arcsinh[-1]) == (40.0, 60.0) and np.isnan(arcsinh[1:-1]).all()
+
+
+def test_a_table_of_your_own_has_paper_points_and_crosses_only_where_it_gives_a_value(own_table, drawn):
+    records = [fake("erf"), fake("erf|hshift=0.3"), fake("erf|hshift=3", kind="diverged"), fake("tanh")]
+    figures.accuracy_vs_lambda(own_table, records)
+    (fig,) = drawn
+    measured, paper = fig.axes
+    assert paper.get_title() == "paper (as the table gives it)"
+    erf, tanh = (np.asarray(bar.lines[0].get_xydata(), dtype=float) for bar in paper.containers)
+    assert np.array_equal(erf[:, 1], [82.6, np.nan, np.nan], equal_nan=True) and np.isnan(tanh[:, 1]).all()
+    crosses = [line.get_xdata() for line in paper.get_lines() if line.get_marker() == "X"]
+    assert len(crosses) == 1 and list(crosses[0]) == [erf[2, 0]]      # erf's × at λ = 3; none for "no value"
+    drawn.clear()
+    own_table.write_text(own_table.read_text(encoding="utf-8").replace(", paper: [82.6, null, ×]", ""),
+                         encoding="utf-8")
+    figures.accuracy_vs_lambda(own_table, records)
+    assert [t.get_text() for t in drawn[0].axes[1].texts] == ["no paper values"]
+
+
+def test_a_table_of_your_owns_figures_are_files_named_by_the_table(own_table, tmp_path):
+    records = [fake("erf"), fake("erf|hshift=3", kind="diverged"), fake("tanh")]
+    paths = figures.training_curves(str(own_table), records, tmp_path / "figs")
+    paths += figures.accuracy_vs_lambda(str(own_table), records, tmp_path / "figs")
+    assert [p.relative_to(tmp_path) for p in paths] == [
+        Path("figs", f"table_gd_{kind}.{ext}") for kind in ("training_curves", "accuracy_vs_lambda")
+        for ext in ("png", "pdf")]
+
+
+def test_a_table_of_your_own_reads_its_functions_against_the_measured_erf_not_the_papers(tmp_path, drawn):
+    path = tmp_path / "table_fs.yaml"
+    path.write_text('title: "Two functions"\npanels:\n- row_header: [""]\n  col_header: f\n  spec: "{col}"\n'
+                    '  columns: [tanh, sin]\n  rows:\n    - {label: top-1}\n', encoding="utf-8")
+    figures.accuracy_vs_lambda(path, [fake("tanh"), fake("sin"), fake("erf", top1=45.0)])
+    measured, paper = drawn[0].axes
+    assert reference_labels(measured) == ["erf: 45.0"] and reference_labels(paper) == []

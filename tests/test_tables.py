@@ -202,3 +202,24 @@ def test_the_cli_offers_the_librarys_tables_and_formats():
     assert tuple(render["format"]) == tables.FORMATS
     sweep_args = {a.dest: a.choices for a in subcommands["sweep"]._actions}
     assert tuple(sweep_args["launcher"]) == sweep.LAUNCHERS and sweep_args["table"] == [*ablations.TABLES, sweep.ALL]
+
+
+def test_a_table_of_your_own_shows_a_dash_where_it_gives_no_paper_value_and_agreement_skips_those_cells(own_table):
+    records = [rec("erf", 60.0), rec("erf|hshift=0.3", 55.0), rec("erf|hshift=3", kind="diverged"),
+               rec("tanh", 58.0), rec("tanh|hshift=3", kind="diverged")]
+    md = tables.render(str(own_table), records, "md", "smoke")
+    assert "| erf | 60.0 (82.6) | 55.0 (–) | ×div (×) |" in md and "| tanh | 58.0 (–) | – (–) | ×div (–) |" in md
+    assert ("Agreement with the paper: 5 of 6 cells run, 2 of them with a paper value; train/fail agrees on 2/2 "
+            "(paper ×: 1, measured ×: 2); Spearman ρ: n/a (1 cells trained in both") in md
+    assert "– in the paper's place: the table gives no paper value (4 of 6 cells)." in md
+    assert [r.agrees for r in tables.collect(own_table, records, "smoke").results] == [True, None, True, None, None,
+                                                                                        None]
+    assert set(tables.frame(own_table, records, "smoke")["table"]) == {"table_gd"}
+    assert r"\label{tab:table_gd}" in tables.render(own_table, records, "tex", "smoke")
+
+    own_table.write_text(own_table.read_text(encoding="utf-8").replace(", paper: [82.6, null, ×]", ""),
+                         encoding="utf-8")
+    md = tables.render(own_table, records, "md", "smoke")
+    assert "5 of 6 cells run; no paper values to compare them with." in md
+    assert "Agreement" not in md and "Spearman" not in md
+    assert "No results yet." in tables.render(own_table, []) and "paper's values only" not in tables.render(own_table)
