@@ -6,14 +6,13 @@ import signal
 import sys
 import threading
 
-TABLE_CHOICES = [f"table{i}" for i in range(1, 7)]
-
 
 def _train(args):
-    from . import config, results, train
+    from . import ablations, config, results, train
+    table = None if args.table is None else ablations.load(args.table).name     # a path: its table's name
     cfg = config.load(args.protocol, args.set)
     earlier = results.finished(results.record_path(args.out, args.norm, cfg)) is not None
-    record = train.run(cfg, args.norm, args.out, table=args.table, progress=not args.quiet)
+    record = train.run(cfg, args.norm, args.out, table=table, progress=not args.quiet)
     failure = record["failure"]
     verdict = (f"failed at step {failure['step']}: {failure['reason']}" if failure
                else f"top-1 {record['top1']:.2f}% (EMA {record['top1_ema']:.2f}%)")
@@ -31,6 +30,16 @@ def _seconds(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
     return value
+
+
+def _table(text: str) -> str:
+    """A paper table's name or the path of a .yaml table of your own, checked (its file read) before anything runs."""
+    from . import ablations
+    try:
+        ablations.load(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
 
 
 def _sweep(args):
@@ -123,6 +132,8 @@ def _bench(args):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .ablations import TABLES
+    tables = f"{', '.join(TABLES)} (the paper's), or the path of a .yaml table of your own"
     parser = argparse.ArgumentParser(prog="lab", description=__doc__.split(":")[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -145,13 +156,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--norm", required=True, help='layernorm, rmsnorm, derf (erf with a learnable shift) or a '
                    'point-wise spec such as "erf|hshift=0.5"')
     p.add_argument("--out", default="results", help="results folder (default: results)")
-    p.add_argument("--table", default=None, choices=TABLE_CHOICES, help="table the cell belongs to (recorded only)")
+    p.add_argument("--table", default=None, type=_table,
+                   help=f"table the cell belongs to (recorded only): {tables}")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     overrides(p)
     p.set_defaults(handler=_train)
 
-    p = sub.add_parser("sweep", help="train every missing cell of a table (all: of every table, one pool)")
-    p.add_argument("table", choices=[*TABLE_CHOICES, "all"])
+    p = sub.add_parser("sweep", help="train every missing cell of a table (all: of every paper table, one pool)")
+    p.add_argument("table", type=lambda text: text if text == "all" else _table(text), help=f"{tables}; or all")
     p.add_argument("--protocol", required=True)
     p.add_argument("--jobs", type=int, default=1, help="runs at once (packed on one device)")
     p.add_argument("--launcher", choices=["local", "slurm"], default="local")
@@ -186,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_calibrate)
 
     p = sub.add_parser("render", help="render a table from result records beside the paper's values")
-    p.add_argument("table", choices=TABLE_CHOICES)
+    p.add_argument("table", type=_table, help=tables)
     p.add_argument("--results", default="results")
     p.add_argument("--format", choices=["md", "tex", "csv", "html"], default="md")
     p.add_argument("--protocol", default=None, help="only records of this protocol")

@@ -31,7 +31,7 @@ from .mps import shared_gpu
 
 BASELINE = "layernorm"
 ALL = "all"
-"""`lab sweep all`: the LayerNorm baseline plus every table's cells as one grid (one pool, shared cells once)."""
+"""`lab sweep all`: the LayerNorm baseline plus every paper table's cells as one grid (one pool, shared cells once)."""
 LAUNCHERS = ("local", "slurm")
 MAX_WORKER_DEATHS = 2
 """A cell whose worker process dies (segfault, OOM kill) or whose GPU faults this many times is reported instead of
@@ -82,31 +82,31 @@ def plan(specs, protocol: str, results_dir, *, table: str | None = None, seeds=N
 
 def table_cells(table: str, protocol: str, results_dir, *, seeds=None, overrides=None, device=None,
                 limit: int | None = None, specs=None) -> list[Cell]:
-    """The LayerNorm baseline plus the table's unique canonical specs, × seeds ("all": every table's; see
+    """The LayerNorm baseline plus the table's unique canonical specs, × seeds ("all": every paper table's; see
     union_cells for `limit` and `specs`)."""
     from . import ablations
-    if table != ALL and table not in ablations.TABLES:
-        raise ValueError(f"unknown table {table!r}; choose one of: {', '.join([*ablations.TABLES, ALL])}")
     return union_cells(ablations.TABLES if table == ALL else [table], protocol, results_dir, seeds=seeds,
                        overrides=overrides, device=device, limit=limit, specs=specs)
 
 
 def union_cells(tables, protocol: str, results_dir, *, seeds=None, overrides=None, device=None,
                 limit: int | None = None, specs=None) -> list[Cell]:
-    """The cells of several tables as one grid: a spec they share is one cell, recorded under the first table.
+    """The cells of several tables (see ablations.load: the paper's, or paths of your own) as one grid: a spec they
+    share is one cell, recorded under the first table's name.
 
     Each table brings the LayerNorm baseline and its unique canonical specs; `specs` keeps only these (canonicalised;
     ValueError naming one the tables lack), then `limit` the first N of each table.
     """
     from . import ablations
     from .layers import canonical_norm
-    per_table = {t: list(dict.fromkeys([canonical_norm(BASELINE), *ablations.load(t).specs()])) for t in tables}
+    loaded = [ablations.load(t) for t in tables]
+    per_table = {ab.name: list(dict.fromkeys([canonical_norm(BASELINE), *ab.specs()])) for ab in loaded}
     if specs is not None:
         wanted = [canonical_norm(s) for s in specs]
         known = list(dict.fromkeys(s for table_specs in per_table.values() for s in table_specs))
         unknown = [s for s in wanted if s not in known]
         if unknown or not wanted:
-            why = f"{unknown[0]!r} is not in {', '.join(tables)}" if unknown else "none given"
+            why = f"{unknown[0]!r} is not in {', '.join(per_table)}" if unknown else "none given"
             raise ValueError(f"specs: {why}; its specs: {', '.join(known)}")
         per_table = {t: [s for s in table_specs if s in wanted] for t, table_specs in per_table.items()}
     cells = {}
@@ -123,8 +123,8 @@ def sweep(table: str, protocol: str, results_dir="results", *, jobs: int = 1, la
           overrides=None, device: str | None = None, dry_run: bool = False, progress: bool = True,
           limit: int | None = None, slurm: dict | None = None, specs=None,
           deadline: float | None = None, mps: bool = False, reuse=()) -> list[dict]:
-    """Train every missing cell of `table` ("all": of every table) plus the LayerNorm baseline, or only of `specs`,
-    and return the records of all its cells.
+    """Train every missing cell of `table` (a paper table's name, the path of one of your own, or "all": of every
+    paper table) plus the LayerNorm baseline, or only of `specs`, and return the records of all its cells.
 
     dry_run: local → only report what would run; slurm → write the sbatch script and pickles, submit nothing.
     `slurm`: submitit SlurmExecutor parameters (partition, time, nodes, ntasks_per_node, gpus_per_node, ...) as a dict

@@ -538,6 +538,37 @@ def test_specs_restrict_the_cells_and_one_outside_the_table_is_an_error(tmp_path
     assert "'erf|hshift=2' is not in table5" in capsys.readouterr().err
 
 
+def test_a_table_of_your_own_is_swept_and_rendered_by_its_path_and_recorded_under_its_name(own_table, tmp_path,
+                                                                                          capsys):
+    from lab.cli import main
+    results_dir = str(tmp_path / "results")
+    tiny = [arg for setting in TINY for arg in ("--set", setting)]
+    assert main(["sweep", str(own_table), "--protocol", "smoke", "--results", results_dir, "--dry-run"]) == 0
+    assert f"{own_table} [smoke]: 7 unique cells" in capsys.readouterr().err      # LayerNorm and its 2 x 3 cells
+    assert main(["sweep", str(own_table), "--protocol", "smoke", "--results", results_dir, "--specs", "erf,tanh",
+                 *tiny]) == 0
+    assert sorted((r["spec"], r["table"]) for r in results.load_records(results_dir)) == [
+        ("erf", "table_gd"), ("tanh", "table_gd")]
+    capsys.readouterr()
+    assert main(["render", str(own_table), "--results", results_dir]) == 0
+    out = capsys.readouterr().out
+    assert "(82.6)" in out and "| – (–) | – (×) |" in out and "2 of 6 cells run, 1 of them with a paper value" in out
+
+
+def test_train_records_a_table_of_your_own_by_its_name(own_table, tmp_path, monkeypatch, capsys):
+    from lab.cli import main
+    tables = []
+
+    def run(cfg, norm, out_dir, *, table, progress):
+        tables.append(table)
+        return {"spec": norm, "protocol": cfg["protocol"], "failure": None, "top1": 50.0, "top1_ema": 49.0,
+                "path": str(out_dir)}
+    monkeypatch.setattr(lab.train, "run", run)
+    assert main(["train", "--protocol", "smoke", "--norm", "erf", "--out", str(tmp_path), "--table", str(own_table),
+                 "--quiet"]) == 0
+    assert tables == ["table_gd"] and "top-1 50.00%" in capsys.readouterr().out
+
+
 def test_a_cell_recorded_elsewhere_under_its_config_is_copied_not_trained(tmp_path, monkeypatch, capsys):
     """A calibration round's cells are grid cells of the protocol that adopts its variant: the grid copies their
     records and logs as written and trains only the rest. A record of another config, or whose content says another

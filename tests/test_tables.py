@@ -193,15 +193,26 @@ def test_noise_note_says_three_standard_errors():
     assert "a difference under ~7 points between two cells is within noise" in text
 
 
-def test_the_cli_offers_the_librarys_tables_and_formats():
-    """lab/cli.py spells these out (it imports the library lazily, in its handlers): they must stay the library's."""
+def test_the_cli_offers_the_librarys_tables_and_formats(own_table, capsys):
+    """lab/cli.py spells out formats and launchers (it imports the library lazily, in its handlers): they must stay the
+    library's. A table is the library's to judge: a paper table's name or the path of one of your own, else an error
+    naming both."""
     from lab import cli
     subcommands = next(a for a in cli.build_parser()._actions if a.choices and "render" in a.choices).choices
     render = {a.dest: a.choices for a in subcommands["render"]._actions}
-    assert cli.TABLE_CHOICES == list(ablations.TABLES) == render["table"]
     assert tuple(render["format"]) == tables.FORMATS
     sweep_args = {a.dest: a.choices for a in subcommands["sweep"]._actions}
-    assert tuple(sweep_args["launcher"]) == sweep.LAUNCHERS and sweep_args["table"] == [*ablations.TABLES, sweep.ALL]
+    assert tuple(sweep_args["launcher"]) == sweep.LAUNCHERS
+    for command in (["render"], ["sweep", "--protocol", "smoke"], ["train", "--protocol", "smoke", "--norm", "erf",
+                                                                   "--table"]):
+        with pytest.raises(SystemExit) as exit:
+            cli.main([*command, "table7"])
+        err = capsys.readouterr().err
+        assert exit.value.code == 2 and f"lab {command[0]}: error: argument " in err
+        assert ("unknown table 'table7' (did you mean 'table6'?): neither a table of the paper (table1, table2, "
+                "table3, table4, table5, table6) nor the path of a .yaml table of your own") in err
+    assert cli.main(["render", str(own_table), "--results", str(own_table.parent)]) == 0
+    assert "| erf | – (82.6) | – (–) | – (×) |" in capsys.readouterr().out
 
 
 def test_a_table_of_your_own_shows_a_dash_where_it_gives_no_paper_value_and_agreement_skips_those_cells(own_table):
