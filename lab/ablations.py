@@ -4,7 +4,8 @@ validated data: cells, specs and paper values.
 A table has one or more panels. A panel is rows x columns; each cell's spec is the panel's `spec` template (or a
 row's / column's own `spec`) filled with the row's and column's variables: `{row}` / `{col}` are their labels, any
 other key of a row or column mapping (`lam`, `f`, ...) is a variable. A `|part` whose variable is null is dropped, so
-a "none" row is the plain base function. Every spec is checked with `lab.canonical` at load time.
+a "none" row is the plain base function. Every spec is checked with `lab.canonical_norm` at load time: a
+point-wise spec, or a norm name (layernorm, rmsnorm, derf) for a table of your own that compares against them.
 Paper values are floats; "×" (the paper's training failure) loads as None. A table of your own is any .yaml file,
 named by its path and known by the file's stem; its paper values are optional (omitted or null: the cell has none).
 """
@@ -16,7 +17,8 @@ from pathlib import Path
 
 import yaml
 
-from .perturb import canonical, did_you_mean
+from .layers import canonical_norm
+from .perturb import did_you_mean
 
 ABLATIONS_DIR = Path(__file__).resolve().parent.parent / "ablations"
 PAPER_TABLE = re.compile(r"table\d+")
@@ -138,7 +140,7 @@ def _fill(where: str, template: str, variables: dict) -> str:
             continue
         parts.append(part.format(**variables))
     try:
-        return canonical("|".join(parts))
+        return canonical_norm("|".join(parts))
     except ValueError as err:
         raise ValueError(f"{where}: {err}") from None
 

@@ -366,7 +366,7 @@ def _x_labels(panel: ablations.Panel) -> list[str]:
     """The swept axis's labels in the table's order, but a clip's "none" (no clip: λu = ∞) last, after the loosest
     clip as in the transforms gallery: first, joined to the tightest clip, it read as the end of the tight side."""
     labels = list(panel.columns if panel.x_axis == "columns" else [", ".join(r) for r in panel.rows])
-    clipped = any(name == "clip" for cell in panel.cells for name, _ in parse(cell.spec)[1])
+    clipped = any("|clip=" in cell.spec for cell in panel.cells)
     return sorted(labels, key=lambda label: clipped and label == "none")
 
 

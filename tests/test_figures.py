@@ -295,3 +295,16 @@ def test_a_table_of_your_own_reads_its_functions_against_the_measured_erf_not_th
     figures.accuracy_vs_lambda(path, [fake("tanh"), fake("sin"), fake("erf", top1=45.0)])
     measured, paper = drawn[0].axes
     assert reference_labels(measured) == ["erf: 45.0"] and reference_labels(paper) == []
+
+
+def test_a_table_of_your_own_may_compare_against_norm_names(tmp_path, drawn):
+    """Derf and the baselines are norm names, not point-wise specs: a table of your own can hold them as cells."""
+    path = tmp_path / "table_derf.yaml"
+    path.write_text('title: "Derf against its parts"\npanels:\n- row_header: [""]\n  col_header: norm\n'
+                    '  spec: "{col}"\n  columns: [LayerNorm, erf, derf]\n  rows:\n    - {label: top-1}\n',
+                    encoding="utf-8")
+    assert ablations.load(path).specs() == ["layernorm", "erf", "derf"]
+    figures.accuracy_vs_lambda(path, [fake("layernorm", top1=60.0), fake("erf"), fake("derf", top1=55.0)])
+    measured = drawn[0].axes[0]
+    assert [t.get_text() for t in measured.get_xticklabels()] == ["LayerNorm", "erf", "derf"]
+    assert list(np.asarray(measured.containers[0].lines[0].get_ydata(), float)) == [60.0, 50.0, 55.0]
