@@ -1,6 +1,5 @@
 """PointwiseNorm: initialisation, output, gradients against plain autograd, memory frugality, timm's norm_layer."""
 import copy
-import functools
 from types import SimpleNamespace
 
 import pytest
@@ -89,15 +88,11 @@ def test_generated_kernels_match_the_reference(spec, shift, device, monkeypatch)
 
 @pytest.mark.parametrize("spec", [*lab.BASES, "erf|hshift=0.5|vshift=0.1|clip=0.5|blend=0.1|flat=0.5|neg"])
 def test_every_base_and_transform_traces_as_one_graph(spec):
-    """The GPU's generated kernels compile each layer's forward and backward with fullgraph=True: a base with Python
+    """The GPU's generated kernels compile f (forward) and (f, f') (backward) with fullgraph=True: a base with Python
     control flow on tensor values would fail there at its first step, so it fails here, on the CPU (tracing only)."""
-    lab.layers.raise_recompile_limit(256)       # one code object for every spec in this process
     fn = lab.pointwise(spec)
-    x, alpha, weight, bias = torch.randn(3, 8), torch.tensor(0.5), torch.ones(8), torch.zeros(8)
-    forward, backward = (torch.compile(functools.partial(f, fn=fn), fullgraph=True, backend="eager")
-                         for f in (lab.layers._forward, lab.layers._backward))
-    forward(x, alpha, None, weight, bias)
-    backward(torch.ones(3, 8), x, alpha, None, weight)
+    both = torch.compile(lambda x: (fn.value(x), *fn.value_and_grad(x)), fullgraph=True, backend="eager")
+    both(torch.randn(3, 8))
 
 
 def test_dispatch_modes_get_the_plain_expression(monkeypatch):
