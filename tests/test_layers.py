@@ -90,6 +90,7 @@ def test_generated_kernels_match_the_reference(spec, shift, device, monkeypatch)
 def test_every_base_and_transform_traces_as_one_graph(spec):
     """The GPU's generated kernels compile f (forward) and (f, f') (backward) with fullgraph=True: a base with Python
     control flow on tensor values would fail there at its first step, so it fails here, on the CPU (tracing only)."""
+    lab.layers.raise_recompile_limit(256)       # one code object (the lambda) for every spec in this process
     fn = lab.pointwise(spec)
     both = torch.compile(lambda x: (fn.value(x), *fn.value_and_grad(x)), fullgraph=True, backend="eager")
     both(torch.randn(3, 8))
