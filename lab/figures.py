@@ -375,17 +375,19 @@ def _top1(result: tables.CellResult, measured: bool) -> float | None:
     return (result.mean if result.trained else None) if measured else result.cell.paper
 
 
-def accuracy_vs_lambda(name: str, records, out_dir="figures", protocol: str | None = None) -> list[Path]:
+def accuracy_vs_lambda(name: str, records, out_dir="figures", protocol: str | None = None, *,
+                       reference_records=()) -> list[Path]:
     """Top-1 against the swept value (λ, or the function for Tables 4 and 6), measured beside the paper's.
 
     Per panel: measured (mean ± std over seeds) on the left, the paper's on the right (none where a table of your own
     gives none). Failures are × in a strip below the axes, where no value can be. Points are joined only along λ:
     functions are categories, not a trend. Series are dodged sideways a little so that equal values stay visible. A
     panel of functions without REFERENCE among them draws REFERENCE's top-1 as a labelled dotted line, so that they can
-    be read against it (on the paper's side, for the paper's tables only). `name` and the files as in training_curves.
+    be read against it (on the paper's side, for the paper's tables only), from `records` and `reference_records`
+    (more of its records, which only this line reads). `name` and the files as in training_curves.
     """
     table = tables.collect(name, records, protocol)
-    reference = _reference(table, records)
+    reference = _reference(table, [*records, *reference_records])
     with _style():
         panels = table.ablation.panels
         fig = Figure(figsize=(13, 3.8 * len(panels)), layout="constrained")

@@ -49,31 +49,26 @@ def table_report(table: str, protocol: str = "smoke", results_dir="results", out
                  limit: int | None = None, progress: bool = True, train: bool = True) -> Report:
     """Sweep `table` (finished cells are skipped), render it (md, tex, csv) beside the paper and draw its figures.
     train=False: render the records present (e.g. a grid fetched from a GPU) and train nothing."""
-    from . import figures, tables
+    from . import ablations, figures, results, tables
     results_dir, out_dir = project_path(results_dir), project_path(out_dir)
     records = _sweep.sweep(table, protocol, results_dir, jobs=jobs, seeds=seeds, device=device, limit=limit,
                            overrides=_with_data_path(overrides, data_path), progress=progress and train,
                            dry_run=not train)     # not training: the table's – marks what is missing
+    ablation = ablations.load(table)
+    # a table without erf as a cell (Table 4) is drawn against the erf another table's sweep trained in the folder
+    reference = [] if figures.REFERENCE in ablation.specs() else [
+        r for r in results.load_records(results_dir) if r["spec"] == figures.REFERENCE]
     out = Path(out_dir)
     (out / "tables").mkdir(parents=True, exist_ok=True)
     files = []
     for fmt in ("md", "tex", "csv"):
-        files.append(out / "tables" / f"{table}.{fmt}")
+        files.append(out / "tables" / f"{ablation.name}.{fmt}")
         files[-1].write_text(tables.render(table, records, fmt))
     drawn = [*figures.training_curves(table, records, out / "figures"),
-             *figures.accuracy_vs_lambda(table, records + _reference_records(results_dir, records), out / "figures")]
+             *figures.accuracy_vs_lambda(table, records, out / "figures", reference_records=reference)]
     summary = f"{_sweep.count(len(records), 'record')} ({protocol}) in `{results_dir}`; {_failures(records)}"
-    return Report(f"{table} — {protocol}", files[0].read_text() + "\n\n" + summary,
+    return Report(f"{ablation.name} — {protocol}", files[0].read_text() + "\n\n" + summary,
                   [p for p in drawn if p.suffix == ".png"], files + [p for p in drawn if p.suffix != ".png"])
-
-
-def _reference_records(results_dir, records) -> list[dict]:
-    """figures.REFERENCE's records in the folder beyond `records`: a table without it as a cell (Table 4) is drawn
-    against it where another table's sweep trained it (the figure keeps those of the table's own config)."""
-    from . import figures, results
-    shown = {Path(r["path"]).resolve() for r in records}
-    return [r for r in results.load_records(results_dir)
-            if r["spec"] == figures.REFERENCE and Path(r["path"]).resolve() not in shown]
 
 
 def demo_report(specs=("erf", "linear"), protocol: str = "smoke", results_dir="results", *,

@@ -187,7 +187,7 @@ def test_table4s_figure_reads_its_functions_against_the_erf_another_tables_sweep
     monkeypatch.setattr(figures, "_save", lambda fig, out_dir, stem: drawn.append((stem, fig)) or [])
 
     def write(spec, top1, cfg):
-        record = {"spec": spec, "protocol": "smoke", "status": "ok", "top1": top1, "top1_ema": top1,
+        record = {"spec": spec, "protocol": cfg["protocol"], "status": "ok", "top1": top1, "top1_ema": top1,
                   "seed": cfg["seed"], "config_hash": config.config_hash(cfg), "failure": None, "history": [],
                   "loss_curve": [[1, 2.0], [2, 1.5]]}
         results.write_json_atomic(results.record_path(tmp_path, spec, cfg), record)
@@ -201,6 +201,17 @@ def test_table4s_figure_reads_its_functions_against_the_erf_another_tables_sweep
     write("linear", 30.0, config.load("smoke"))
     write("erf", 44.0, config.load("smoke", ["seed=1"]))      # another seed of the same config
     write("erf", 99.0, config.load("smoke", ["lr=1e-3"]))     # another config: not the table's
+    write("erf", 77.0, config.load("proxy"))                  # another protocol
     assert erf_line() == ["erf: 44.0"]
+    # a table with erf as a cell draws it from its own records alone: the other protocol's erf is not mixed in
+    reproduce.table_report("table1", "smoke", tmp_path, tmp_path / "out", train=False, progress=False)
     (tmp_path / results.record_path(tmp_path, "erf", config.load("smoke", ["seed=1"])).name).unlink()
     assert erf_line() == []
+
+
+def test_a_table_of_your_owns_report_is_named_by_the_table_not_its_path(own_table, tmp_path):
+    report = reproduce.table_report(str(own_table), "smoke", tmp_path / "res", tmp_path / "out", train=False,
+                                    progress=False)
+    assert report.title == "table_gd — smoke"
+    assert sorted(p.name for p in (tmp_path / "out" / "tables").iterdir()) == [
+        "table_gd.csv", "table_gd.md", "table_gd.tex"]
