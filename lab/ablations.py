@@ -15,13 +15,12 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-import yaml
-
+from .config import read_yaml
 from .layers import canonical_norm
 from .perturb import did_you_mean
 
 ABLATIONS_DIR = Path(__file__).resolve().parent.parent / "ablations"
-PAPER_TABLE = re.compile(r"table\d+")
+PAPER_TABLE = re.compile(r"table[1-9]\d*")
 
 
 def paper_tables(folder: Path) -> tuple[str, ...]:
@@ -198,10 +197,12 @@ def load(name) -> Ablation:
     time, so that an edit shows); ValueError naming the problem otherwise."""
     if str(name) in TABLES:
         return _paper_table(str(name))
-    path = Path(name)
-    if path.suffix not in (".yaml", ".yml") or not path.is_file():
+    path = Path(name).expanduser()
+    if path.suffix not in (".yaml", ".yml"):
         raise ValueError(f"unknown table {str(name)!r}{did_you_mean(name, TABLES)}: neither a table of the paper "
                          f"({', '.join(TABLES)}) nor the path of a .yaml table of your own")
+    if not path.is_file():
+        raise ValueError(f"table {str(name)!r}: no such file ({path.absolute()})")
     if path.stem in TABLES:     # records name their table by it: one of your own must not pass for the paper's
         if path.resolve() == (ABLATIONS_DIR / f"{path.stem}.yaml").resolve():
             return _paper_table(path.stem)
@@ -217,7 +218,7 @@ def _paper_table(name: str) -> Ablation:
 
 def _parse(name: str, path: Path, where: str, paper_required: bool) -> Ablation:
     """Table `name` from `path`; errors start with `where`."""
-    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    raw = read_yaml(path)
     _check_keys(where, raw, _TABLE_KEYS, {"title", "panels"})
     principle = raw.get("principle", "")
     if principle and principle not in PRINCIPLES:

@@ -17,7 +17,7 @@ def test_tables_listed():
 
 def test_the_papers_grid_is_the_table_n_files_and_other_yaml_beside_them_is_not_a_table(tmp_path):
     """A researcher's ablations/table_gd.yaml used to crash every command (int('_gd'))."""
-    for stem in ("table2", "table10", "table1", "table_gd", "tables", "notes"):
+    for stem in ("table2", "table10", "table1", "table_gd", "tables", "notes", "table0", "table01"):
         (tmp_path / f"{stem}.yaml").write_text("title: T\n", encoding="utf-8")
     assert ablations.paper_tables(tmp_path) == ("table1", "table2", "table10")
 
@@ -87,12 +87,21 @@ def test_table5_and_6_grids():
     ("table7", r"unknown table 'table7'.*: neither a table of the paper \(table1, table2, .*table6\) nor the path of "
                r"a \.yaml table of your own"),
     ("tabel1", r"unknown table 'tabel1' \(did you mean 'table1'\?\)"),
-    ("my/absent.yaml", r"unknown table 'my/absent.yaml'"),
-    ("README.md", r"unknown table 'README.md'"),                    # a file, but not a .yaml table
+    ("my/absent.yaml", r"table 'my/absent.yaml': no such file \(/.*/my/absent\.yaml\)"),
+    ("notes.md", r"unknown table '.*notes.md'"),                    # a file, but not a .yaml table
+    ("broken.yaml", r"broken\.yaml: not valid YAML \(line 3, column 1\)"),   # the parser's error, named, not raised
 ])
-def test_unknown_table_names_the_choices(name, message):
+def test_unknown_table_names_the_choices(name, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.md").write_text("# notes\n")
+    (tmp_path / "broken.yaml").write_text('title: "x\npanels: [\n')
     with pytest.raises(ValueError, match=message):
         ablations.load(name)
+
+
+def test_a_table_of_your_own_may_be_named_from_home(own_table, monkeypatch):
+    monkeypatch.setenv("HOME", str(own_table.parent.parent))
+    assert ablations.load("~/my/table_gd.yaml").name == "table_gd"
 
 
 def test_a_table_of_your_own_is_a_yaml_file_named_by_its_stem_and_its_paper_values_are_optional(own_table):
