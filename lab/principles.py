@@ -57,10 +57,11 @@ def audit(spec: str) -> dict:
     x = np.linspace(-MONO_RANGE, MONO_RANGE, 2 * half + 1)          # x[half] == 0 exactly
     y = fn.at(x)
     f0 = float(y[half]) + 0.0
-    sup_small = float(np.abs(fn.at(np.linspace(-1e3, 1e3, 200_001))).max())
-    sup_large = max(sup_small, float(np.abs(fn.at(np.linspace(-1e6, 1e6, 200_001))).max()))  # ±1e3 ⊂ ±1e6
-    if not (np.isfinite(y).all() and np.isfinite(sup_large)):     # a NaN would read as unbounded or monotonic
+    small, large = (np.abs(fn.at(np.linspace(-r, r, 200_001))) for r in (1e3, 1e6))
+    if not all(np.isfinite(v).all() for v in (y, small, large)):      # a NaN would read as bounded or unbounded
         raise ValueError(f"audit {spec!r}: f is not finite everywhere on [−1e6, 1e6] (an overflow in its formula?)")
+    sup_small = float(small.max())
+    sup_large = max(sup_small, float(large.max()))       # ±1e3 ⊂ ±1e6, on another grid
     growth = sup_large / sup_small if sup_small > 0 else float("inf")
 
     flat = _flat_halfwidth(fn, f0)
