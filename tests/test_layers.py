@@ -86,7 +86,11 @@ def test_generated_kernels_match_the_reference(spec, shift, device, monkeypatch)
         torch.testing.assert_close(a, b)
 
 
-@pytest.mark.parametrize("spec", [*lab.BASES, "erf|hshift=0.5|vshift=0.1|clip=0.5|blend=0.1|flat=0.5|neg"])
+EVERY_TRANSFORM = "|".join(["erf", *(f"{name}=0.5" if t.domain else name for name, t in lab.perturb.TRANSFORMS.items())])
+"""erf under every transform in turn (0.5 is in every domain)."""
+
+
+@pytest.mark.parametrize("spec", [*lab.BASES, EVERY_TRANSFORM])
 def test_every_base_and_transform_traces_as_one_graph(spec):
     """The GPU's generated kernels compile f (forward) and (f, f') (backward) with fullgraph=True: a base with Python
     control flow on tensor values would fail there at its first step, so it fails here, on the CPU (tracing only)."""
