@@ -115,12 +115,12 @@ def calibrate(path, results_dir=RESULTS_DIR, *, jobs: int = 1, dry_run: bool = F
     chosen = [c for name in planned if name in chosen_variants for c in planned[name] if c.spec in chosen_specs]
     missing = [c for c in chosen if results.finished(c.path) is None]
     sweep.say(f"calibrate {cal.name} [{cal.protocol}]: {sweep.count(len(planned), 'variant')} × "
-               f"{sweep.count(len(cal.subset), 'spec')} × {sweep.count(len(cal.seeds or [None]), 'seed')} = "
-               f"{sweep.count(len(cells), 'cell')}"
-               + (f", {len(chosen)} chosen" if len(chosen) < len(cells) else "")
-               + (f", {len(missing)} to run (dry run)" if dry_run else
-                  f", {len(missing)} without a record (report: trains nothing)" if report else
-                  f", {len(missing)} to run"), progress)
+              f"{sweep.count(len(cal.subset), 'spec')} × {sweep.count(len(cal.seeds or [None]), 'seed')} = "
+              f"{sweep.count(len(cells), 'cell')}"
+              + (f", {len(chosen)} chosen" if len(chosen) < len(cells) else "")
+              + (f", {len(missing)} to run (dry run)" if dry_run else
+                 f", {len(missing)} without a record (report: trains nothing)" if report else
+                 f", {len(missing)} to run"), progress)
     if dry_run:
         for cell in missing:
             sweep.listed(f"  would run {cell.path.parent.name}: {cell.spec} seed={cell.seed} -> {cell.path}", progress)

@@ -202,7 +202,8 @@ def _gallery_curves(name: str, base: str, table: str) -> list[tuple[str, str]]:
     lams = {ts[0][1] for b, ts in map(parse, (c.spec for c in ablations.load(table).cells))
             if b == base and len(ts) == 1 and ts[0][0] == name}
     identity = TRANSFORMS[name].identity
-    plain = {"clip": "none", "blend": "none", "neg": "f"}.get(name, "none" if identity is None else format_number(identity))
+    plain = {"clip": "none", "blend": "none", "neg": "f"}.get(
+        name, "none" if identity is None else format_number(identity))
     curves = [(math.inf if name == "clip" else identity or 0, plain, base)]
     curves += [(1, "−f", f"{base}|neg") if lam is None else
                (lam, format_number(lam).replace("-", "−"), f"{base}|{name}={format_number(lam)}") for lam in lams]

@@ -8,7 +8,6 @@ a `Report` that displays itself (markdown + figures).
 import builtins
 import multiprocessing
 import shlex
-import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -151,15 +150,16 @@ def reproduce(protocol: str, out_dir="reproduction", *, jobs: int = 2, overrides
                                device=device, limit=limit)
     train_error = None
     missing = sum(_results.finished(c.path) is None for c in cells)
-    _say(f"reproduce [{protocol}]: {_sweep.count(len(cells), 'unique cell')} over "
-         f"{_sweep.count(len(tables), 'table')}, "
-         + (f"{missing} to train, jobs={jobs}" if train else f"{missing} missing, training none") + f" → {out}")
+    _sweep.say(f"reproduce [{protocol}]: {_sweep.count(len(cells), 'unique cell')} over "
+               f"{_sweep.count(len(tables), 'table')}, "
+               + (f"{missing} to train, jobs={jobs}" if train else f"{missing} missing, training none")
+               + f" → {out}", True)
     if train:
         try:
             _sweep.run_cells(cells, jobs=jobs, progress=progress, desc="cells")
         except _sweep.CellErrors as err:
             train_error = err
-            _say(str(err))
+            _sweep.say(str(err), True)
 
     params = dict(protocol=protocol, results_dir=str(results), out_dir=str(out), jobs=jobs, device=device,
                   data_path=data_path, seeds=None if seeds is None else list(seeds),
@@ -170,8 +170,8 @@ def reproduce(protocol: str, out_dir="reproduction", *, jobs: int = 2, overrides
         ran = []
         for name, (error, wall) in zip(notebooks, (pool or builtins).map(_execute_quietly, todo)):
             ran.append((name, error, wall))
-            _say(f"[{len(ran)}/{len(notebooks)}] {name}: {'ok' if error is None else 'FAILED'} ({wall:.0f} s)"
-                 + ("" if error is None else f" — {error}"))
+            _sweep.say(f"[{len(ran)}/{len(notebooks)}] {name}: {'ok' if error is None else 'FAILED'} ({wall:.0f} s)"
+                       + ("" if error is None else f" — {error}"), True)
 
     report = out / "REPORT.md"
     command = shlex.join(["lab", "reproduce", "--protocol", protocol, "--out", str(out_dir), "--jobs", str(jobs),
@@ -183,7 +183,7 @@ def reproduce(protocol: str, out_dir="reproduction", *, jobs: int = 2, overrides
     command += f" (and, from Python, {extras})" if extras else ""
     report.write_text(_report_text(command, protocol, out, results, tables, ran, len(cells), time.time() - start,
                                    train_error))
-    _say(f"reproduce [{protocol}]: done in {time.time() - start:.0f} s → {report}")
+    _sweep.say(f"reproduce [{protocol}]: done in {time.time() - start:.0f} s → {report}", True)
     failed = [n for n, e, _ in ran if e]
     if failed or train_error:
         raise RuntimeError(f"reproduce finished with failures (notebooks: {', '.join(failed) or 'none'}; "
@@ -281,7 +281,3 @@ def _rel(path: Path, base: Path) -> str:
         return str(path.relative_to(base))
     except ValueError:
         return str(path)
-
-
-def _say(line: str):
-    print(line, file=sys.stderr, flush=True)

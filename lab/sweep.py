@@ -156,8 +156,8 @@ def sweep(table: str, protocol: str, results_dir="results", *, jobs: int = 1, la
     found = reusable(missing, reuse)
     missing = [c for c in missing if c not in found]
     say(f"{table} [{protocol}]: {count(len(cells), 'unique cell')}, {len(cells) - len(missing) - len(found)} done, "
-         + (f"{len(found)} to copy from {', '.join(map(str, reuse))}, " if found else "")
-         + f"{len(missing)} to run" + (" (dry run)" if dry_run else ""), progress)
+        + (f"{len(found)} to copy from {', '.join(map(str, reuse))}, " if found else "")
+        + f"{len(missing)} to run" + (" (dry run)" if dry_run else ""), progress)
     for cell, source in found.items():
         if dry_run:
             listed(f"  would copy {cell.spec} seed={cell.seed} <- {source}", progress)
@@ -273,7 +273,7 @@ def run_cells(cells, *, jobs: int = 1, progress: bool = True, desc: str = "cells
                 clock.finished(cell, started, value if kind == "ok" else None)
                 if kind == "fault" and cells[i + 1:]:
                     say(f"{desc}: the GPU faulted, and this process cannot use it again: run again to train the "
-                         f"{count(len(cells) - i - 1, 'cell')} left", progress)
+                        f"{count(len(cells) - i - 1, 'cell')} left", progress)
                     break
         else:
             workers = min(jobs, len(cells))
@@ -283,15 +283,15 @@ def run_cells(cells, *, jobs: int = 1, progress: bool = True, desc: str = "cells
     except (KeyboardInterrupt, SystemExit):
         raised = f" ({len(errors)} raised: {', '.join(_name(c) for c in errors)})" if errors else ""
         say(f"{desc}: stopped with {count(len(cells) - len(records), 'cell')} unfinished{raised}: run the same command "
-             "again to train them (finished cells are kept; a stopped run resumes from its last checkpoint, if it wrote "
-             "one)", progress)
+            "again to train them (finished cells are kept; a stopped run resumes from its last checkpoint, if it wrote "
+            "one)", progress)
         raise
     finally:
         bar.close()
     if left:
         estimates = ", ".join(f"{s} s" for s in sorted({round(clock.estimate(c)) for c in left}))
         say(f"{desc}: {count(len(left), 'cell')} left for the next run, they would not finish within the deadline "
-             f"({estimates} a cell at the slowest rate so far): run again to train them", progress)
+            f"({estimates} a cell at the slowest rate so far): run again to train them", progress)
     if errors:
         raise CellErrors(errors, records)
     return records

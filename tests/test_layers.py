@@ -86,7 +86,7 @@ def test_generated_kernels_match_the_reference(spec, shift, device, monkeypatch)
         torch.testing.assert_close(a, b)
 
 
-EVERY_TRANSFORM = "|".join(["erf", *(f"{name}=0.5" if t.domain else name for name, t in lab.perturb.TRANSFORMS.items())])
+EVERY_TRANSFORM = "|".join(["erf", *(f"{n}=0.5" if t.domain else n for n, t in lab.perturb.TRANSFORMS.items())])
 """erf under every transform in turn (0.5 is in every domain)."""
 
 
