@@ -178,13 +178,12 @@ def summary(cal: Calibration, planned: dict, wall_s: float | None, errors=None) 
                   "|---|---:|---:|:---:|---:|:---:|"]
         rows = {}
         for spec in cal.subset:
-            cell = ablations.Cell("", "", spec, paper.get(spec))
+            cell = ablations.Cell("", "", spec, paper.get(spec), has_paper=spec != sweep.BASELINE)
             runs = {c.seed: records[c] for c in cells if c.spec == spec and c in records}
             top1 = rows[spec] = tables.cell_result(cell, runs, "top1")
-            baseline = spec == sweep.BASELINE
-            agrees = tables.MISSING if baseline or top1.agrees is None else "yes" if top1.agrees else "**no**"
+            agrees = tables.MISSING if top1.agrees is None else "yes" if top1.agrees else "**no**"
             name_md = spec.replace("|", r"\|")   # a bare | would split the markdown cell
-            lines.append(f"| `{name_md}` | {tables.MISSING if baseline else top1.paper_text()} | "
+            lines.append(f"| `{name_md}` | {top1.paper_text()} | "
                          f"{_measured(top1, tables.cell_result(cell, runs, 'top1_ema'), multi_seed)} | {agrees} | "
                          f"{_final_train_loss(runs.values())} | {_alpha_range(runs.values())} |")
         a = tables.agreement([r for spec, r in rows.items() if spec != sweep.BASELINE])

@@ -34,7 +34,7 @@ class LinearPatchEmbed(PatchEmbed):
 
 def build_model(model: str = "vit_base_patch16_224", norm: str = "layernorm", alpha0: float = 0.5,
                 shift: float | None = None, **timm_kwargs) -> nn.Module:
-    """A timm ViT whose every norm (2 per block + the final one) is `norm` ("layernorm", "rmsnorm" or a spec).
+    """A timm ViT whose every norm (2 per block + the final one) is `norm` ("layernorm", "rmsnorm", "derf" or a spec).
 
     `model` is a name from timm's vision_transformer module (the models its VisionTransformer builds; hybrids and
     other families fix their own stems or norms), or "vit" for timm's VisionTransformer built from keyword arguments

@@ -182,7 +182,8 @@ def collect(name: str, records, protocol: str | None = None, *, metric: str = "t
     panels = [[cell_result(c, by_spec.get(c.spec, {}), metric) for c in p.cells] for p in ablation.panels]
     baseline = None
     if "layernorm" in by_spec:
-        baseline = cell_result(ablations.Cell("LayerNorm", "", "layernorm", None), by_spec["layernorm"], metric)
+        cell = ablations.Cell("LayerNorm", "", "layernorm", None, has_paper=False)     # the paper has no such cell
+        baseline = cell_result(cell, by_spec["layernorm"], metric)
     seeds = sorted({s for runs in by_spec.values() for s in runs}, key=str)
     return TableResult(ablation, panels, protocol, config_hash, metric, seeds, baseline, notes)
 
