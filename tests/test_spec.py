@@ -1,4 +1,6 @@
 """Spec grammar: canonical names, round trips, and one clear error per kind of bad input."""
+import re
+
 import pytest
 import torch
 
@@ -70,3 +72,10 @@ def test_norm_names():
     assert lab.is_norm_name("rmsnorm") and not lab.is_norm_name("batchnorm")
     with pytest.raises(ValueError, match="layernorm, rmsnorm"):
         lab.canonical_norm("batchnorm")
+
+
+def test_every_base_and_transform_name_is_safe_in_a_file_name_and_no_norm_name():
+    """results.record_path writes | and = as __ and _: a name with _ would make two specs one file name."""
+    for name in [*lab.BASES, *lab.TRANSFORMS]:
+        assert re.fullmatch(r"[a-z0-9]+", name), name
+    assert not {*lab.layers.NORMALIZATIONS, lab.layers.DERF} & set(lab.BASES)     # a norm name would hide the base
