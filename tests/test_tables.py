@@ -225,7 +225,10 @@ def test_a_table_of_your_own_shows_a_dash_where_it_gives_no_paper_value_and_agre
     assert "– in the paper's place: the table gives no paper value (4 of 6 cells)." in md
     assert [r.agrees for r in tables.collect(own_table, records, "smoke").results] == [True, None, True, None, None,
                                                                                         None]
-    assert set(tables.frame(own_table, records, "smoke")["table"]) == {"table_gd"}
+    df = tables.frame(own_table, records, "smoke")
+    assert set(df["table"]) == {"table_gd"}
+    erf = df[df["row"] == "erf"]      # λ = 0, 0.3, 3: a value, none, the paper's ×
+    assert erf["has_paper"].tolist() == [True, False, True] and erf["paper"].isna().tolist() == [False, True, True]
     assert r"\label{tab:table_gd}" in tables.render(own_table, records, "tex", "smoke")
 
     own_table.write_text(own_table.read_text(encoding="utf-8").replace(", paper: [82.6, null, ×]", ""),
