@@ -85,6 +85,11 @@ def table_cells(table: str, protocol: str, results_dir, *, seeds=None, overrides
     """The LayerNorm baseline plus the table's unique canonical specs, × seeds ("all": every paper table's; see
     union_cells for `limit` and `specs`)."""
     from . import ablations
+    if table != ALL:
+        try:
+            ablations.load(table)
+        except ValueError as err:
+            raise ValueError(f"{err}; or {ALL!r} for every table of the paper") from None
     return union_cells(ablations.TABLES if table == ALL else [table], protocol, results_dir, seeds=seeds,
                        overrides=overrides, device=device, limit=limit, specs=specs)
 

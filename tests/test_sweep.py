@@ -57,7 +57,8 @@ def test_slurm_time_takes_sbatchs_formats_as_whole_minutes(given, minutes):
     assert sweep._slurm_params({"time": given}) == {"time": minutes}
 
 
-@pytest.mark.parametrize("kwargs, word", [({"table": "table9"}, "table9"), ({"protocol": "smok"}, "smok"),
+@pytest.mark.parametrize("kwargs, word", [({"table": "table9"}, "table9.*; or .all. for every table of the paper"),
+                                          ({"protocol": "smok"}, "smok"),
                                           ({"launcher": "pbs"}, "pbs"), ({"overrides": ["epochz=1"]}, "epochz"),
                                           ({"launcher": "slurm", "deadline": 60}, "deadline"),
                                           ({"launcher": "slurm", "jobs": 2}, "jobs applies to the local"),
