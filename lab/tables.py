@@ -389,7 +389,8 @@ def frame(name: str, records=(), protocol: str | None = None, *, metric: str = "
     table = collect(name, records, protocol, metric=metric, config_hash=config_hash)
     return pd.DataFrame([{
         "table": table.ablation.name, "panel": r.cell.panel, "row": r.cell.row, "col": r.cell.col, "spec": r.cell.spec,
-        "paper": r.cell.paper, "has_paper": r.cell.has_paper, "mean": r.mean, "std": r.std, "n_ok": len(r.values), "n_failed": len(r.failures),
+        "paper": r.cell.paper, "has_paper": r.cell.has_paper, "mean": r.mean, "std": r.std, "n_ok": len(r.values),
+        "n_failed": len(r.failures),
         "failure_kinds": ",".join(k or "" for k in r.failures), "trained": r.trained, "agrees": r.agrees,
         "protocol": table.protocol, "config_hash": table.config_hash,
     } for r in table.results])
