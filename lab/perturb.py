@@ -124,6 +124,8 @@ def parse(spec: str) -> tuple[str, tuple[tuple[str, float | None], ...]]:
         if not has_value:
             raise ValueError(f"transform '{name}' needs a value ({name}=λ, {transform.domain}) in spec '{spec}'")
         try:
+            if "_" in text:      # float() reads Python's 1_0 as 10: not how a spec writes a number
+                raise ValueError(text)
             value = float(text)
         except ValueError:
             raise ValueError(f"bad number '{text}' for transform '{name}' in spec '{spec}'; "

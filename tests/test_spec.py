@@ -52,6 +52,7 @@ def test_a_pointwise_function_chains_the_incoming_gradient():
     ("erf|flat=-0.1", "flat=-0.1 is outside its domain (λ ≥ 0)"),
     ("erf|neg=1", "takes no value"),
     ("erf|hshift", "needs a value"),
+    ("erf|hshift=1_0", "bad number '1_0' for transform 'hshift'"),
 ])
 def test_bad_specs_raise_value_error_naming_the_part(spec, fragment):
     with pytest.raises(ValueError) as info:
