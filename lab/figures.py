@@ -62,7 +62,9 @@ def math_label(spec: str) -> str:
         if lam is not None:
             formula = formula.replace("λ", format_number(lam).replace("-", "−"))
         inner = expr if _is_atom(expr) else f"({expr})"
-        expr = _CALL_OF_F.sub(lambda call: _at(inner, call[1]), formula)
+        factor = f"({expr})" if expr.startswith("−") else inner      # "·(−erf(x))", not "·−erf(x)"
+        expr = _CALL_OF_F.sub(lambda call: _at(factor if formula[:call.start()].endswith("·") else inner, call[1]),
+                              formula)
     expr = expr.replace("+ −", "− ").replace("− −", "+ ").replace("−−", "")
     return expr if transforms or expr.startswith(base) else f"{base} = {expr}"
 

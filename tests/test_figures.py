@@ -125,6 +125,7 @@ def drawn(monkeypatch):
     ("erf", "erf(x)"), ("erf|neg", "−erf(x)"), ("erf|hshift=1", "erf(x + 1)"), ("erf|hshift=-0.5", "erf(x − 0.5)"),
     ("erf|vshift=0.5", "erf(x) + 0.5"), ("arcsinh|clip=2", "clip(arcsinh(x), −2, 2)"), ("dampx", "dampx = 2x/(1+x²)"),
     ("dampx|hshift=1", "2(x + 1)/(1+(x + 1)²)"), ("erf|vshift=0.5|neg", "−(erf(x) + 0.5)"), ("linear", "linear = x"),
+    ("tanh|neg|blend=0.5", "(1 − 0.5)·(−tanh(x)) + 0.5·x"), ("erf|neg|vshift=0.5", "−erf(x) + 0.5"),
 ])
 def test_math_label_writes_the_function_a_spec_names(spec, label):
     assert figures.math_label(spec) == label
