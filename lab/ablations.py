@@ -144,6 +144,20 @@ def _fill(where: str, template: str, variables: dict) -> str:
         raise ValueError(f"{where}: {err}") from None
 
 
+def _check_variables(where: str, raw: dict, templates: set) -> None:
+    """Every key of a row or column is `label`, `spec`, `paper` or a variable some spec template of the panel uses:
+    a misspelt `paper` or a stray key (`lam: 0,5` is `lam: 0` and a key "5") would otherwise pass unnoticed."""
+    used = {name for t in templates for _, name, _, _ in string.Formatter().parse(t) if name}
+    valid = ["label", "spec", "paper", *sorted(used - {"row", "col"})]
+    for axis in _AXES:
+        for i, item in enumerate(raw[axis]):
+            unknown = [str(k) for k in (item if isinstance(item, dict) else {}) if k not in valid]
+            if unknown:
+                raise ValueError(f"{where} {axis[:-1]} {i + 1}: key {unknown[0]!r}{did_you_mean(unknown[0], valid)} is "
+                                 f"no variable of the spec templates {sorted(templates)}; valid keys: "
+                                 f"{', '.join(valid)}")
+
+
 def _paper_value(where: str, value, required: bool) -> float | None:
     if value is None and not required:
         return None
@@ -163,7 +177,7 @@ def _panel(name: str, index: int, raw, paper_required: bool) -> Panel:
         raise ValueError(f"{where}: x_axis {x_axis!r} must be one of {', '.join(_AXES)}")
     title = str(raw.get("title", ""))
     columns = [_entry(f"{where} column {j + 1}", c, "columns") for j, c in enumerate(raw["columns"])]
-    rows, cells = [], []
+    rows, cells, templates = [], [], set()
     for i, row in enumerate(raw["rows"]):
         row_where = f"{where} row {i + 1}"
         labels, row_vars, row_spec = _entry(row_where, row, "rows")
@@ -179,9 +193,11 @@ def _panel(name: str, index: int, raw, paper_required: bool) -> Panel:
             template = col_spec or row_spec or raw.get("spec")
             if not template:
                 raise ValueError(f"{cell_where}: no spec template (give the panel, row or column a 'spec')")
+            templates.add(template)
             spec = _fill(cell_where, template, {**row_vars, **col_vars})
             cells.append(Cell(", ".join(labels), col_labels[0], spec, _paper_value(cell_where, value, paper_required),
                               title, has_paper=value is not None))
+    _check_variables(where, raw, templates)
     widths = {len(r) for r in rows} | {len(raw["row_header"])}
     if len(widths) != 1:
         raise ValueError(f"{where}: row_header {raw['row_header']} and the row labels differ in length")

@@ -223,3 +223,15 @@ def test_principles_and_training_order_of_the_tables():
     assert ablations.load("table2").specs()[:4] == ["arcsinh", "logsign", "linear", "arcsinh|clip=0.5"]
     assert ablations.load("table6").specs() == ["erf", "erf|neg", "tanh", "tanh|neg", "arctan", "arctan|neg", "sin",
                                                 "dampx", "dampexp"]
+
+
+@pytest.mark.parametrize("typo, message", [
+    ("{label: erf, paper:", r"panel 1 row 1: key 'paer' \(did you mean 'paper'\?\) is no variable of the spec "
+                            r"templates \['\{row\}\|hshift=\{lam\}'\]; valid keys: label, spec, paper, lam"),
+    ('{label: "0.3", lam: 0.3}', r"panel 1 column 2: key '3' is no variable"),    # a decimal comma: lam 0, key 3
+])
+def test_a_key_no_spec_template_uses_is_an_error(own_table, typo, message):
+    fixed = {"{label: erf, paper:": "{label: erf, paer:", '{label: "0.3", lam: 0.3}': '{label: "0.3", lam: 0,3}'}
+    own_table.write_text(own_table.read_text(encoding="utf-8").replace(typo, fixed[typo]), encoding="utf-8")
+    with pytest.raises(ValueError, match=message):
+        ablations.load(own_table)
