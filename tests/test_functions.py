@@ -134,6 +134,18 @@ def test_the_backward_pass_value_is_the_forward_pass_value(spec):
     np.testing.assert_allclose(f.value_and_grad(x)[0].numpy(), f.value(x).numpy(), rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("name", [n for n, t in lab.perturb.TRANSFORMS.items() if t.identity is not None])
+def test_a_transform_at_its_identity_is_f(name):
+    """canonical() drops a transform at its identity λ, so that cell shares f's record: it must then be f (and f',
+    but at x = 0 itself, where flat=0 takes the zone's side of the kink)."""
+    transform, base = lab.perturb.TRANSFORMS[name], lab.functions.BASES["tanh"]
+    x = torch.from_numpy(X[X != 0])
+    y, dy = transform.wrap(base.value_and_grad, transform.identity)(x)
+    for a, b in ((transform.wrap_value(base.value, transform.identity)(x), base.value(x)), (y, base.value(x)),
+                 (dy, base.value_and_grad(x)[1])):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=0, atol=0)
+
+
 def test_flat_zone_is_continuous_for_a_centered_function():
     for lam in (0.1, 0.5, 1.0, 2.0, 3.0):
         edge = np.array([lam - 1e-9, lam, lam + 1e-9])
