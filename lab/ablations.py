@@ -215,10 +215,13 @@ def load(name) -> Ablation:
         return _paper_table(str(name))
     path = Path(name).expanduser()
     if path.suffix not in (".yaml", ".yml"):
-        raise ValueError(f"unknown table {str(name)!r}{did_you_mean(name, TABLES)}: neither a table of the paper "
-                         f"({', '.join(TABLES)}) nor the path of a .yaml table of your own")
+        hint = (f" (did you mean '{name}.yaml'?)" if path.with_name(f"{path.name}.yaml").is_file() else
+                did_you_mean(name, TABLES))
+        raise ValueError(f"unknown table {str(name)!r}{hint}: neither a table of the paper ({', '.join(TABLES)}) nor "
+                         f"the path of a .yaml table of your own")
     if not path.is_file():
-        raise ValueError(f"table {str(name)!r}: no such file ({path.absolute()})")
+        beside = [str(path.parent / p.name) for p in path.parent.glob("*.y*ml")] if path.parent.is_dir() else []
+        raise ValueError(f"table {str(name)!r}: no such file ({path.absolute()}){did_you_mean(path, beside)}")
     if path.stem in TABLES:     # records name their table by it: one of your own must not pass for the paper's
         if path.resolve() == (ABLATIONS_DIR / f"{path.stem}.yaml").resolve():
             return _paper_table(path.stem)

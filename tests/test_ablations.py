@@ -235,3 +235,11 @@ def test_a_key_no_spec_template_uses_is_an_error(own_table, typo, message):
     own_table.write_text(own_table.read_text(encoding="utf-8").replace(typo, fixed[typo]), encoding="utf-8")
     with pytest.raises(ValueError, match=message):
         ablations.load(own_table)
+
+
+def test_a_misspelt_path_of_your_own_table_suggests_the_file_there(own_table, monkeypatch):
+    monkeypatch.chdir(own_table.parent.parent)
+    with pytest.raises(ValueError, match=r"no such file \(.*/my/tabel_gd\.yaml\) \(did you mean 'my/table_gd\.yaml'\?\)"):
+        ablations.load("my/tabel_gd.yaml")
+    with pytest.raises(ValueError, match=r"unknown table 'my/table_gd' \(did you mean 'my/table_gd\.yaml'\?\)"):
+        ablations.load("my/table_gd")
