@@ -446,9 +446,13 @@ def accuracy_vs_lambda(name: str, records, out_dir="figures", protocol: str | No
                 where = (f"measured ({table.protocol or 'no results'})" if measured else
                          "paper (ViT-B, ImageNet-1K)" if table.ablation.of_paper else "paper (as the table gives it)")
                 ax.set_title(f"{panel.title} — {where}" if panel.title else where)
-                if not (panel_run if measured else any(r.cell.has_paper for r in results)):
-                    ax.text(0.5, 0.5, "no results" if measured else "no paper values", transform=ax.transAxes,
-                            ha="center", va="center", color="0.5")
+                if measured:      # no point to draw: say why instead of an empty scale
+                    trained = any(r.trained for r in results)
+                    empty = "no results" if not panel_run else None if trained else "no cell trained"
+                else:
+                    empty = None if any(r.cell.has_paper for r in results) else "no paper values"
+                if empty:
+                    ax.text(0.5, 0.5, empty, transform=ax.transAxes, ha="center", va="center", color="0.5")
                     ax.set_yticks([])
             if len(series) > 1:
                 ax_p.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.0, 0.5))

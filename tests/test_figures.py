@@ -309,3 +309,10 @@ def test_a_table_of_your_own_may_compare_against_norm_names(tmp_path, drawn):
     measured = drawn[0].axes[0]
     assert [t.get_text() for t in measured.get_xticklabels()] == ["LayerNorm", "erf", "derf"]
     assert list(np.asarray(measured.containers[0].lines[0].get_ydata(), float)) == [60.0, 50.0, 55.0]
+
+
+def test_a_panel_where_no_cell_trained_says_so(drawn):
+    figures.accuracy_vs_lambda("table4", [fake(f, kind="diverged") for f in ("logsign", "linear")])
+    measured, _ = drawn[0].axes
+    assert [t.get_text() for t in measured.texts if t.get_text() != "failed"] == ["no cell trained"]
+    assert list(measured.get_yticks()) == []
