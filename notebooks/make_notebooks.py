@@ -82,14 +82,8 @@ def build() -> dict:
         "brackets, its spec.",
         "from lab.reproduce import figures_report\nfigures_report(out_dir, which=[\"figure2\"])",
         "## The four verdicts, measured (lab.audit)\n\n"
-        "Measured on f itself (before α, γ, β), each column a ✓/✗ verdict and the number behind it:\n\n"
-        "- **zero-centered**: f(0); ✓ when it is 0.\n"
-        "- **bounded**: the *max|f| ratio*, max|f| on ±1e6 over max|f| on ±1e3: about 1 when f saturates (✓), about "
-        "2 for log-type growth, 1e2–1e3 for power and linear growth. It tells bounded from unbounded but does not rank "
-        "growth rates: logsign and logquad both read 2, though logquad grows faster (Table 4's order is Figure "
-        "3's).\n"
-        "- **center-sensitive**: flat=±δ, the half-width of the zone around 0 where f is constant; ✓ when 0.\n"
-        "- **monotonic**: the direction of f on ±20: increasing or decreasing (✓), or non-monotonic (✗).",
+        "Measured on f itself (before α, γ, β), each column a ✓/✗ verdict and the number behind it; the lines under "
+        "the table say what each number measures and when it passes.",
         "from lab.principles import audit_table\nprint(audit_table())",
         "## A tiny training run: erf against linear(x) = x (× in the paper)",
         "from lab.reproduce import demo_report\n"
@@ -109,10 +103,10 @@ def build() -> dict:
             "train=train)")
     books["07_figures"] = notebook("Figures 2–4", "The paper's function plots, drawn from the lab's specs: the four "
                                    "properties, each satisfied and violated (Figure 2); the unbounded functions of "
-                                   "Table 4, slowest to fastest growth as x → ∞ (Figure 3: on the plotted range "
-                                   "power23 overtakes logquad for good only at x ≈ 9.8); erf, −erf and the non-monotonic "
-                                   "functions of Table 6 (Figure 4). The training losses of the paper's appendix "
-                                   "Figures 6–8 are drawn in the notebooks of Tables 1, 5 and 6.",
+                                   "Table 4, slowest to fastest growth as x → ∞ (Figure 3, which marks where power23 "
+                                   "overtakes logquad for good); erf, −erf and the non-monotonic functions of Table 6 "
+                                   "(Figure 4). The training losses of the paper's appendix Figures 6–8 are drawn in "
+                                   "the notebooks of Tables 1, 5 and 6.",
                                    'out_dir = "reproduction"  # figures/ is written here',
                                    "from lab.reproduce import figures_report\nfigures_report(out_dir)")
     for nb in books.values():
