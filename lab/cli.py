@@ -8,8 +8,16 @@ import threading
 
 
 def _train(args):
-    from . import ablations, config, results, train
-    table = None if args.table is None else ablations.load(args.table).name     # a path: its table's name
+    from . import ablations, config, results, sweep, train
+    from .layers import canonical_norm
+    table = None
+    if args.table is not None:   # a path names its table by the file's stem
+        ablation = ablations.load(args.table)
+        cells = sweep.trained_specs(ablation)
+        if canonical_norm(args.norm) not in cells:
+            raise ValueError(f"--norm {args.norm!r} is not a cell of {ablation.name} (--table): its cells are "
+                             f"{', '.join(cells)}")
+        table = ablation.name
     cfg = config.load(args.protocol, args.set)
     earlier = results.finished(results.record_path(args.out, args.norm, cfg)) is not None
     record = train.run(cfg, args.norm, args.out, table=table, progress=not args.quiet)
@@ -157,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
                    'point-wise spec such as "erf|hshift=0.5"')
     p.add_argument("--out", default="results", help="results folder (default: results)")
     p.add_argument("--table", default=None, type=_table,
-                   help=f"table the cell belongs to (recorded only): {tables}")
+                   help=f"table the cell belongs to (checked, and written in its record): {tables}")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     overrides(p)
     p.set_defaults(handler=_train)

@@ -94,6 +94,12 @@ def table_cells(table: str, protocol: str, results_dir, *, seeds=None, overrides
                        overrides=overrides, device=device, limit=limit, specs=specs)
 
 
+def trained_specs(ablation) -> list[str]:
+    """What a sweep of this table (an ablations.Ablation) trains: the LayerNorm baseline, then its unique specs."""
+    from .layers import canonical_norm
+    return list(dict.fromkeys([canonical_norm(BASELINE), *ablation.specs()]))
+
+
 def union_cells(tables, protocol: str, results_dir, *, seeds=None, overrides=None, device=None,
                 limit: int | None = None, specs=None) -> list[Cell]:
     """The cells of several tables (see ablations.load: the paper's, or paths of your own) as one grid: a spec they
@@ -104,8 +110,7 @@ def union_cells(tables, protocol: str, results_dir, *, seeds=None, overrides=Non
     """
     from . import ablations
     from .layers import canonical_norm
-    loaded = [ablations.load(t) for t in tables]
-    per_table = {ab.name: list(dict.fromkeys([canonical_norm(BASELINE), *ab.specs()])) for ab in loaded}
+    per_table = {ab.name: trained_specs(ab) for ab in map(ablations.load, tables)}
     if specs is not None:
         wanted = [canonical_norm(s) for s in specs]
         known = list(dict.fromkeys(s for table_specs in per_table.values() for s in table_specs))

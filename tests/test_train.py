@@ -132,6 +132,20 @@ def test_a_table_is_one_of_the_papers_or_a_table_of_your_own(tmp_path, capsys):
     assert stop.value.code == 2 and "unknown table 'table9'" in capsys.readouterr().err and not any(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("norm, ok", [("sin", False), ("erf|hshift=3", False), ("erf|vshift=0.5", True),
+                                      ("layernorm", True)])
+def test_a_norm_not_in_its_table_is_refused_before_training(tmp_path, monkeypatch, capsys, norm, ok):
+    """--table names the table a cell belongs to: a norm it has no cell for is an error listing its cells (the
+    LayerNorm baseline is every table's)."""
+    monkeypatch.setattr(train, "run", lambda cfg, norm, out, **_: {"failure": None, "top1": 1.0, "top1_ema": 1.0,
+                                                                   "spec": norm, "protocol": "smoke", "path": out})
+    code = cli.main(["train", "--protocol", "smoke", "--norm", norm, "--table", "table1", "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert (code == 0) == ok and not any(tmp_path.iterdir())
+    if not ok:
+        assert f"{norm!r} is not a cell of table1" in err and "erf|vshift=0.5" in err
+
+
 def test_compile_mode_reaches_torch_compile(tmp_path, monkeypatch):
     """compile_mode=reduce-overhead (CUDA graphs for the launch-bound proxy) is torch.compile's mode argument."""
     seen = []
