@@ -20,7 +20,6 @@ import datetime
 import functools
 import gc
 import json
-import math
 import multiprocessing as mp
 import platform
 import re
@@ -33,6 +32,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from . import config
+from .cli import positive_number
 from .layers import DERF, raise_recompile_limit
 from .models import build_model
 from .mps import shared_gpu
@@ -544,17 +544,6 @@ def _integer(low: int):
     return parse
 
 
-def _positive(text: str) -> float:
-    """An argparse type: a finite number > 0 (seconds, TFLOPS)."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
-
-
 def _run_counts(text: str) -> list[int]:
     """An argparse type: --packing's comma-separated numbers of concurrent runs ("": none)."""
     try:
@@ -581,7 +570,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda or cuda:N")
     p.add_argument("--packing", type=_run_counts, default="",
                    help="e.g. 1,2,4,8: concurrent small-model runs on one device")
-    p.add_argument("--packing-seconds", type=_positive, default=10.0)
+    p.add_argument("--packing-seconds", type=positive_number, default=10.0)
     p.add_argument("--packing-mode", default="eager",
                    help="each packed run's step: eager, compiled, compiled-graphs (N processes), or graphed-streams "
                         "(N runs in one process, each step one CUDA graph, on N streams; CUDA only)")
@@ -591,7 +580,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--proxy", action="store_true",
                    help="the proxy protocol's model as its runs train it (configs/protocols/proxy.yaml's model, "
                         "data.img_size, data.num_classes and optim.batch_size), not ViT-B/16 or the CPU one")
-    p.add_argument("--peak-tflops", type=_positive, default=None, help="dense peak for MFU (default: by device name)")
+    p.add_argument("--peak-tflops", type=positive_number, default=None, help="dense peak for MFU (default: by device name)")
     p.add_argument("--out", default=str(RESULTS_DIR))
     p.add_argument("--profile", default=None, metavar="DIR",
                    help="also write each cell's per-kernel times (torch.profiler, 3 steps) into DIR")

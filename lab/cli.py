@@ -1,6 +1,7 @@
 """`lab …` command line: thin argument parsing over the library; every handler is one call into lab/."""
 import argparse
 import json
+import math
 import os
 import signal
 import sys
@@ -30,13 +31,14 @@ def _train(args):
     return 0
 
 
-def _seconds(text: str) -> float:
+def positive_number(text: str) -> float:
+    """An argparse type: a finite number > 0 (seconds, TFLOPS)."""
     try:
         value = float(text)
     except ValueError:
-        value = -1.0
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+        value = math.nan
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
     return value
 
 
@@ -155,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "the GPU at once instead of taking turns (started for the run and stopped after it)")
 
     def deadline(p):
-        p.add_argument("--deadline", type=_seconds, default=None, metavar="SECONDS",
+        p.add_argument("--deadline", type=positive_number, default=None, metavar="SECONDS",
                        help="start no cell that would not finish within SECONDS (judged by the slowest cell so far, "
                             "per training image); the others wait for the next run")
 

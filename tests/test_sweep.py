@@ -484,6 +484,15 @@ def test_cli_sweep_dry_run_and_bad_seeds(tmp_path, capsys):
     assert "would run erf seed=3 -> " in capsys.readouterr().out                 # the dry run's list: stdout
 
 
+@pytest.mark.parametrize("seconds", ["0", "-5", "inf", "nan", "ten"])
+def test_a_deadline_is_a_finite_positive_number_of_seconds(tmp_path, capsys, seconds):
+    from lab.cli import main
+    with pytest.raises(SystemExit) as stop:
+        main(["sweep", "table6", "--protocol", "smoke", "--results", str(tmp_path), "--deadline", seconds])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "--deadline" in err and "a positive number" in err and not any(tmp_path.iterdir())
+
+
 def test_cli_errors_and_ctrl_c_are_one_line_not_a_traceback(tmp_path, capsys, monkeypatch):
     from lab.cli import main
     sweep_cells = ["sweep", "table6", "--protocol", "smoke", "--results", str(tmp_path), "--specs", "erf,tanh"]
