@@ -31,8 +31,11 @@ SHORTCUTS = {
 
 NOT_HASHED = ("seed", "device", "threads", "log_every", "checkpoint", "compile", "compile_mode", "data.workers",
               "optim.micro_batch")
-"""Settings that do not change what is learned (where and how fast it runs), left out of config_hash.
-micro_batch only splits the effective batch into accumulation steps."""
+"""Settings of where and how fast a run goes, left out of config_hash. micro_batch only splits the effective batch
+into accumulation steps. The device is one with a caveat: the embedded set is drawn on it, so a CPU and a GPU draw
+different sets from one seed (data.generate), and their records of one cell would be taken for the same experiment.
+Each protocol is meant for one kind of device (smoke: a CPU; proxy: a GPU) and a record names its device; hashing it
+now would rename every committed record."""
 
 
 _POSITIVE = ("> 0", lambda v: v > 0)
@@ -131,7 +134,7 @@ def _check(cfg: dict):
 
 
 def config_hash(cfg: dict) -> str:
-    """12 hex chars over everything that changes the result, except the seed and the norm (see NOT_HASHED)."""
+    """12 hex chars over the config less the seed, the norm and NOT_HASHED (where and how fast it runs)."""
     kept = copy.deepcopy(cfg)
     for dotted in NOT_HASHED:
         *parents, leaf = dotted.split(".")

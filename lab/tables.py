@@ -2,9 +2,10 @@
 tex / csv / html.
 
 Records are matched to cells by canonical spec and protocol only (a record trained for another table serves every
-cell with its spec). Within one protocol, records of one config hash are used (the hash covers everything but the seed
-and the norm): the one with most records unless `config_hash` is given; the others are named in a note. Several seeds
-of a cell give mean ± std over the seeds that trained. A cell counts as failed if any of its seeds failed.
+cell with its spec). Within one protocol, records of one config hash are used (the hash covers the config but the
+seed, the norm and where it ran: config.NOT_HASHED): the one with most records unless `config_hash` is given; the
+others are named in a note. Several seeds of a cell give mean ± std over the seeds that trained. A cell counts as
+failed if any of its seeds failed.
 """
 import csv
 import html
