@@ -18,6 +18,7 @@ from pathlib import Path
 from .config import read_yaml
 from .layers import canonical_norm
 from .perturb import did_you_mean
+from .principles import PROPERTIES
 
 ABLATIONS_DIR = Path(__file__).resolve().parent.parent / "ablations"
 PAPER_TABLE = re.compile(r"table[1-9]\d*")
@@ -33,7 +34,6 @@ TABLES = paper_tables(ABLATIONS_DIR)
 """`lab sweep all`, `lab fidelity`, `lab reproduce` and the notebooks are these tables."""
 FAILURE = "×"
 NO_PAPER = "–"
-PRINCIPLES = ("zero_centered", "bounded", "center_sensitive", "monotonic")
 _TABLE_KEYS = {"title", "caption", "principle", "panels"}
 _PANEL_KEYS = {"title", "row_header", "col_header", "x_axis", "spec", "columns", "rows"}
 _AXES = ("columns", "rows")
@@ -240,8 +240,8 @@ def _parse(name: str, path: Path, where: str, paper_required: bool) -> Ablation:
     raw = read_yaml(path)
     _check_keys(where, raw, _TABLE_KEYS, {"title", "panels"})
     principle = raw.get("principle", "")
-    if principle and principle not in PRINCIPLES:
-        raise ValueError(f"{where}: principle {principle!r} must be one of {', '.join(PRINCIPLES)}")
+    if principle and principle not in PROPERTIES:
+        raise ValueError(f"{where}: principle {principle!r} must be one of {', '.join(PROPERTIES)}")
     panels = tuple(_panel(where, i, p, paper_required) for i, p in enumerate(raw["panels"]))
     return Ablation(name, str(raw["title"]), " ".join(str(raw.get("caption", "")).split()), principle, panels)
 

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import yaml
 
 from . import ablations, config, data, results, sweep, tables
 from .layers import PointwiseNorm, canonical_norm

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from lab import ablations, sweep, tables
+from lab import sweep, tables
 
 GOLDEN = Path(__file__).parent / "golden"
 
