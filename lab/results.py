@@ -36,17 +36,23 @@ def write_json_atomic(path, obj) -> Path:
 
 
 def write_text_atomic(path, text: str) -> Path:
-    """Write `text` through a temporary file and os.replace: readers only ever see complete files. The file gets the
-    umask's mode, as one written by `open` does (mkstemp's 0600 hid records in a shared results folder)."""
+    """Write `text` atomically (see write_atomic)."""
+    return write_atomic(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def write_atomic(path, write) -> Path:
+    """Call write(binary file) on a temporary file, then fsync and os.replace: readers only ever see complete files,
+    and a stop during the write leaves no half file (a ViT-B checkpoint is gigabytes). The file gets the umask's mode,
+    as one written by `open` does (mkstemp's 0600 hid records in a shared results folder)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            write(f)
             f.flush()
-            os.fsync(f.fileno())
+            os.fsync(f.fileno())     # a crash after the rename leaves a whole file, not an empty one
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

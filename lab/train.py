@@ -26,7 +26,6 @@ import math
 import os
 import platform
 import random
-import sys
 import time
 import warnings
 from contextlib import contextmanager, nullcontext
@@ -52,7 +51,8 @@ from . import data as data_mod
 from .config import config_hash
 from .layers import PointwiseNorm, canonical_norm
 from .models import from_config
-from .results import checkpoint_path, finished, git_commit, log_path, pool_text, record_path, write_json_atomic
+from .results import (checkpoint_path, finished, git_commit, log_path, pool_text, record_path,
+                      write_atomic, write_json_atomic)
 
 AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}    # config.CHOICES["precision"]
 
@@ -334,16 +334,7 @@ class Trainer:
                     "model": self.model.state_dict(), "ema": self.ema.state_dict(),
                     "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                     "scaler": self.scaler.state_dict(), "rng": rngs, "state": self.state}
-            tmp = self.ckpt.with_name(f".{self.ckpt.name}.tmp")
-            try:
-                with open(tmp, "wb") as f:
-                    torch.save(blob, f)
-                    f.flush()
-                    os.fsync(f.fileno())     # a crash after the rename leaves a whole checkpoint, not an empty one
-                os.replace(tmp, self.ckpt)
-            except BaseException:
-                tmp.unlink(missing_ok=True)  # a stop during the write leaves no half file (gigabytes for ViT-B)
-                raise
+            write_atomic(self.ckpt, lambda f: torch.save(blob, f))
             self._log(f"checkpoint at update {self.state['step']}")
         if self.world > 1:
             dist.barrier()
@@ -504,12 +495,3 @@ def _set_rng_state(state: dict):
     if state["cuda"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
-
-def main(argv=None) -> int:
-    """`python -m lab.train` = `lab train` (for torchrun: python -m torch.distributed.run ... -m lab train ...)."""
-    from .cli import main as cli_main
-    return cli_main(["train", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
