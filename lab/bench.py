@@ -33,7 +33,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from . import config
 from .cli import positive_number
-from .layers import DERF, raise_recompile_limit
+from .layers import DERF, plain_kernels, raise_recompile_limit
 from .models import build_model
 from .mps import shared_gpu
 from .results import git_commit, writable_dir, write_json_atomic
@@ -454,7 +454,7 @@ def run(norms, modes, dtypes, device, steps, warmup, shape, packing_ns=(), packi
             baseline = () if mode == "eager-plain" else ("layernorm",)   # LayerNorm has no point-wise kernels
             group = [*baseline, *[n for n in norms if n != "layernorm"]]
             for cell in ([group] if rounds > 1 else [[norm] for norm in group]):
-                with _plain_kernels(mode == "eager-plain"):
+                with plain_kernels() if mode == "eager-plain" else contextlib.nullcontext():
                     new = measure_rounds(cell, mode, dtype, shape, device, steps, warmup, rounds, peak, profile_dir)
                 rows += new
                 for r in new if progress else ():
@@ -477,17 +477,6 @@ def run(norms, modes, dtypes, device, steps, warmup, shape, packing_ns=(), packi
         else:
             packing(packing_ns, shape, device, packing_seconds, packing_mode, mps, on_row=packed)
     return rows
-
-
-@contextlib.contextmanager
-def _plain_kernels(plain: bool):
-    from . import layers
-    saved = layers.FUSED_DEVICE_TYPES
-    layers.FUSED_DEVICE_TYPES = set() if plain else saved
-    try:
-        yield
-    finally:
-        layers.FUSED_DEVICE_TYPES = saved
 
 
 def main(args: argparse.Namespace) -> int:

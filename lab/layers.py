@@ -6,6 +6,7 @@ f alive per layer per block; here the memory is that of one activation, which th
 On a GPU in eager mode the forward and backward bodies run as kernels that inductor generates once per spec (one
 elementwise pass forward; one pass plus its reductions backward), instead of a dozen separate elementwise ops.
 """
+import contextlib
 import functools
 
 import torch
@@ -90,6 +91,17 @@ def raise_recompile_limit(at_least: int) -> None:
     config = torch._dynamo.config
     name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
     setattr(config, name, max(getattr(config, name), at_least))
+
+
+@contextlib.contextmanager
+def plain_kernels():
+    """Eager mode runs the plain torch expression on every device meanwhile (bench's eager-plain: what fusing saves)."""
+    global FUSED_DEVICE_TYPES
+    saved, FUSED_DEVICE_TYPES = FUSED_DEVICE_TYPES, set()
+    try:
+        yield
+    finally:
+        FUSED_DEVICE_TYPES = saved
 
 
 def fuses_on(device_type: str) -> bool:

@@ -112,6 +112,15 @@ def test_dispatch_modes_get_the_plain_expression(monkeypatch):
     assert lab.layers._use_fused(x)
 
 
+def test_plain_kernels_turns_the_generated_kernels_off_meanwhile(monkeypatch):
+    """bench's eager-plain measures what the generated kernels save: the plain expression inside, kernels after."""
+    monkeypatch.setattr(lab.layers, "FUSED_DEVICE_TYPES", {"cpu"})
+    x = torch.randn(2, 8)
+    with lab.layers.plain_kernels():
+        assert not lab.layers._use_fused(x)
+    assert lab.layers._use_fused(x)
+
+
 def test_a_compiled_model_traces_the_plain_expression(monkeypatch):
     """Inside torch.compile the layer is traced as plain ops (inductor fuses them with their neighbours)."""
     monkeypatch.setattr(lab.layers, "FUSED_DEVICE_TYPES", {"cpu"})
