@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-from .config import read_yaml
+from .config import check_keys, read_yaml
 from .layers import canonical_norm
 from .perturb import did_you_mean
 from .principles import PROPERTIES
@@ -101,16 +101,6 @@ class Ablation:
         return list(dict.fromkeys(c.spec for c in self.cells))
 
 
-def _check_keys(where: str, mapping, allowed: set, required: set) -> None:
-    if not isinstance(mapping, dict):
-        raise ValueError(f"{where}: expected a mapping, got {mapping!r}")
-    unknown, missing = set(mapping) - allowed, required - set(mapping)
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {sorted(unknown)}; valid keys: {sorted(allowed)}")
-    if missing:
-        raise ValueError(f"{where}: missing key(s) {sorted(missing)}")
-
-
 def _entry(where: str, item, axis: str) -> tuple[tuple[str, ...], dict, str | None]:
     """(label columns, template variables, own spec template) of one row or column entry."""
     if not isinstance(item, dict):
@@ -171,7 +161,7 @@ def _paper_value(where: str, value, required: bool) -> float | None:
 
 def _panel(name: str, index: int, raw, paper_required: bool) -> Panel:
     where = f"{name} panel {index + 1}"
-    _check_keys(where, raw, _PANEL_KEYS, {"row_header", "columns", "rows"})
+    check_keys(where, raw, _PANEL_KEYS, {"row_header", "columns", "rows"})
     x_axis = raw.get("x_axis", "columns")
     if x_axis not in _AXES:
         raise ValueError(f"{where}: x_axis {x_axis!r} must be one of {', '.join(_AXES)}")
@@ -238,7 +228,7 @@ def _paper_table(name: str) -> Ablation:
 def _parse(name: str, path: Path, where: str, paper_required: bool) -> Ablation:
     """Table `name` from `path`; errors start with `where`."""
     raw = read_yaml(path)
-    _check_keys(where, raw, _TABLE_KEYS, {"title", "panels"})
+    check_keys(where, raw, _TABLE_KEYS, {"title", "panels"})
     principle = raw.get("principle", "")
     if principle and principle not in PROPERTIES:
         raise ValueError(f"{where}: principle {principle!r} must be one of {', '.join(PROPERTIES)}")

@@ -48,7 +48,7 @@ def load(path) -> Calibration:
     if not path.is_file():
         raise ValueError(f"calibration file {str(path)!r} not found (examples: configs/calibration/)")
     raw = config.read_yaml(path)
-    ablations._check_keys(str(path), raw, KEYS, REQUIRED)
+    config.check_keys(str(path), raw, KEYS, REQUIRED)
     base = raw.get("base")
     if base is not None:
         base = path.parent / str(base)

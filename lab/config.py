@@ -155,6 +155,17 @@ def _get(cfg: dict, dotted: str):
     return node
 
 
+def check_keys(where: str, mapping, allowed: set, required: set) -> None:
+    """A file's mapping has only `allowed` keys and every `required` one; ValueError naming them otherwise."""
+    if not isinstance(mapping, dict):
+        raise ValueError(f"{where}: expected a mapping, got {mapping!r}")
+    unknown, missing = set(mapping) - allowed, required - set(mapping)
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {sorted(unknown)}; valid keys: {sorted(allowed)}")
+    if missing:
+        raise ValueError(f"{where}: missing key(s) {sorted(missing)}")
+
+
 def read_yaml(path: Path):
     """The file's YAML; a syntax error is one ValueError naming the file and the place, not the parser's traceback."""
     try:
