@@ -1,4 +1,5 @@
-"""`lab …` command line: thin argument parsing over the library; every handler is one call into lab/."""
+"""`lab …` command line: thin argument parsing over the library; each handler calls into lab/ and turns the result into
+output and an exit code."""
 import argparse
 import json
 import math

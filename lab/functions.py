@@ -6,7 +6,7 @@ instead of keeping autograd's chain of intermediates alive, and so that the func
 derivative is evaluated at max(|x|, SINGULAR_EPS). A training failure in the lab then reflects the function's growth,
 never an autograd artefact (inf * 0 = NaN at x = 0).
 
-Formulas: ../shared/reference/paper-section3.md (Section 3 bases and the Section 4 search candidates).
+Formulas: arXiv 2512.10938, Section 3 (the bases the tables perturb) and Section 4 (the search candidates).
 """
 import math
 from typing import Callable, NamedTuple

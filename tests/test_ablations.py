@@ -182,7 +182,7 @@ def test_every_cells_spec_is_its_row_and_column_labels():
         assert c.spec == lab.canonical(f"{c.row}|flat={_lam(c.col)}"), c
 
 
-PAPER = {   # the paper's values row by row (../shared/reference/paper-section3.md), × as X
+PAPER = {   # the paper's values row by row (arXiv 2512.10938, Tables 1–6), × as X
     "table1": "X 82.0 82.5 82.6 82.6 82.7 82.5 82.1 X / X 81.8 82.3 82.4 82.6 82.5 82.3 81.6 X / "
               "X 82.1 82.5 82.6 82.5 82.6 82.4 82.2 X / X 81.5 81.9 82.4 82.5 82.3 81.9 81.4 X / "
               "X 81.9 82.3 82.3 82.3 82.4 82.2 82.0 X / X 81.4 81.9 82.2 82.3 82.3 82.0 81.2 X",
