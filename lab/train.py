@@ -128,16 +128,16 @@ class Trainer:
         _seed_everything(self.seed)
         self.data = data_mod.build(cfg, device, rank, world)
         self.model = from_config(cfg, spec, self.data.num_classes).to(device)
-        self.pointwise = [mod for mod in self.model.modules() if isinstance(mod, PointwiseNorm)]
+        self.pointwise_layers = [mod for mod in self.model.modules() if isinstance(mod, PointwiseNorm)]
         self.ema = ModelEmaV3(self.model, decay=cfg["ema"]["decay"], use_warmup=cfg["ema"]["warmup"])
         o, s = cfg["optim"], cfg["schedule"]
         fused = {"fused": True} if device.type == "cuda" and o["opt"] in ("adam", "adamw") else {}  # 1 kernel a step
         self.optimizer = create_optimizer_v2(self.model, opt=o["opt"], lr=o["lr"], weight_decay=o["weight_decay"],
                                              betas=tuple(o["betas"]), eps=o["eps"], layer_decay=o["layer_decay"],
                                              **fused)
-        self.spe = self.data.steps_per_epoch
-        self.total = int(s["epochs"]) * self.spe
-        warmup = min(round(s["warmup_epochs"] * self.spe), max(self.total - 1, 0))
+        self.steps_per_epoch = self.data.steps_per_epoch
+        self.total = int(s["epochs"]) * self.steps_per_epoch
+        warmup = min(round(s["warmup_epochs"] * self.steps_per_epoch), max(self.total - 1, 0))
         self.scheduler = CosineLRScheduler(self.optimizer, t_initial=max(self.total - warmup, 1),
                                            lr_min=s["min_lr"], warmup_t=warmup, warmup_lr_init=s["warmup_lr"],
                                            warmup_prefix=True, t_in_epochs=False)
@@ -154,7 +154,7 @@ class Trainer:
         self.state = {"step": 0, "history": [], "loss_curve": [], "initial_loss": None, "wall_s": 0.0,
                       "failure": None, "epoch_losses": [], "epoch_gnorm": 0.0, "window": []}
         self._log(f"start {spec} · {cfg['protocol']}-{config_hash(cfg)} seed {self.seed} · {_device_name(device)} · "
-                  f"torch {torch.__version__} · {self.total} updates, {self.spe} an epoch"
+                  f"torch {torch.__version__} · {self.total} updates, {self.steps_per_epoch} an epoch"
                   + (f" · compiled ({cfg['compile_mode']})" if cfg.get("compile") else "")
                   + (f" · {pool_text(pool, device.type)}" if pool else ""))
         for slow in (_cpu_fallback(cfg, device), _emulated_precision(device, self.dtype)):
@@ -185,15 +185,15 @@ class Trainer:
         bar = tqdm(total=self.total, initial=s0, disable=not progress, desc=self.spec, unit="step",
                    dynamic_ncols=True, leave=False)
         while self.state["step"] < self.total and self.state["failure"] is None:
-            epoch, start = divmod(self.state["step"], self.spe)
+            epoch, start = divmod(self.state["step"], self.steps_per_epoch)
             pending = None     # the update whose verdict is not read yet: read after the next one is queued
             for update, micro in self.data.train_batches(epoch, start):
-                step = epoch * self.spe + update
+                step = epoch * self.steps_per_epoch + update
                 queued = (step, self._update(step, micro))
                 if pending and not self._settle(*pending):
                     break
                 pending = queued
-                last = update == self.spe - 1
+                last = update == self.steps_per_epoch - 1
                 save = bool(every["every_steps"] and (step + 1) % every["every_steps"] == 0) or self.checkpoint_due
                 if last or save:       # evaluation and checkpoints see settled updates only
                     if not self._settle(*pending):
@@ -227,7 +227,7 @@ class Trainer:
         self.state["epoch_gnorm"] = max(self.state["epoch_gnorm"], gnorm or 0.0)
         window = self.state["window"]
         window.append(loss)
-        if len(window) == self.cfg["log_every"] or (step + 1) % self.spe == 0:
+        if len(window) == self.cfg["log_every"] or (step + 1) % self.steps_per_epoch == 0:
             self.state["loss_curve"].append([step + 1, sum(window) / len(window)])
             window.clear()
         return True
@@ -282,9 +282,21 @@ class Trainer:
                     "reason": f"loss {loss:.3g} > {f['loss_factor']:g} x initial {self.state['initial_loss']:.3g}"}
         return None
 
+    def _no_learning(self):
+        """The failure verdict of a run that ran through: none of its evaluations (raw or EMA) rose `chance_sigmas`
+        binomial standard errors above chance on the validation set."""
+        chance, sigmas = 100.0 / self.data.num_classes, self.cfg["failure"]["chance_sigmas"]
+        best = max(max(h["val_top1"], h["val_top1_ema"]) for h in self.state["history"] if "val_top1" in h)
+        p = 1.0 / self.data.num_classes
+        margin = sigmas * 100 * math.sqrt(p * (1 - p) / self.data.val_size)
+        if best > chance + margin:
+            return None
+        return {"step": self.state["step"], "kind": "no_learning",
+                "reason": f"best top-1 {best:.2f}% never above chance {chance:.2f}% + {sigmas:g} sigma ({margin:.2f}%)"}
+
     def _end_epoch(self, epoch: int):
         losses = self.state["epoch_losses"]
-        entry = {"epoch": epoch + 1, "step": (epoch + 1) * self.spe,
+        entry = {"epoch": epoch + 1, "step": (epoch + 1) * self.steps_per_epoch,
                  "train_loss": sum(losses) / max(len(losses), 1), "grad_norm_max": self.state["epoch_gnorm"],
                  "lr": self._lr()}
         self.state["epoch_losses"], self.state["epoch_gnorm"] = [], 0.0
@@ -293,10 +305,10 @@ class Trainer:
         speed = (entry["step"] - step0) * self.cfg["optim"]["batch_size"] / max(time.time() - then, 1e-9)
         if (every and (epoch + 1) % every == 0) or epoch + 1 == self.cfg["schedule"]["epochs"]:
             entry["val_top1"], entry["val_top1_ema"] = self._evaluate(self.model), self._evaluate(self.ema.module)
-            if self.pointwise:   # how each layer's input scale α adapted (calibration reads it: saturation, drift)
-                entry["alpha"] = [round(m.alpha.item(), 5) for m in self.pointwise]
-                if self.pointwise[0].shift is not None:     # Derf: where each layer's learnable shift s went
-                    entry["shift"] = [round(m.shift.item(), 5) for m in self.pointwise]
+            if self.pointwise_layers:   # how each layer's input scale α adapted (calibration reads it: saturation, drift)
+                entry["alpha"] = [round(m.alpha.item(), 5) for m in self.pointwise_layers]
+                if self.pointwise_layers[0].shift is not None:     # Derf: where each layer's learnable shift s went
+                    entry["shift"] = [round(m.shift.item(), 5) for m in self.pointwise_layers]
         self.state["history"].append(entry)
         self._log(f"epoch {epoch + 1}/{self.cfg['schedule']['epochs']} · update {entry['step']} · loss "
                   f"{entry['train_loss']:.4f} · grad norm ≤ {entry['grad_norm_max']:.3g} · lr {entry['lr']:.2e} · "
@@ -372,23 +384,14 @@ class Trainer:
     def _finish(self, table) -> dict:
         st, cfg = self.state, self.cfg
         last = next((h for h in reversed(st["history"]) if "val_top1" in h), {})
-        failure = st["failure"]
-        chance = 100.0 / self.data.num_classes
-        if failure is None and last:
-            best = max(max(h["val_top1"], h["val_top1_ema"]) for h in st["history"] if "val_top1" in h)
-            p = 1.0 / self.data.num_classes
-            margin = cfg["failure"]["chance_sigmas"] * 100 * math.sqrt(p * (1 - p) / self.data.val_size)
-            if best <= chance + margin:
-                failure = {"step": st["step"], "kind": "no_learning",
-                           "reason": f"best top-1 {best:.2f}% never above chance {chance:.2f}% + "
-                                     f"{cfg['failure']['chance_sigmas']:g} sigma ({margin:.2f}%)"}
+        failure = st["failure"] or (self._no_learning() if last else None)
         ran_through = st["failure"] is None     # no nan or divergence: its last top-1 (no_learning's too) is kept
         record = {
             "spec": self.spec, "table": table, "protocol": cfg["protocol"],
             "status": "failed" if failure else "ok", "failure": failure,
             "top1": last.get("val_top1") if ran_through else None,
             "top1_ema": last.get("val_top1_ema") if ran_through else None,
-            "num_classes": self.data.num_classes, "chance_top1": chance,
+            "num_classes": self.data.num_classes, "chance_top1": 100.0 / self.data.num_classes,
             "history": st["history"], "loss_curve": st["loss_curve"],
             "config": cfg, "config_hash": config_hash(cfg), "seed": self.seed, "commit": git_commit(),
             "versions": {"python": platform.python_version(), "torch": torch.__version__, "timm": timm.__version__},

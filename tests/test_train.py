@@ -165,7 +165,7 @@ def test_timed_checkpoints_follow_rank_0s_clock_and_see_settled_updates(tmp_path
     monkeypatch.setattr(trainer, "_update", lambda step, micro: queued.append(step) or update(step, micro))
     monkeypatch.setattr(trainer, "_save", lambda: saves.append((trainer.state["step"], len(queued))))
     trainer.fit(False, None)
-    assert len(saves) >= trainer.spe // 2 and all(settled == n for settled, n in saves)
+    assert len(saves) >= trainer.steps_per_epoch // 2 and all(settled == n for settled, n in saves)
     _, micro = next(trainer.data.train_batches(0))
     assert update(0, micro)[2] > 0                  # rank 0: due (every_minutes=1e-9)
     trainer.rank = 1
@@ -391,7 +391,7 @@ def test_lr_warms_up_linearly_then_follows_a_cosine_over_the_remaining_updates(t
     o, s = trainer.cfg["optim"], trainer.cfg["schedule"]
     spe = 1024 // 64                             # smoke: 1024 train images, batches of 64
     total, warmup = s["epochs"] * spe, round(s["warmup_epochs"] * spe)
-    assert (trainer.spe, trainer.total, warmup) == (16, 128, 16)
+    assert (trainer.steps_per_epoch, trainer.total, warmup) == (16, 128, 16)
     lr, lo, w0 = o["lr"], s["min_lr"], s["warmup_lr"]
 
     def by_hand(k):
@@ -498,8 +498,8 @@ def test_the_loss_curve_averages_each_window_and_the_epoch_entry_the_whole_epoch
     mean of all its updates, its grad_norm_max their maximum; a window cut by the epoch's end is flushed there."""
     trainer = _trainer(tmp_path, ["log_every=5"])
     trainer.checkpoint_due, trainer.epoch_mark = False, (time.time(), 0)
-    losses = [2.0 + (k % 7) * 0.1 + k * 0.01 for k in range(trainer.spe)]
-    gnorms = [1.0 + (k * 5 % 16) for k in range(trainer.spe)]
+    losses = [2.0 + (k % 7) * 0.1 + k * 0.01 for k in range(trainer.steps_per_epoch)]
+    gnorms = [1.0 + (k * 5 % 16) for k in range(trainer.steps_per_epoch)]
     for k, (loss, gnorm) in enumerate(zip(losses, gnorms)):
         assert trainer._settle(k, torch.tensor([loss, gnorm, 0.0]))
     expected = [[end, sum(losses[end - len(w):end]) / len(w)]
