@@ -305,7 +305,8 @@ class Trainer:
         speed = (entry["step"] - step0) * self.cfg["optim"]["batch_size"] / max(time.time() - then, 1e-9)
         if (every and (epoch + 1) % every == 0) or epoch + 1 == self.cfg["schedule"]["epochs"]:
             entry["val_top1"], entry["val_top1_ema"] = self._evaluate(self.model), self._evaluate(self.ema.module)
-            if self.pointwise_layers:   # how each layer's input scale α adapted (calibration reads it: saturation)
+            # how each layer's input scale α adapted (calibration reads it: saturation, drift)
+            if self.pointwise_layers:
                 entry["alpha"] = [round(m.alpha.item(), 5) for m in self.pointwise_layers]
                 if self.pointwise_layers[0].shift is not None:     # Derf: where each layer's learnable shift s went
                     entry["shift"] = [round(m.shift.item(), 5) for m in self.pointwise_layers]
