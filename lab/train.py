@@ -239,12 +239,11 @@ class Trainer:
         self.scheduler.step_update(step)
         self.model.train()
         total = torch.zeros((), device=self.device)
-        autocast = torch.autocast(self.device.type, dtype=self.dtype) if self.dtype else nullcontext()
         for i, (x, target) in enumerate(micro):
             sync = i == len(micro) - 1 or self.world == 1
             if self.cfg.get("compile"):
                 torch.compiler.cudagraph_mark_step_begin()   # CUDA graphs (reduce-overhead) may reuse last step's memory
-            with (nullcontext() if sync else self.ddp.no_sync()), autocast:
+            with (nullcontext() if sync else self.ddp.no_sync()), self._autocast():
                 loss = self.criterion(self.net(x), target) / len(micro)
             self.scaler.scale(loss).backward()
             total += loss.detach().float()
@@ -317,13 +316,15 @@ class Trainer:
                                           if "val_top1" in entry else ""))
         self.epoch_mark = time.time(), entry["step"]
 
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=self.dtype) if self.dtype else nullcontext()
+
     @torch.no_grad()
     def _evaluate(self, model) -> float:
         model.eval()
         counts = torch.zeros(2, device=self.device)
-        autocast = torch.autocast(self.device.type, dtype=self.dtype) if self.dtype else nullcontext()
         for x, y in self.data.val_batches(self.cfg["eval"]["batch_size"]):
-            with autocast:
+            with self._autocast():
                 counts[0] += (model(x).argmax(-1) == y).sum()
             counts[1] += len(y)
         if self.world > 1:
