@@ -17,9 +17,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from timm.data import auto_augment
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, Mixup, create_dataset, create_transform
 from timm.data.random_erasing import RandomErasing
+from timm.data.readers.img_extensions import get_img_extensions
 
 KINDS = ("embedded", "imagefolder")
 
@@ -247,11 +249,13 @@ class ImageFolder:
         self.plan, self.device, self.workers = plan, device, int(d.get("workers", 4))
         root = _check_folder(d.get("path"))
         size = int(d["img_size"])
-        self.train_set = create_dataset("", root=str(root / "train"), search_split=False, is_training=True)
-        self.val_set = create_dataset("", root=str(root / "val"), search_split=False)
-        classes = self.train_set.reader.class_to_idx
-        if self.val_set.reader.class_to_idx != classes:
-            raise ValueError(f"data.path {root}: val/ and train/ must hold the same class folders")
+        self.train_set, self.val_set = (_images(root, split) for split in ("train", "val"))
+        classes, val_classes = self.train_set.reader.class_to_idx, self.val_set.reader.class_to_idx
+        if val_classes != classes:
+            differ = [f"only in {split}/: {_few(sorted(set(a) - set(b)))}" for split, a, b in
+                      (("train", classes, val_classes), ("val", val_classes, classes)) if set(a) - set(b)]
+            raise ValueError(f"data.path {root}: val/ and train/ must hold the same class folders "
+                             f"({'; '.join(differ)})")
         if len(classes) != int(d["num_classes"]):
             raise ValueError(f"data.path {root} has {len(classes)} classes but data.num_classes is "
                              f"{d['num_classes']}: set data.num_classes={len(classes)}")
@@ -306,11 +310,68 @@ for _name in ("Posterize", "PosterizeIncreasing", "PosterizeOriginal"):
     auto_augment.NAME_TO_OP[_name] = _posterize
 
 
+class UnreadableImage(ValueError):
+    """An image file that PIL cannot read. Raised in a DataLoader worker, it reaches the trainer with the worker's
+    traceback as its message; its own last line is kept."""
+
+    def __init__(self, message: str):
+        super().__init__(message.rstrip().rsplit("\n", 1)[-1].removeprefix(f"{__name__}.UnreadableImage: "))
+
+
+class _StrictImages(torch.utils.data.Dataset):
+    """timm's folder dataset, except that an image PIL cannot read is an error naming its file: timm serves the next
+    image in its place with a warning, which silently changes the training or validation set."""
+
+    def __init__(self, dataset):
+        self.dataset, self.reader = dataset, dataset.reader
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        path, target = self.reader.samples[index]
+        try:
+            with Image.open(path) as img:
+                img = img.convert("RGB")
+        except OSError as err:
+            raise UnreadableImage(f"data.path: cannot read image {path} ({err}): fix or remove it") from None
+        return self.transform(img), target
+
+    @property
+    def transform(self):
+        return self.dataset.transform
+
+    @transform.setter
+    def transform(self, transform):
+        self.dataset.transform = transform
+
+
+def _images(root: Path, split: str) -> _StrictImages:
+    """The images of root/split through timm's folder reader (its class order and image extensions). A class folder
+    without images would silently drop its class (and shift every later label): an error naming it."""
+    try:
+        dataset = create_dataset("", root=str(root / split), search_split=False, is_training=split == "train")
+    except RuntimeError as err:     # timm: "Found 0 images in subfolders of ..."
+        raise ValueError(f"data.path {root}: {err}") from None
+    found = dataset.reader.class_to_idx
+    empty = sorted(p.name for p in (root / split).iterdir() if p.is_dir() and p.name not in found)
+    if empty:
+        raise ValueError(f"data.path {root}: class folder(s) of {split}/ without images: {_few(empty)} (images: "
+                         f"{', '.join(get_img_extensions())})")
+    return _StrictImages(dataset)
+
+
+def _few(names: list[str], shown: int = 10) -> str:
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
+
+
 def _check_folder(path) -> Path:
     layout = "a folder with train/ and val/, each holding one subfolder of images per class (the ImageNet layout)"
     if not path:
         raise ValueError(f"data.path is not set: give {layout} (--set data_path=DIR)")
     root = Path(path).expanduser()
+    if root.is_file():
+        raise ValueError(f"data.path {str(root)!r} is a file: give {layout}")
     if not root.is_dir():
         raise ValueError(f"data.path {str(root)!r} does not exist: give {layout}")
     for split in ("train", "val"):

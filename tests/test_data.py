@@ -65,8 +65,11 @@ def test_imagenet_folder_goes_through_timm_with_the_paper_transforms(jpeg_folder
     assert torch.cat(ys).tolist() == [0, 0, 1, 1, 2, 2] and xs[0].shape == (4, 3, 32, 32)
 
 
-@pytest.mark.parametrize("setup, word", [("missing", "does not exist"), ("no_val", "val/"), ("unset", "not set"),
-                                         ("classes", "num_classes"), ("other_val_classes", "same class folders")])
+@pytest.mark.parametrize("setup, word", [
+    ("missing", "does not exist"), ("no_val", "val/"), ("unset", "not set"), ("classes", "num_classes"),
+    ("other_val_classes", r"same class folders \(only in train/: c2; only in val/: c9\)"), ("a_file", "is a file"),
+    ("empty_class", r"class folder\(s\) of train/ without images: c1 \(images: .png, .jpg, .jpeg\)"),
+    ("empty_val", "Found 0 images in subfolders of")])
 def test_a_missing_or_malformed_folder_is_a_clear_error(jpeg_folder, tmp_path, setup, word):
     overrides = [f"data_path={jpeg_folder}", "data.num_classes=3", "data.img_size=32", "batch_size=8"]
     if setup == "missing":
@@ -79,12 +82,31 @@ def test_a_missing_or_malformed_folder_is_a_clear_error(jpeg_folder, tmp_path, s
             d.rmdir()
     elif setup == "unset":
         overrides = overrides[1:]
+    elif setup == "a_file":
+        (tmp_path / "afile").write_text("x")
+        overrides[0] = f"data_path={tmp_path / 'afile'}"
+    elif setup in ("empty_class", "empty_val"):     # timm would drop the class silently, shifting later labels
+        emptied = (jpeg_folder / "train").glob("c1/*") if setup == "empty_class" else (jpeg_folder / "val").rglob("*.jpg")
+        for f in list(emptied):
+            f.unlink()
     elif setup == "other_val_classes":      # val/c2 renamed: its labels would not be train/'s
         (jpeg_folder / "val" / "c2").rename(jpeg_folder / "val" / "c9")
     else:
         overrides[1] = "data.num_classes=1000"
     with pytest.raises(ValueError, match=word):
         data.build(config.load("paper", overrides), CPU)
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_an_image_that_cannot_be_read_is_an_error_naming_it(jpeg_folder, workers):
+    """timm serves the next image in place of a broken one (a changed dataset, a warning on stderr); here it is an
+    error naming the file, also when a DataLoader worker read it (whose traceback torch puts in the message)."""
+    broken = jpeg_folder / "val" / "c1" / "0.jpg"
+    broken.write_bytes(b"not a jpeg")
+    folder = data.build(_folder_cfg(jpeg_folder, f"data.workers={workers}"), CPU)
+    with pytest.raises(data.UnreadableImage) as err:
+        list(folder.val_batches(4))
+    assert str(err.value).startswith(f"data.path: cannot read image {broken} (") and "\n" not in str(err.value)
 
 
 def test_randaugment_posterize_to_zero_bits_is_black_not_a_crash():
