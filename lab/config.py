@@ -107,13 +107,16 @@ def load(protocol: str, overrides: list[str] | dict | None = None, *, source=Non
     cfg["protocol"] = protocol
     items = overrides.items() if isinstance(overrides, dict) else [_split(o) for o in overrides or []]
     for key, value in items:
-        _set(cfg, key, _parse(value) if isinstance(value, str) else value)
+        _set(cfg, key, value, parse=isinstance(value, str))
+    if cfg["data"]["path"] is not None:     # one dataset, one hash: ~/ds, ./ds and /home/me/ds/ are one path
+        cfg["data"]["path"] = os.path.abspath(os.path.expanduser(cfg["data"]["path"]))
     _check(cfg)
     return cfg
 
 
 def _check(cfg: dict):
-    """RANGES, aug.scale's order, whole heads and CHOICES, on the config as it will run."""
+    """RANGES, aug.scale's order, whole heads, CHOICES and a data.path that would be read, on the config as it will
+    run."""
     for dotted, (allowed, ok) in RANGES.items():
         value = _get(cfg, dotted)
         if value is not None and not all(ok(v) for v in (value if isinstance(value, list) else [value])):
@@ -131,6 +134,9 @@ def _check(cfg: dict):
         if name not in choices:     # timm reads "AdamW" and "lookahead_adamw" as adamw (its create_optimizer_v2)
             raise ValueError(f"config key {dotted!r}: {value!r} is not a valid choice{did_you_mean(name, choices)}; "
                              f"choose one of {', '.join(choices)}")
+    if _get(cfg, "data.kind") == "embedded" and _get(cfg, "data.path") is not None:
+        raise ValueError(f"config key 'data.path' is set ({_get(cfg, 'data.path')}) but data.kind is 'embedded', the "
+                         "generated set, which reads no folder: add --set data.kind=imagefolder to train on the folder")
 
 
 def config_hash(cfg: dict) -> str:
@@ -215,8 +221,12 @@ def _split(item: str) -> tuple[str, str]:
     return key.strip(), value.strip()
 
 
-def _parse(text: str):
-    """YAML value, with YAML 1.1's gap closed: "1e-3" is a number, not a string."""
+def _parse(text: str, as_text: bool = False):
+    """An override's value. For a text setting, the text as written (a path may hold " #" or ": ", which YAML reads as
+    a comment or a mapping) unless it is null or quoted. Else YAML, with YAML 1.1's gap closed: "1e-3" is a number."""
+    quoted = len(text) > 1 and text[0] == text[-1] and text[0] in "'\""
+    if as_text and text not in ("", "null", "~") and not quoted:
+        return text
     value = yaml.safe_load(text) if text else None
     if isinstance(value, str):
         try:
@@ -226,7 +236,9 @@ def _parse(text: str):
     return value
 
 
-def _set(cfg: dict, key: str, value):
+def _set(cfg: dict, key: str, value, parse: bool = False):
+    """Set dotted `key` (or a SHORTCUTS name) to `value` (with parse: the text of an override), checked against the
+    protocol's value there: the same type, or null where NULLABLE allows it."""
     dotted = SHORTCUTS.get(key, key)
     path = dotted.split(".")
     node = cfg
@@ -239,11 +251,13 @@ def _set(cfg: dict, key: str, value):
             if isinstance(old, dict):
                 raise ValueError(f"config key {key!r} is a section; set one of its fields: "
                                  f"{', '.join(f'{key}.{k}' for k in old)}")
+            like = NULLABLE.get(dotted) if old is None else old     # None: a null of one's own base file
+            if parse:
+                value = _parse(value, as_text=isinstance(like, str))
             if value is None and dotted not in NULLABLE:
                 raise ValueError(f"config key {key!r}: null is not allowed (only {', '.join(NULLABLE)} may be null)")
             if isinstance(value, os.PathLike):
                 value = os.fspath(value)
-            like = NULLABLE.get(dotted) if old is None else old     # None: a null of one's own base file
             if value is not None and like is not None and not _compatible(like, value):
                 kind = f"list of {len(like)}" if isinstance(like, list) else type(like).__name__
                 raise ValueError(f"config key {key!r}: {value!r} is not a {kind} like {like!r}")

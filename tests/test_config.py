@@ -32,7 +32,8 @@ def test_paper_protocol_is_table17(key):
 def test_protocols_are_found_and_overrides_apply():
     assert set(config.PROTOCOLS) == {"paper", "proxy", "smoke"}
     cfg = config.load("smoke", ["lr=1e-3", "epochs=3", "batch_size=32", "seed=7", "device=cpu",
-                                "model.depth=2", "optim.betas=[0.9, 0.95]", "data_path=/x"])
+                                "model.depth=2", "optim.betas=[0.9, 0.95]", "data_path=/x",
+                                "data.kind=imagefolder"])
     assert (cfg["optim"]["lr"], cfg["schedule"]["epochs"], cfg["optim"]["batch_size"], cfg["seed"]) == \
         (1e-3, 3, 32, 7)
     assert cfg["model"]["depth"] == 2 and cfg["optim"]["betas"] == [0.9, 0.95] and cfg["data"]["path"] == "/x"
@@ -112,12 +113,39 @@ def test_null_lr_on_the_command_line_is_exit_2_and_writes_nothing(tmp_path, caps
 def test_a_nullable_setting_takes_null_or_a_value_of_its_type(protocol, dotted):
     """Where the protocol writes null, an override still has a type to match (clip_grad=abc was a TypeError)."""
     example = config.NULLABLE[dotted]
+    folder = {"data.kind": "imagefolder"} if dotted == "data.path" else {}     # a path is read from a folder only
     assert _get(config.load(protocol, {dotted: None}), dotted) is None
-    assert _get(config.load(protocol, {dotted: example}), dotted) == example
+    assert _get(config.load(protocol, {**folder, dotted: example}), dotted) == example
     with pytest.raises(ValueError, match=rf"config key '{dotted}': \[1\] is not a {type(example).__name__}"):
         config.load(protocol, {dotted: [1]})
     if isinstance(example, float):
         assert type(_get(config.load(protocol, {dotted: 1}), dotted)) is float
+
+
+def test_a_data_path_is_one_absolute_path_however_it_is_written(tmp_path, monkeypatch):
+    """The path is hashed: ~/ds, ./ds and /home/me/ds/ are one dataset, and ./ds in two folders are two."""
+    def folder_hash(path):
+        return config.config_hash(config.load("paper", [f"data_path={path}"]))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    assert config.load("paper", ["data_path=ds"])["data"]["path"] == str(tmp_path / "ds")
+    assert len({folder_hash(p) for p in ("~/ds", "ds", "./ds/", f"{tmp_path}/ds", f"{tmp_path}//ds/")}) == 1
+    monkeypatch.chdir(tmp_path.parent)
+    assert folder_hash("ds") != folder_hash(tmp_path / "ds")
+
+
+@pytest.mark.parametrize("key, text, value", [
+    ("data.path", "/data/run #2", "/data/run #2"), ("data.path", "/data/a: b", "/data/a: b"),
+    ("data.path", "'/data/q'", "/data/q"), ("data.path", "null", None), ("aug.auto_augment", "1e3", "1e3")])
+def test_a_text_setting_takes_the_override_as_written(key, text, value):
+    """YAML would read " #2" as a comment, ": " as a mapping and 1e3 as a number; quotes and null still work."""
+    assert _get(config.load("paper", [f"{key}={text}"]), key) == value
+
+
+def test_a_data_path_is_an_error_where_the_data_is_generated():
+    with pytest.raises(ValueError, match=r"config key 'data.path' is set \(/x\) but data.kind is 'embedded'.*"
+                                         r"--set data.kind=imagefolder"):
+        config.load("smoke", ["data_path=/x"])
 
 
 def test_every_null_of_a_protocol_or_calibration_base_is_nullable():
