@@ -67,7 +67,7 @@ class CellErrors(RuntimeError):
 
 def plan(specs, protocol: str, results_dir, *, table: str | None = None, seeds=None, overrides=None,
          device: str | None = None, source=None) -> list[Cell]:
-    """The cells for `specs` × `seeds` (seeds=None: the config's own seed), keyed by lab.results.record_path.
+    """The cells for `specs` × `seeds` (seeds=None: the config's own seed), each at its lab.results.record_path.
     source: the protocol's settings from this file (see config.load)."""
     from . import config, results
     base = override_items(overrides, device)
@@ -143,20 +143,7 @@ def sweep(table: str, protocol: str, results_dir="results", *, jobs: int = 1, la
     mps (local launcher, jobs > 1): the packed runs share the GPU through NVIDIA MPS (see run_cells).
     reuse: a folder, or folders, whose records of the same cells are copied in instead of trained (see reusable).
     """
-    if launcher not in LAUNCHERS:
-        raise ValueError(f"launcher {launcher!r}: choose one of {', '.join(LAUNCHERS)}")
-    if deadline is not None and launcher != "local":
-        raise ValueError(f"deadline applies to the local launcher only, not {launcher!r} (SLURM jobs have their own "
-                         "time limit)")
-    if mps and launcher != "local":
-        raise ValueError(f"mps applies to the local launcher only, not {launcher!r} (one GPU shared by a pool)")
-    if slurm and launcher != "slurm":
-        raise ValueError(f"slurm parameters apply to the slurm launcher only, not {launcher!r}")
-    if launcher == "slurm":
-        slurm = _slurm_params(slurm)      # checked before anything is written
-    if int(jobs) != 1 and launcher != "local":
-        raise ValueError(f"jobs applies to the local launcher only, not {launcher!r} (each cell is an array task; "
-                         "--slurm array_parallelism=N caps how many run at once)")
+    slurm = _check_launcher(launcher, jobs=jobs, deadline=deadline, mps=mps, slurm=slurm)
     check_jobs(jobs)
     from . import results
     cells = table_cells(table, protocol, results_dir, seeds=seeds, overrides=overrides, device=device, limit=limit,
@@ -181,6 +168,26 @@ def sweep(table: str, protocol: str, results_dir="results", *, jobs: int = 1, la
     else:
         run_cells(missing, jobs=jobs, progress=progress, desc=table, deadline=deadline, mps=mps)
     return [results.read_record(c.path) for c in cells if c.path.exists()]
+
+
+def _check_launcher(launcher: str, *, jobs, deadline, mps, slurm):
+    """An option the launcher does not take is one clear error, before anything is written. Returns `slurm`, parsed
+    for the slurm launcher (see _slurm_params)."""
+    if launcher not in LAUNCHERS:
+        raise ValueError(f"launcher {launcher!r}: choose one of {', '.join(LAUNCHERS)}")
+    if deadline is not None and launcher != "local":
+        raise ValueError(f"deadline applies to the local launcher only, not {launcher!r} (SLURM jobs have their own "
+                         "time limit)")
+    if mps and launcher != "local":
+        raise ValueError(f"mps applies to the local launcher only, not {launcher!r} (one GPU shared by a pool)")
+    if slurm and launcher != "slurm":
+        raise ValueError(f"slurm parameters apply to the slurm launcher only, not {launcher!r}")
+    if launcher == "slurm":
+        slurm = _slurm_params(slurm)
+    if int(jobs) != 1 and launcher != "local":
+        raise ValueError(f"jobs applies to the local launcher only, not {launcher!r} (each cell is an array task; "
+                         "--slurm array_parallelism=N caps how many run at once)")
+    return slurm
 
 
 def check_jobs(jobs: int):
