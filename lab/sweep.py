@@ -21,7 +21,7 @@ import traceback
 import typing
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 import multiprocessing
 
@@ -33,7 +33,7 @@ BASELINE = "layernorm"
 ALL = "all"
 """`lab sweep all`: the LayerNorm baseline plus every paper table's cells as one grid (one pool, shared cells once)."""
 LAUNCHERS = ("local", "slurm")
-MAX_WORKER_DEATHS = 2
+MAX_STRIKES = 2
 """A cell whose worker process dies (segfault, OOM kill) or whose GPU faults this many times is reported instead of
 retried."""
 DEVICE_FAULTS = ("CUDA error", "Triton Error [CUDA]")
@@ -237,7 +237,7 @@ class Deadline:
         self.end = None if seconds is None else _now() + float(seconds)
         self.rate = 0.0
 
-    def finished(self, cell: Cell, started: float, record: dict | None = None):
+    def observe(self, cell: Cell, started: float, record: dict | None = None):
         seconds = max(_now() - started, float((record or {}).get("wall_s") or 0))
         self.rate = max(self.rate, seconds / _images(cell))
 
@@ -254,7 +254,7 @@ def _images(cell: Cell) -> float:
 
 
 def run_cells(cells, *, jobs: int = 1, progress: bool = True, desc: str = "cells",
-              deadline: float | None = None, mps: bool = False) -> list[dict]:
+              deadline: float | None = None, mps: bool = False):
     """Run `cells` (skipping those whose record exists) in this process or a pool; raise CellErrors at the end.
     deadline: seconds from now; a cell starts only if it should finish by then (see Deadline), the rest wait for the
     next run. mps: the pool's workers share the GPU through NVIDIA MPS (lab.mps.shared_gpu); each record's "pool"
@@ -266,122 +266,171 @@ def run_cells(cells, *, jobs: int = 1, progress: bool = True, desc: str = "cells
         resolve_device(device)          # one ValueError before any cell starts, not one traceback per cell
     for folder in {c.path.parent for c in cells}:
         results.writable_dir(folder, "results")
-    clock, left = Deadline(deadline), []
-    records, errors = [], {}
-    bar = tqdm(total=len(cells), desc=desc, unit="cell", disable=not progress or not cells, dynamic_ncols=True)
+    clock = Deadline(deadline)
+    tally = _Tally(tqdm(total=len(cells), desc=desc, unit="cell", disable=not progress or not cells,
+                        dynamic_ncols=True))
+    log = lambda line: say(f"{desc}: {line}", progress)
     try:
-        def done(cell, outcome):
-            kind, value = outcome
-            if kind == "ok":
-                records.append(value)
-                bar.set_postfix_str(f"{cell.spec}: {_verdict(value)}", refresh=False)
-            else:
-                errors[cell] = value
-                bar.set_postfix_str(f"{cell.spec}: ERROR", refresh=False)
-            bar.update()
         if jobs <= 1 or len(cells) <= 1:
-            for i, cell in enumerate(cells):
-                if not clock.allows(cell):
-                    left.append(cell)
-                    continue
-                started = _now()
-                kind, value = _run_cell(cell)
-                done(cell, ("error" if kind == "fault" else kind, value))
-                clock.finished(cell, started, value if kind == "ok" else None)
-                if kind == "fault" and cells[i + 1:]:
-                    say(f"{desc}: the GPU faulted, and this process cannot use it again: run again to train the "
-                        f"{count(len(cells) - i - 1, 'cell')} left", progress)
-                    break
+            left = _run_here(cells, tally.done, clock, log)
         else:
             workers = min(jobs, len(cells))
             with shared_gpu(mps, say=lambda line: say(line, progress)) as shared:
-                left = _run_pool(cells, workers, done, clock, {"workers": workers, "mps": shared},
-                                 say=lambda line: say(f"{desc}: {line}", progress))
+                left = _run_pool(cells, workers, tally.done, clock, {"workers": workers, "mps": shared}, log=log)
     except (KeyboardInterrupt, SystemExit):
-        raised = f" ({len(errors)} raised: {', '.join(_name(c) for c in errors)})" if errors else ""
-        say(f"{desc}: stopped with {count(len(cells) - len(records), 'cell')} unfinished{raised}: run the same command "
+        raised = f" ({len(tally.errors)} raised: {', '.join(map(_name, tally.errors))})" if tally.errors else ""
+        log(f"stopped with {count(len(cells) - len(tally.records), 'cell')} unfinished{raised}: run the same command "
             "again to train them (finished cells are kept; a stopped run resumes from its last checkpoint, if it wrote "
-            "one)", progress)
+            "one)")
         raise
     finally:
-        bar.close()
+        tally.bar.close()
     if left:
         estimates = ", ".join(f"{s} s" for s in sorted({round(clock.estimate(c)) for c in left}))
-        say(f"{desc}: {count(len(left), 'cell')} left for the next run, they would not finish within the deadline "
-            f"({estimates} a cell at the slowest rate so far): run again to train them", progress)
-    if errors:
-        raise CellErrors(errors, records)
-    return records
+        log(f"{count(len(left), 'cell')} left for the next run, they would not finish within the deadline "
+            f"({estimates} a cell at the slowest rate so far): run again to train them")
+    if tally.errors:
+        raise CellErrors(tally.errors, tally.records)
 
 
-def _run_pool(cells, jobs, done, clock: Deadline, pool: dict, say=print) -> list:
+class _Tally:
+    """run_cells' records and errors, each shown on its progress bar as its cell finishes."""
+
+    def __init__(self, bar: tqdm):
+        self.bar, self.records, self.errors = bar, [], {}
+
+    def done(self, cell: Cell, kind: str, value):
+        if kind == "ok":
+            self.records.append(value)
+            self.bar.set_postfix_str(f"{cell.spec}: {_verdict(value)}", refresh=False)
+        else:
+            self.errors[cell] = value
+            self.bar.set_postfix_str(f"{cell.spec}: ERROR", refresh=False)
+        self.bar.update()
+
+
+def _run_here(cells, done, clock: Deadline, log) -> list:
+    """One cell after another in this process, until a GPU fault: this process's CUDA context is then unusable.
+    Returns the cells left because `clock` said they would not finish in time."""
+    left = []
+    for i, cell in enumerate(cells):
+        if not clock.allows(cell):
+            left.append(cell)
+            continue
+        started = _now()
+        kind, value = _run_cell(cell)
+        done(cell, "error" if kind == "fault" else kind, value)
+        clock.observe(cell, started, value if kind == "ok" else None)
+        if kind == "fault" and cells[i + 1:]:
+            log(f"the GPU faulted, and this process cannot use it again: run again to train the "
+                f"{count(len(cells) - i - 1, 'cell')} left")
+            break
+    return left
+
+
+def _run_pool(cells, jobs, done, clock: Deadline, pool: dict, log=print) -> list:
     """At most `jobs` cells in flight. A dead worker (segfault, OOM kill) breaks the pool, which stops the others: its
     cell is retried, the others start again unblamed (see _died_alone).
     A GPU fault (see _run_cell) implicates its own cell; the pool is replaced by a new one (new CUDA contexts: under
     MPS one client's fault breaks every client's) and the other cells in flight start again from their checkpoints.
     Returns the cells left because `clock` said they would not finish in time. `pool` goes into each record."""
-    from . import results
-    queue, deaths, left = list(cells), {}, []
+    state = _PoolState(list(cells), done, clock, log)
     threads = max(1, (os.cpu_count() or 1) // jobs)
-
-    def retry(cell, why: str):
-        deaths[cell] = deaths.get(cell, 0) + 1
-        if deaths[cell] >= MAX_WORKER_DEATHS:
-            done(cell, ("error", f"{why} {deaths[cell]} times running this cell; how far it got: "
-                                 f"{results.log_path(cell.path)}"))
-        else:
-            queue.insert(0, cell)
-
-    while queue:
+    while state.queue:
         with tempfile.TemporaryDirectory(prefix="lab-pool-") as taken, \
                 ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
                                     initializer=_init_worker, initargs=(threads, os.getpid())) as executor:
-            running = {}
+            state.running = {}          # this pool's futures only
             try:
-                while queue or running:
-                    while queue and len(running) < jobs:
-                        cell = queue.pop(0)
-                        if clock.allows(cell):
-                            try:
-                                running[executor.submit(_run_in_worker, cell, pool, taken)] = cell, _now()
-                            except BrokenProcessPool:   # a worker died since the last wait: this cell never ran
-                                queue.insert(0, cell)
-                                raise
-                        else:
-                            left.append(cell)
-                    if not running:
+                while state.queue or state.running:
+                    _submit_ready(executor, jobs, pool, taken, state)
+                    if not state.running:
                         break
-                    finished, _ = wait(running, return_when=FIRST_COMPLETED)
-                    faults = []
-                    for future in finished:
-                        cell, started = running[future]
-                        kind, value = future.result()      # a dead worker raises here, its cell still in `running`
-                        del running[future]
-                        clock.finished(cell, started, value if kind == "ok" else None)
-                        if kind == "fault":
-                            faults.append(cell)
-                            say(f"the GPU faulted running {cell.spec} seed={cell.seed}; the pool restarts "
-                                f"({value.rstrip().splitlines()[-1]})")
-                            retry(cell, f"{value.rstrip()}\nthe GPU faulted")
-                        else:
-                            done(cell, (kind, value))
-                    if faults:
-                        queue[:0] = [cell for cell, _ in running.values()]
+                    finished, _ = wait(state.running, return_when=FIRST_COMPLETED)
+                    if _collect(finished, state):      # a GPU fault: the cells beside it go to a new pool
+                        state.queue[:0] = state.in_flight()
                         _stop_now(executor)
                         break
             except BrokenProcessPool:
-                processes = dict(getattr(executor, "_processes", None) or {})     # no public way (see _stop_now)
-                executor.shutdown(wait=True)        # the others are stopped: every exit code is in
-                culprits = _died_alone(processes, taken, [cell for cell, _ in running.values()])
-                for cell, _ in running.values():
-                    if not culprits or cell in culprits:
-                        retry(cell, "worker process died")
-                    else:
-                        queue.insert(0, cell)
+                _charge_dead_worker(executor, taken, state)
             except BaseException:
                 _stop_now(executor)
                 raise
-    return left
+    return state.left
+
+
+@dataclass
+class _PoolState:
+    """What _run_pool's steps share across the pools it starts: the cells waiting, those in flight in this pool
+    (future -> (cell, start time)), the workers each cell has cost (deaths, GPU faults), and the cells left."""
+    queue: list
+    done: typing.Callable
+    clock: Deadline
+    log: typing.Callable
+    running: dict = field(default_factory=dict)
+    strikes: dict = field(default_factory=dict)
+    left: list = field(default_factory=list)
+
+    def in_flight(self) -> list:
+        return [cell for cell, _ in self.running.values()]
+
+
+def _submit_ready(executor: ProcessPoolExecutor, jobs: int, pool: dict, taken, state: _PoolState):
+    """Fill the pool's free slots from the queue; a cell that `clock` says would not finish in time goes to `left`."""
+    while state.queue and len(state.running) < jobs:
+        cell = state.queue.pop(0)
+        if not state.clock.allows(cell):
+            state.left.append(cell)
+            continue
+        try:
+            state.running[executor.submit(_run_in_worker, cell, pool, taken)] = cell, _now()
+        except BrokenProcessPool:   # a worker died since the last wait: this cell never ran
+            state.queue.insert(0, cell)
+            raise
+
+
+def _collect(finished, state: _PoolState) -> bool:
+    """Hands each finished cell's result to `done`, or the cell to _retry if its GPU faulted; whether one did."""
+    faulted = False
+    for future in finished:
+        cell, started = state.running[future]
+        kind, value = future.result()      # a dead worker raises here, its cell still in `running`
+        del state.running[future]
+        state.clock.observe(cell, started, value if kind == "ok" else None)
+        if kind == "fault":
+            faulted = True
+            state.log(f"the GPU faulted running {cell.spec} seed={cell.seed}; the pool restarts "
+                      f"({value.rstrip().splitlines()[-1]})")
+            _retry(state, cell, f"{value.rstrip()}\nthe GPU faulted")
+        else:
+            state.done(cell, kind, value)
+    return faulted
+
+
+def _retry(state: _PoolState, cell: Cell, why: str):
+    """The cell goes first in the queue, or is reported once it has cost MAX_STRIKES workers: a cell that kills its
+    worker must not be retried forever."""
+    from . import results
+    state.strikes[cell] = state.strikes.get(cell, 0) + 1
+    if state.strikes[cell] >= MAX_STRIKES:
+        state.done(cell, "error", f"{why} {state.strikes[cell]} times running this cell; how far it got: "
+                                  f"{results.log_path(cell.path)}")
+    else:
+        state.queue.insert(0, cell)
+
+
+def _charge_dead_worker(executor: ProcessPoolExecutor, taken, state: _PoolState):
+    """A dead worker broke the pool: the cell it ran costs a try (see _died_alone), the others in flight go back to
+    the queue unblamed."""
+    processes = dict(getattr(executor, "_processes", None) or {})     # no public way (see _stop_now)
+    executor.shutdown(wait=True)        # the others are stopped: every exit code is in
+    in_flight = state.in_flight()
+    culprits = _died_alone(processes, taken, in_flight)
+    for cell in in_flight:
+        if not culprits or cell in culprits:
+            _retry(state, cell, "worker process died")
+        else:
+            state.queue.insert(0, cell)
 
 
 def _died_alone(processes: dict, taken, cells) -> set:

@@ -112,7 +112,7 @@ if os.environ.get("LAB_TEST_FAULT_SPEC"):
         return len(open(path).read().split()) if os.path.exists(path) else 0
 
     def run(cfg, norm, out_dir, **kw):
-        if norm == os.environ.get("LAB_TEST_HOLD_SPEC") and faults() < lab.sweep.MAX_WORKER_DEATHS:
+        if norm == os.environ.get("LAB_TEST_HOLD_SPEC") and faults() < lab.sweep.MAX_STRIKES:
             time.sleep(60)                                # in flight at each fault, until its pool stops it
         if norm != os.environ["LAB_TEST_FAULT_SPEC"]:
             return train(cfg, norm, out_dir, **kw)
@@ -151,7 +151,7 @@ def test_a_gpu_fault_restarts_the_pool_and_implicates_only_its_own_cell(tmp_path
     assert list(err.value.errors) == [faulty]
     assert "illegal memory access" in err.value.errors[faulty] and "GPU faulted 2 times" in err.value.errors[faulty]
     assert [r["spec"] for r in err.value.records] == [innocent.spec] and innocent.path.exists()
-    assert len(set((tmp_path / "faults").read_text().split())) == sweep.MAX_WORKER_DEATHS   # a new process each time
+    assert len(set((tmp_path / "faults").read_text().split())) == sweep.MAX_STRIKES   # a new process each time
 
 
 @pytest.mark.parametrize("how", ["exit", "sigterm"])
@@ -170,9 +170,9 @@ def test_a_dead_worker_is_replaced_and_its_cell_retried_then_reported(tmp_path, 
     with pytest.raises(sweep.CellErrors) as err:
         sweep.sweep("table1", "smoke", tmp_path, overrides=TINY, limit=2, jobs=2, progress=False)
     assert list(err.value.errors) == [dying]
-    assert f"worker process died {sweep.MAX_WORKER_DEATHS} times" in err.value.errors[dying]
+    assert f"worker process died {sweep.MAX_STRIKES} times" in err.value.errors[dying]
     assert [r["spec"] for r in err.value.records] == [innocent.spec]
-    assert len(set((tmp_path / "deaths").read_text().split())) == sweep.MAX_WORKER_DEATHS
+    assert len(set((tmp_path / "deaths").read_text().split())) == sweep.MAX_STRIKES
 
 
 def test_a_dead_worker_does_not_cost_the_cells_beside_it_a_try(tmp_path, monkeypatch):
@@ -191,10 +191,10 @@ def test_a_dead_worker_does_not_cost_the_cells_beside_it_a_try(tmp_path, monkeyp
     with pytest.raises(sweep.CellErrors) as err:
         sweep.sweep("table1", "smoke", tmp_path, overrides=TINY, limit=4, jobs=3, progress=False)
     assert list(err.value.errors) == [dying]
-    assert f"worker process died {sweep.MAX_WORKER_DEATHS} times" in err.value.errors[dying]
+    assert f"worker process died {sweep.MAX_STRIKES} times" in err.value.errors[dying]
     assert sorted(r["spec"] for r in err.value.records) == sorted(c.spec for c in [held, *quick])
     assert [c.path.exists() for c in cells] == [c is not dying for c in cells]
-    assert len(set((tmp_path / "deaths").read_text().split())) == sweep.MAX_WORKER_DEATHS
+    assert len(set((tmp_path / "deaths").read_text().split())) == sweep.MAX_STRIKES
 
 
 def test_a_cell_whose_submit_finds_the_pool_broken_is_not_lost(tmp_path, monkeypatch):
@@ -374,7 +374,7 @@ def test_a_pool_has_no_more_workers_than_cells_and_its_records_say_so(tmp_path, 
     """--jobs 8 over 3 cells packs 3 runs: the records' "pool" (shown as "3 runs packed") must say the packing the
     cells ran under, not the one asked for."""
     seen = []
-    monkeypatch.setattr(sweep, "_run_pool", lambda cells, jobs, done, clock, pool, say: seen.append((jobs, pool)) or [])
+    monkeypatch.setattr(sweep, "_run_pool", lambda cells, jobs, done, clock, pool, log: seen.append((jobs, pool)) or [])
     sweep.run_cells(sweep.table_cells("table1", "smoke", tmp_path, limit=3), jobs=8, progress=False)
     assert seen == [(3, {"workers": 3, "mps": False})]
 
