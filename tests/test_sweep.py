@@ -218,12 +218,12 @@ def test_a_cell_whose_submit_finds_the_pool_broken_is_not_lost(tmp_path, monkeyp
 def test_dict_overrides_keep_their_values(tmp_path):
     """A dict's values are values, not text: None is null (not 'None'), lists and booleans stay what they are."""
     overrides = {"aug.auto_augment": None, "optim.clip_grad": None, "optim.betas": [0.9, 0.95], "compile": True,
-                 "lr": 1e-5, "data.path": "a=b c"}
+                 "lr": 1e-5, "data.kind": "imagefolder", "data.path": "a=b c"}
     [cell] = sweep.plan(["erf"], "smoke", tmp_path, overrides=overrides)
     cfg = cell.cfg
     assert cfg["aug"]["auto_augment"] is None and cfg["optim"]["clip_grad"] is None
     assert cfg["optim"]["betas"] == [0.9, 0.95] and cfg["compile"] is True and cfg["optim"]["lr"] == 1e-5
-    assert cfg["data"]["path"] == "a=b c"
+    assert cfg["data"]["path"] == os.path.abspath("a=b c")        # as given, made absolute (config.load)
 
 
 def test_the_device_argument_reaches_every_cells_config(tmp_path):
