@@ -18,6 +18,7 @@ from matplotlib.transforms import ScaledTranslation, blended_transform_factory
 from . import ablations, tables
 from .functions import BASES
 from .perturb import TRANSFORMS, format_number, parse, pointwise
+from .principles import sign_changes
 
 BLUE, RED = sns.color_palette("deep")[0], sns.color_palette("deep")[3]
 BLUES = sns.blend_palette(["#1d3461", BLUE, "#8db0dc"], 3)       # several curves that satisfy a property
@@ -36,7 +37,6 @@ FAILED_STRIP = 11
 """Points below the axes at which accuracy_vs_lambda draws failures (×), clear of every value; tick labels go below."""
 SMOOTHING = 5
 """Logged points in the running mean of each training curve (raw per-step losses overlap too much to be read)."""
-TRANSFORM_FORMULAS = {name: t.formula for name, t in TRANSFORMS.items()}
 FIGURE3 = ("logsign", "arcsinh", "logquad", "power23", "linear")
 """Figure 3's functions, slowest to fastest growth as x → ∞ (Table 4's order; on [0, 18] some curves cross)."""
 FIGURE4 = ("erf", "erf|neg", "sin", "dampx", "dampexp")
@@ -139,8 +139,8 @@ def figure3(out_dir="figures") -> list[Path]:
     """The unbounded functions of Table 4 on [0, 18]: blue ones train in the paper, red ones fail there (×).
 
     The legend lists them slowest to fastest as x → ∞; on the plotted range the slowest that fails in the paper
-    (power23) lies below the fastest that trains (logquad) from x ≈ 1.9 to 9.8, and the last crossover, after which
-    it stays above, is marked."""
+    (power23) lies below the fastest that trains (logquad) over an interval, so the order is not yet the asymptotic
+    one: the last crossover, after which it stays above, is marked."""
     paper = {c.spec: c.paper for c in ablations.load("table4").cells}
     x = np.linspace(0, 18, 18001)
     with _style():
@@ -167,12 +167,8 @@ def figure3(out_dir="figures") -> list[Path]:
 
 def _last_crossing(x: np.ndarray, a: np.ndarray, b: np.ndarray) -> float | None:
     """The largest x at which a − b changes sign (linear interpolation on the grid), or None if it never does."""
-    d = a - b
-    flips = np.nonzero(np.sign(d[:-1]) * np.sign(d[1:]) < 0)[0]
-    if not len(flips):
-        return None
-    i = flips[-1]
-    return float(x[i] - d[i] * (x[i + 1] - x[i]) / (d[i + 1] - d[i]))
+    crossings = sign_changes(x, a - b)
+    return float(crossings[-1]) if len(crossings) else None
 
 
 def figure4(out_dir="figures") -> list[Path]:
@@ -229,7 +225,7 @@ def transforms(out_dir="figures") -> list[Path]:
                 ax.plot(x, pointwise(spec).at(x), color=color, lw=1.8, label=label)
             ax.axhline(0, color="0.4", lw=0.6)
             ax.axvline(0, color="0.4", lw=0.6)
-            ax.set(title=f"{name} (Table {table.removeprefix('table')}): {TRANSFORM_FORMULAS[name]}, f = {base}",
+            ax.set(title=f"{name} (Table {table.removeprefix('table')}): {TRANSFORMS[name].formula}, f = {base}",
                    xlabel="x", xlim=(-half, half))
             ax.legend(title=None if name == "neg" else "λ", fontsize="x-small", loc="upper left")
         fig.suptitle("The Section-3 perturbations of a spec, each at the λ values of its table")
@@ -302,46 +298,20 @@ def training_curves(name: str, records, out_dir="figures", protocol: str | None 
     a failed run's curve ends in an × (clipped to the top of the axis, which fits the runs that trained).
     Returns [] when no record of the table has a loss history.
     """
-    import pandas as pd
     table = tables.collect(name, records, protocol)
-    matched = [rec for r in table.results for rec in r.records]
-    spe = next((h["step"] / h["epoch"] for rec in matched for h in rec.get("history") or [] if h.get("epoch")), None)
-    rows, hues, swept, x_of = [], {}, {}, {}
-    for panel, results in zip(table.ablation.panels, table.panels):
-        single = len(panel.rows if panel.x_axis == "columns" else panel.columns) == 1
-        for r in results:
-            x, series = panel.x_and_series(r.cell)
-            key = (panel.title, "" if single else series)
-            swept[key] = _swept(panel)
-            hue = f"{x} {'/'.join(dict.fromkeys(tables.failure_mark(k) for k in r.failures))}".strip()
-            hues.setdefault(key, []).append(hue)
-            x_of[hue] = x
-            for record in r.records:
-                for step, loss in _loss_points(record):
-                    rows.append({"key": key, "hue": hue, "failed": record["status"] == "failed",
-                                 "epoch": step / spe if spe else step, "loss": loss, "seed": record.get("seed")})
-    if not rows:
+    data, curves, swept, steps_per_epoch = _loss_frame(table)
+    if data.empty:
         return []
-    data = pd.DataFrame(rows)
-    runs = data.groupby(["key", "hue", "seed"], dropna=False, sort=False)["loss"]
-    data["loss"] = runs.transform(lambda loss: loss.rolling(SMOOTHING, center=True, min_periods=1).mean())
-    keys = [k for k in hues if (data["key"] == k).any()]
+    keys = [k for k in curves if (data["key"] == k).any()]
     trained = data[~data["failed"]]
     top = trained["loss"].max() * 1.05 if len(trained) else None
     with _style():
         rows, cols = _grid_shape(len(keys))
         fig = Figure(figsize=(5.4 * cols, 3.3 * rows), layout="constrained")
         for ax, key in zip(_grid(fig, len(keys)), keys):
-            part = data[data["key"] == key]
-            order = [h for h in hues[key] if (part["hue"] == h).any()]
-            palette = dict(zip(order, _curve_colors([x_of[h] for h in order], swept[key])))
-            sns.lineplot(data=part, x="epoch", y="loss", hue="hue", hue_order=order, palette=palette,
-                         errorbar="sd", ax=ax, lw=1.5)
-            for (hue, _), run in part[part["failed"]].groupby(["hue", "seed"], dropna=False):
-                last = run.sort_values("epoch").iloc[-1]
-                ax.plot(last["epoch"], min(last["loss"], top or last["loss"]), "X", color=palette[hue], ms=9,
-                        clip_on=False)
-            ax.set(title=", ".join(t for t in key if t), xlabel="epoch" if spe else "step", ylabel="train loss")
+            _draw_losses(ax, data[data["key"] == key], curves[key], swept[key], top)
+            ax.set(title=", ".join(t for t in key if t), xlabel="epoch" if steps_per_epoch else "step",
+                   ylabel="train loss")
             if top:
                 ax.set_ylim(top=top)
             ax.legend(title=swept[key] or None, fontsize="small", loc="center left", bbox_to_anchor=(1.0, 0.5))
@@ -351,6 +321,44 @@ def training_curves(name: str, records, out_dir="figures", protocol: str | None 
         fig.suptitle(f"{table.ablation.title}: training loss ({table.protocol}; running mean of {SMOOTHING} points"
                      f"{paper_figure})")
         return _save(fig, out_dir, f"{table_name}_training_curves")
+
+
+def _loss_frame(table: tables.TableResult):
+    """A table's train losses, one row per logged point (key: the subplot, hue: the curve, failed, epoch, loss
+    smoothed along its run, seed), with each subplot's curves in the table's order ({key: {hue: swept value}}), the
+    header of its swept axis, and the steps an epoch has (None: x stays in steps)."""
+    import pandas as pd
+    matched = [rec for r in table.results for rec in r.records]
+    spe = next((h["step"] / h["epoch"] for rec in matched for h in rec.get("history") or [] if h.get("epoch")), None)
+    rows, curves, swept = [], {}, {}
+    for panel, results in zip(table.ablation.panels, table.panels):
+        single = len(panel.rows if panel.x_axis == "columns" else panel.columns) == 1
+        for r in results:
+            x, series = panel.x_and_series(r.cell)
+            key = (panel.title, "" if single else series)
+            swept[key] = _swept(panel)
+            hue = f"{x} {'/'.join(dict.fromkeys(tables.failure_mark(k) for k in r.failures))}".strip()
+            curves.setdefault(key, {})[hue] = x
+            rows += [{"key": key, "hue": hue, "failed": record["status"] == "failed",
+                      "epoch": step / spe if spe else step, "loss": loss, "seed": record.get("seed")}
+                     for record in r.records for step, loss in _loss_points(record)]
+    data = pd.DataFrame(rows)
+    if rows:
+        runs = data.groupby(["key", "hue", "seed"], dropna=False, sort=False)["loss"]
+        data["loss"] = runs.transform(lambda loss: loss.rolling(SMOOTHING, center=True, min_periods=1).mean())
+    return data, curves, swept, spe
+
+
+def _draw_losses(ax, part, curves: dict, swept: str, top: float | None):
+    """One subplot's curves, mean ± sd over seeds, in `_curve_colors`; a failed run ends in an × (no higher than
+    `top`, the top of the axis)."""
+    order = [h for h in curves if (part["hue"] == h).any()]
+    palette = dict(zip(order, _curve_colors([curves[h] for h in order], swept)))
+    sns.lineplot(data=part, x="epoch", y="loss", hue="hue", hue_order=order, palette=palette, errorbar="sd", ax=ax,
+                 lw=1.5)
+    for (hue, _), run in part[part["failed"]].groupby(["hue", "seed"], dropna=False):
+        last = run.sort_values("epoch").iloc[-1]
+        ax.plot(last["epoch"], min(last["loss"], top or last["loss"]), "X", color=palette[hue], ms=9, clip_on=False)
 
 
 REFERENCE = "erf"
@@ -396,65 +404,97 @@ def accuracy_vs_lambda(name: str, records, out_dir="figures", protocol: str | No
         fig = Figure(figsize=(13, 3.8 * len(panels)), layout="constrained")
         axes = fig.subplots(len(panels), 2, squeeze=False)
         below_axes = ScaledTranslation(0, -FAILED_STRIP / 72, fig.dpi_scale_trans)
-        for (ax_m, ax_p), panel, results in zip(axes, panels, table.panels):
-            labels = _x_labels(panel)
-            series = list(dict.fromkeys(panel.x_and_series(r.cell)[1] for r in results))
-            colors = dict(zip(series, sns.color_palette("deep", len(series))))
-            xlabel = _swept(panel)
-            along_lambda = xlabel.startswith("λ")
-            # both plots of a row keep their tick labels level: below the strip if either has a failure to show
-            strip = any(r.trained is False or r.cell.paper_failed for r in results)
-            with_reference = not along_lambda and all(r.cell.spec != REFERENCE for r in results)
-            panel_run = any(r.run for r in results)
-            for ax, measured in ((ax_m, True), (ax_p, False)):
-                failed_strip = blended_transform_factory(ax.transData, ax.transAxes) + below_axes
-                any_failed = False
-                for k, s in enumerate(series):
-                    points = {panel.x_and_series(r.cell)[0]: r for r in results if panel.x_and_series(r.cell)[1] == s}
-                    y, err, failed = [], [], []
-                    for i, label in enumerate(labels):
-                        r = points[label]
-                        value = _top1(r, measured)
-                        y.append(np.nan if value is None else value)
-                        err.append((r.std or 0.0) if measured and r.trained else 0.0)
-                        if (r.trained is False) if measured else r.cell.paper_failed:
-                            failed.append(i)
-                    dodge = (k - (len(series) - 1) / 2) * min(0.08, 0.6 / len(series))
-                    ax.errorbar(np.arange(len(labels)) + dodge, y, yerr=err if measured else None, color=colors[s],
-                                marker="o", ms=5, lw=1.5, ls=("-" if measured else "--") if along_lambda else "none",
-                                capsize=3, mfc=colors[s] if measured else "white", label=s)
-                    if failed:        # (an empty unclipped line would still claim a marker's box at the origin)
-                        ax.plot(np.add(failed, dodge), np.zeros(len(failed)), "X", color=colors[s], ms=8,
-                                transform=failed_strip, clip_on=False)
-                        any_failed = True
-                if any_failed:
-                    ax.text(-0.01, 0, "failed", transform=ax.transAxes + below_axes, ha="right", va="center",
-                            fontsize="small", color="0.3")
-                shown = panel_run if measured else table.ablation.of_paper     # the paper's erf is not your table's
-                reference_value = _top1(reference, measured) if shown else None
-                if with_reference and reference_value is not None:
-                    ax.axhline(reference_value, color="0.35", ls=":", lw=1.5, zorder=1)
-                    ax.text(0.99, reference_value, f"{REFERENCE}: {reference_value:.1f}", ha="right", va="bottom",
-                            transform=blended_transform_factory(ax.transAxes, ax.transData), fontsize="small",
-                            color="0.25")
-                    ax.margins(y=0.12)          # room for the label above the line where erf is the highest value
-                ax.set_xticks(range(len(labels)), labels)
-                if strip:
-                    ax.tick_params(axis="x", pad=2 * FAILED_STRIP)     # the tick labels go below the strip
-                ax.set(xlabel=f"{xlabel} (the table's values, evenly spaced)" if along_lambda else xlabel,
-                       ylabel="top-1 (%)", xlim=(-0.5, len(labels) - 0.5))
-                where = (f"measured ({table.protocol or 'no results'})" if measured else
-                         "paper (ViT-B, ImageNet-1K)" if table.ablation.of_paper else "paper (as the table gives it)")
-                ax.set_title(f"{panel.title} — {where}" if panel.title else where)
-                if measured:      # no point to draw: say why instead of an empty scale
-                    trained = any(r.trained for r in results)
-                    empty = "no results" if not panel_run else None if trained else "no cell trained"
-                else:
-                    empty = None if any(r.cell.has_paper for r in results) else "no paper values"
-                if empty:
-                    ax.text(0.5, 0.5, empty, transform=ax.transAxes, ha="center", va="center", color="0.5")
-                    ax.set_yticks([])
-            if len(series) > 1:
-                ax_p.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.0, 0.5))
+        for (ax_measured, ax_paper), panel, results in zip(axes, panels, table.panels):
+            for ax, measured in ((ax_measured, True), (ax_paper, False)):
+                _draw_side(ax, table, panel, results, reference, measured, below_axes)
+            if len(_series(panel, results)) > 1:
+                ax_paper.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.0, 0.5))
         fig.suptitle(table.ablation.title)
         return _save(fig, out_dir, f"{table.ablation.name}_accuracy_vs_lambda")
+
+
+def _draw_side(ax, table: tables.TableResult, panel: ablations.Panel, results: list, reference: tables.CellResult,
+               measured: bool, below_axes):
+    """One plot of a panel's row, the measured top-1 or the paper's: its points, REFERENCE's line where the panel is
+    one of other functions (and has a value of it to show), its axes and title."""
+    _draw_points(ax, panel, results, measured, below_axes)
+    shown = any(r.run for r in results) if measured else table.ablation.of_paper  # the paper's erf is not your table's
+    reference_value = _top1(reference, measured) if shown else None
+    of_functions = not _swept(panel).startswith("λ") and all(r.cell.spec != REFERENCE for r in results)
+    if of_functions and reference_value is not None:
+        _draw_reference(ax, reference_value)
+    _label_side(ax, table, panel, results, measured)
+
+
+def _series(panel: ablations.Panel, results: list) -> list[str]:
+    """A panel's series (e.g. "erf", "tanh"), in the table's order."""
+    return list(dict.fromkeys(panel.x_and_series(r.cell)[1] for r in results))
+
+
+def _draw_points(ax, panel: ablations.Panel, results: list, measured: bool, below_axes):
+    """Each series' top-1 at the swept values, joined only along λ (functions are categories, not a trend) and
+    dodged sideways a little so that equal values stay visible; failures are × in the strip `below_axes`."""
+    labels = _x_labels(panel)
+    along_lambda = _swept(panel).startswith("λ")
+    series = _series(panel, results)
+    failed_strip = blended_transform_factory(ax.transData, ax.transAxes) + below_axes
+    any_failed = False
+    for k, (s, color) in enumerate(zip(series, sns.color_palette("deep", len(series)))):
+        y, err, failed = _series_points(panel, results, s, labels, measured)
+        dodge = (k - (len(series) - 1) / 2) * min(0.08, 0.6 / len(series))
+        ax.errorbar(np.arange(len(labels)) + dodge, y, yerr=err if measured else None, color=color, marker="o", ms=5,
+                    lw=1.5, ls=("-" if measured else "--") if along_lambda else "none", capsize=3,
+                    mfc=color if measured else "white", label=s)
+        if failed:        # (an empty unclipped line would still claim a marker's box at the origin)
+            ax.plot(np.add(failed, dodge), np.zeros(len(failed)), "X", color=color, ms=8, transform=failed_strip,
+                    clip_on=False)
+            any_failed = True
+    if any_failed:
+        ax.text(-0.01, 0, "failed", transform=ax.transAxes + below_axes, ha="right", va="center", fontsize="small",
+                color="0.3")
+
+
+def _series_points(panel: ablations.Panel, results: list, series: str, labels: list[str], measured: bool):
+    """(top-1, error bar, indices of failures) of `series` at each of `labels`: NaN where there is no value to
+    draw, no error bar on the paper's side or for a cell that did not train."""
+    by_x = {panel.x_and_series(r.cell)[0]: r for r in results if panel.x_and_series(r.cell)[1] == series}
+    cells = [by_x[label] for label in labels]
+    y = [np.nan if (value := _top1(r, measured)) is None else value for r in cells]
+    err = [(r.std or 0.0) if measured and r.trained else 0.0 for r in cells]
+    failed = [i for i, r in enumerate(cells) if ((r.trained is False) if measured else r.cell.paper_failed)]
+    return y, err, failed
+
+
+def _draw_reference(ax, value: float):
+    """REFERENCE's top-1 as a dotted line across the plot, labelled at its right end."""
+    ax.axhline(value, color="0.35", ls=":", lw=1.5, zorder=1)
+    ax.text(0.99, value, f"{REFERENCE}: {value:.1f}", ha="right", va="bottom",
+            transform=blended_transform_factory(ax.transAxes, ax.transData), fontsize="small", color="0.25")
+    ax.margins(y=0.12)          # room for the label above the line where erf is the highest value
+
+
+def _label_side(ax, table: tables.TableResult, panel: ablations.Panel, results: list, measured: bool):
+    """Ticks at the table's values, axis labels, the title saying which side this is, and why it is empty if so."""
+    labels = _x_labels(panel)
+    swept = _swept(panel)
+    ax.set_xticks(range(len(labels)), labels)
+    # both plots of a row keep their tick labels level: below the strip if either has a failure to show
+    if any(r.trained is False or r.cell.paper_failed for r in results):
+        ax.tick_params(axis="x", pad=2 * FAILED_STRIP)     # the tick labels go below the strip
+    ax.set(xlabel=f"{swept} (the table's values, evenly spaced)" if swept.startswith("λ") else swept,
+           ylabel="top-1 (%)", xlim=(-0.5, len(labels) - 0.5))
+    where = (f"measured ({table.protocol or 'no results'})" if measured else
+             "paper (ViT-B, ImageNet-1K)" if table.ablation.of_paper else "paper (as the table gives it)")
+    ax.set_title(f"{panel.title} — {where}" if panel.title else where)
+    if empty := _empty_reason(results, measured):      # no point to draw: say why instead of an empty scale
+        ax.text(0.5, 0.5, empty, transform=ax.transAxes, ha="center", va="center", color="0.5")
+        ax.set_yticks([])
+
+
+def _empty_reason(results: list, measured: bool) -> str | None:
+    """Why one side of a panel has no point to draw, or None when it has one."""
+    if not measured:
+        return None if any(r.cell.has_paper for r in results) else "no paper values"
+    if not any(r.run for r in results):
+        return "no results"
+    return None if any(r.trained for r in results) else "no cell trained"

@@ -33,11 +33,16 @@ FLAT_TOL = 0.0    # constant means equal in float64: x² is 1e-12 at the fine gr
 PROPERTIES = ("zero_centered", "bounded", "center_sensitive", "monotonic")
 
 
+def sign_changes(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """The x at which y changes sign between neighbouring grid points, in grid order, by linear interpolation. A grid
+    point where y is exactly 0 is not one (nor is a change through it): callers that want roots add x[y == 0]."""
+    i = np.nonzero(np.sign(y[:-1]) * np.sign(y[1:]) < 0)[0]
+    return x[i] - y[i] * (x[i + 1] - x[i]) / (y[i + 1] - y[i])
+
+
 def _zero_crossing(x: np.ndarray, y: np.ndarray) -> float | None:
     """The grid root of f nearest 0 (linear interpolation), or None if f never changes sign or hits 0."""
-    exact = x[y == 0]
-    flips = np.nonzero(np.sign(y[:-1]) * np.sign(y[1:]) < 0)[0]
-    roots = list(exact) + [x[i] - y[i] * (x[i + 1] - x[i]) / (y[i + 1] - y[i]) for i in flips]
+    roots = list(x[y == 0]) + list(sign_changes(x, y))
     return float(min(roots, key=abs)) if roots else None
 
 
