@@ -1,11 +1,10 @@
 """`lab reproduce`: every notebook through papermill into one folder, with a shared results dir, and a REPORT.md.
 
-The cells of all six tables are trained first in one process pool (identical canonical specs are one run, shared by
-the tables that contain them; a terminal progress bar over all of them), then each notebook runs with those records
-already present, so it only renders. The `*_report` functions are what the notebooks call: parameters → one call →
-a `Report` that displays itself (markdown + figures).
+The cells of the chosen notebooks' tables are trained first in one process pool (identical canonical specs are one
+run, shared by the tables that contain them; a terminal progress bar over all of them), then each notebook runs with
+those records already present, so it only renders. The `*_report` functions are what the notebooks call:
+parameters → one call → a `Report` that displays itself (markdown + figures).
 """
-import builtins
 import multiprocessing
 import shlex
 import tempfile
@@ -21,8 +20,6 @@ NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 NOTEBOOKS = ("00_four_principles", "01_table1", "02_table2", "03_table3", "04_table4", "05_table5", "06_table6",
              "07_figures")
 FIGURES = ("figure2", "figure3", "figure4", "transforms")
-SMOKE_BANNER = ("> **⚠ smoke protocol: smoke numbers only exercise the machinery and are not comparable to the "
-                "paper.**")
 
 
 @dataclass
@@ -75,7 +72,7 @@ def demo_report(specs=("erf", "linear"), protocol: str = "smoke", results_dir="r
                 train: bool = True) -> Report:
     """Train a few specs side by side (e.g. one that trains, one that fails): verdicts beside the paper's, and train
     loss per epoch. train=False: only the specs whose records are present."""
-    from . import ablations, results
+    from . import ablations, results, tables
     cells = _sweep.plan(specs, protocol, project_path(results_dir), overrides=_with_data_path(overrides, data_path),
                         device=device)
     if train:
@@ -94,12 +91,13 @@ def demo_report(specs=("erf", "linear"), protocol: str = "smoke", results_dir="r
     lines += ["", "Train loss by epoch:", "", "| epoch | " + " | ".join(f"`{r['spec']}`" for r in records) + " |",
               "|---" * (len(records) + 1) + "|"]
     lines += [f"| {e} | " + " | ".join(_num(per.get(e)) for per in losses) + " |" for e in epochs]
-    banner = SMOKE_BANNER + "\n\n" if protocol == "smoke" else ""
+    banner = f"> **{tables.SMOKE_CAVEAT}**\n\n" if protocol == "smoke" else ""
     return Report(f"Training demo — {protocol}", banner + "\n".join(lines))
 
 
 def figures_report(out_dir="reproduction", which=("figure2", "figure3", "figure4")) -> Report:
-    """The paper's Figures 2–4 (or `which` of them): PNG shown, PDF written beside it in OUT/figures/."""
+    """`which` of FIGURES (the paper's Figures 2–4 by default, or the transforms gallery): PNG shown, PDF written
+    beside it in OUT/figures/."""
     from . import figures
     unknown = [w for w in which if w not in FIGURES]
     if unknown:
@@ -123,13 +121,13 @@ def project_path(path) -> Path:
 def reproduce(protocol: str, out_dir="reproduction", *, jobs: int = 2, overrides=None, device: str | None = None,
               data_path: str | None = None, seeds=None, results_dir=None, notebooks=NOTEBOOKS,
               limit: int | None = None, progress: bool = True, train: bool = True) -> Path:
-    """Train all tables' cells once, execute `notebooks` into OUT/, write OUT/REPORT.md; return its path.
+    """Train the cells of the tables of `notebooks` once, execute them into OUT/, write OUT/REPORT.md; return its path.
 
     results_dir: where the records are (default OUT/results). train=False: train nothing, render the records present
     (a grid trained elsewhere; its missing cells show as not run). A failing notebook is recorded in the report and
     the others still run; then RuntimeError names the failures.
     """
-    from . import ablations, config, results as _results
+    from . import ablations, config, results
     config.load(protocol, _sweep.override_items(_with_data_path(overrides, data_path), device))  # bad input fails here
     unknown = [n for n in notebooks if n not in NOTEBOOKS]
     if unknown:
@@ -139,56 +137,77 @@ def reproduce(protocol: str, out_dir="reproduction", *, jobs: int = 2, overrides
     if out == NOTEBOOK_DIR.resolve():
         raise ValueError(f"out {out_dir}: the notebooks' own folder, which the executed copies would overwrite; "
                          "choose another")
-    results = Path(results_dir).resolve() if results_dir else out / "results"
+    results_path = Path(results_dir).resolve() if results_dir else out / "results"
     if not train:       # rendering only: the records must be there
-        _results.records_dir(results)
+        results.records_dir(results_path)
     out.mkdir(parents=True, exist_ok=True)
     start = time.time()
 
-    tables = [n for n in ablations.TABLES if any(book.endswith(f"_{n}") for book in notebooks)]   # 01_table1: table1
-    cells = _sweep.union_cells(tables, protocol, results, seeds=seeds, overrides=_with_data_path(overrides, data_path),
-                               device=device, limit=limit)
-    train_error = None
-    missing = sum(_results.finished(c.path) is None for c in cells)
+    # only the chosen notebooks' tables are trained: 01_table1 renders table1
+    table_names = [n for n in ablations.TABLES if any(book.endswith(f"_{n}") for book in notebooks)]
+    cells = _sweep.union_cells(table_names, protocol, results_path, seeds=seeds,
+                               overrides=_with_data_path(overrides, data_path), device=device, limit=limit)
+    missing = sum(results.finished(c.path) is None for c in cells)
     _sweep.say(f"reproduce [{protocol}]: {_sweep.count(len(cells), 'unique cell')} over "
-               f"{_sweep.count(len(tables), 'table')}, "
+               f"{_sweep.count(len(table_names), 'table')}, "
                + (f"{missing} to train, jobs={jobs}" if train else f"{missing} missing, training none")
                + f" → {out}", True)
-    if train:
-        try:
-            _sweep.run_cells(cells, jobs=jobs, progress=progress, desc="cells")
-        except _sweep.CellErrors as err:
-            train_error = err
-            _sweep.say(str(err), True)
+    train_error = _train_grid(cells, jobs, progress) if train else None
 
-    params = dict(protocol=protocol, results_dir=str(results), out_dir=str(out), jobs=jobs, device=device,
+    params = dict(protocol=protocol, results_dir=str(results_path), out_dir=str(out), jobs=jobs, device=device,
                   data_path=data_path, seeds=None if seeds is None else list(seeds),
                   overrides=_sweep.override_items(overrides, None), limit=limit, train=train)
-    todo = [(NOTEBOOK_DIR / f"{n}.ipynb", out / f"{n}.ipynb", params, out) for n in notebooks]
-    spawn = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(min(jobs, len(todo)), mp_context=spawn) if jobs > 1 else nullcontext() as pool:
-        ran = []
-        for name, (error, wall) in zip(notebooks, (pool or builtins).map(_execute_quietly, todo)):
-            ran.append((name, error, wall))
-            _sweep.say(f"[{len(ran)}/{len(notebooks)}] {name}: {'ok' if error is None else 'FAILED'} ({wall:.0f} s)"
-                       + ("" if error is None else f" — {error}"), True)
+    ran = _run_notebooks(notebooks, params, out, jobs)
 
     report = out / "REPORT.md"
-    command = shlex.join(["lab", "reproduce", "--protocol", protocol, "--out", str(out_dir), "--jobs", str(jobs),
-                          *([] if train else ["--no-train"]), *(["--results", str(results_dir)] if results_dir else []),
-                          *(a for o in _sweep.override_items(_with_data_path(overrides, data_path), device)
-                            for a in ("--set", o))])
-    python_only = {"seeds": seeds, "limit": limit, "notebooks": None if notebooks == NOTEBOOKS else list(notebooks)}
-    extras = ", ".join(f"{k}={v!r}" for k, v in python_only.items() if v is not None)     # arguments with no flag
-    command += f" (and, from Python, {extras})" if extras else ""
-    report.write_text(_report_text(command, protocol, out, results, tables, ran, len(cells), time.time() - start,
-                                   train_error))
+    command = _command_line(protocol, out_dir, jobs=jobs, train=train, results_dir=results_dir, overrides=overrides,
+                            data_path=data_path, device=device, seeds=seeds, limit=limit, notebooks=notebooks)
+    report.write_text(_report_text(command, protocol, out, results_path, table_names, ran, len(cells),
+                                   time.time() - start, train_error))
     _sweep.say(f"reproduce [{protocol}]: done in {time.time() - start:.0f} s → {report}", True)
     failed = [n for n, e, _ in ran if e]
     if failed or train_error:
         raise RuntimeError(f"reproduce finished with failures (notebooks: {', '.join(failed) or 'none'}; "
                            f"cell errors: {len(train_error.errors) if train_error else 0}); see {report}")
     return report
+
+
+def _train_grid(cells, jobs: int, progress: bool) -> _sweep.CellErrors | None:
+    """Train the cells not finished yet; cells that raise are returned, not raised, so that the notebooks still
+    render the others and the report lists them."""
+    try:
+        _sweep.run_cells(cells, jobs=jobs, progress=progress, desc="cells")
+    except _sweep.CellErrors as err:
+        _sweep.say(str(err), True)
+        return err
+    return None
+
+
+def _run_notebooks(notebooks, params: dict, out: Path, jobs: int) -> list[tuple[str, str | None, float]]:
+    """Execute each notebook into `out` with `params` (jobs > 1: side by side in spawned processes), saying how each
+    went; returns (name, error or None, seconds) for each."""
+    todo = [(NOTEBOOK_DIR / f"{n}.ipynb", out / f"{n}.ipynb", params, out) for n in notebooks]
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(min(jobs, len(todo)), mp_context=spawn) if jobs > 1 else nullcontext() as pool:
+        run = pool.map if pool else map
+        ran = []
+        for name, (error, wall) in zip(notebooks, run(_execute_quietly, todo)):
+            ran.append((name, error, wall))
+            _sweep.say(f"[{len(ran)}/{len(notebooks)}] {name}: {'ok' if error is None else 'FAILED'} ({wall:.0f} s)"
+                       + ("" if error is None else f" — {error}"), True)
+    return ran
+
+
+def _command_line(protocol: str, out_dir, *, jobs, train, results_dir, overrides, data_path, device, seeds, limit,
+                  notebooks) -> str:
+    """The `lab reproduce` command that repeats a run, then the arguments that have no flag (given from Python)."""
+    command = shlex.join(["lab", "reproduce", "--protocol", protocol, "--out", str(out_dir), "--jobs", str(jobs),
+                          *([] if train else ["--no-train"]), *(["--results", str(results_dir)] if results_dir else []),
+                          *(a for o in _sweep.override_items(_with_data_path(overrides, data_path), device)
+                            for a in ("--set", o))])
+    python_only = {"seeds": seeds, "limit": limit, "notebooks": None if notebooks == NOTEBOOKS else list(notebooks)}
+    extras = ", ".join(f"{k}={v!r}" for k, v in python_only.items() if v is not None)
+    return command + (f" (and, from Python, {extras})" if extras else "")
 
 
 def _execute_quietly(job) -> tuple[str | None, float]:
@@ -231,15 +250,15 @@ def quiet_shutdown_kernel_manager():
     return QuietShutdownKernelManager
 
 
-def _report_text(command, protocol, out, results, tables, ran, n_cells, wall, train_error) -> str:
-    from . import fidelity, results as _results
+def _report_text(command, protocol, out, results_path, table_names, ran, n_cells, wall, train_error) -> str:
+    from . import fidelity, results, tables
     lines = [f"# Reproduction of arXiv 2512.10938 Section 3 — protocol `{protocol}`", ""]
     if protocol == "smoke":
-        lines += [SMOKE_BANNER, ""]
-    records = _results.load_records(results)
+        lines += [f"> **{tables.SMOKE_CAVEAT}**", ""]
+    records = results.load_records(results_path)
     devices = sorted({str(r.get("device")) for r in records})
     lines += [f"- command: `{command}` · wall time {wall:.0f} s · {_sweep.count(n_cells, 'unique cell')}",
-              f"- results: `{_rel(results, out)}` ({_sweep.count(len(records), 'record')}; "
+              f"- results: `{_rel(results_path, out)}` ({_sweep.count(len(records), 'record')}; "
               f"device: {', '.join(devices) or '—'})",
               "", fidelity.render(fidelity.measure(records, protocol), caveat=False),
               "## Notebooks", "", "| notebook | status | time |", "|---|---|---|"]
@@ -248,7 +267,7 @@ def _report_text(command, protocol, out, results, tables, ran, n_cells, wall, tr
         lines += ["", f"**{_sweep.count(len(train_error.errors), 'cell')} raised** (see the notebooks' tracebacks):"]
         lines += [f"- `{c.spec}` seed {c.seed}" for c in train_error.errors]
     lines += ["", "## Tables"]
-    for table in tables:
+    for table in table_names:
         md = out / "tables" / f"{table}.md"
         lines += ["", f"### {table}", ""]
         if not md.exists():
