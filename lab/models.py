@@ -60,8 +60,13 @@ def build_model(model: str = "vit_base_patch16_224", norm: str = "layernorm", al
 def from_config(cfg: dict, norm: str, num_classes: int) -> nn.Module:
     """The model of a run config (its `model` section at the data's resolution) with `norm`."""
     kw = dict(cfg["model"])
-    name, alpha0 = kw.pop("name"), kw.pop("alpha0")
-    return build_model(name, norm=norm, alpha0=alpha0, img_size=cfg["data"]["img_size"], num_classes=num_classes, **kw)
+    name, alpha0, size = kw.pop("name"), kw.pop("alpha0"), cfg["data"]["img_size"]
+    model = build_model(name, norm=norm, alpha0=alpha0, img_size=size, num_classes=num_classes, **kw)
+    patch = model.patch_embed.patch_size[0]
+    if size % patch:
+        raise ValueError(f"data.img_size {size} is not a multiple of the model's patch size {patch} ({name}): "
+                         f"choose one that is, such as {max(size // patch, 1) * patch}")
+    return model
 
 
 def count_norms(model: nn.Module) -> Counter:

@@ -26,6 +26,7 @@ import math
 import os
 import platform
 import random
+import sys
 import time
 import warnings
 from contextlib import contextmanager, nullcontext
@@ -157,10 +158,10 @@ class Trainer:
                   f"torch {torch.__version__} · {self.total} updates, {self.steps_per_epoch} an epoch"
                   + (f" · compiled ({cfg['compile_mode']})" if cfg.get("compile") else "")
                   + (f" · {pool_text(pool, device.type)}" if pool else ""))
-        for slow in (_cpu_fallback(cfg, device), _emulated_precision(device, self.dtype)):
-            if slow:
-                warnings.warn(slow, stacklevel=2)
-                self._log(slow)
+        for note in (_cpu_fallback(cfg, device), _emulated_precision(device, self.dtype), _all_warmup(s)):
+            if note:
+                warnings.warn(note, stacklevel=2)
+                self._log(note)
 
     def _log(self, line: str):
         """Append one line to the cell's log (rank 0), stamped with the seconds since this process took the cell."""
@@ -180,6 +181,8 @@ class Trainer:
         self._resume()
         self.epoch_mark = (time.time(), self.state["step"])    # the throughput of each epoch line
         t0, s0 = time.time(), self.state["step"]      # throughput base
+        if s0 and progress:
+            print(f"{self.spec}: resumed at update {s0} of {self.total} from {self.ckpt}", file=sys.stderr)
         self.mark, self.checkpoint_due = time.time(), False       # wall time since, and rank 0's clock says save
         images, every = self.cfg["optim"]["batch_size"], self.cfg["checkpoint"]
         bar = tqdm(total=self.total, initial=s0, disable=not progress, desc=self.spec, unit="step",
@@ -291,7 +294,8 @@ class Trainer:
         if best > chance + margin:
             return None
         return {"step": self.state["step"], "kind": "no_learning",
-                "reason": f"best top-1 {best:.2f}% never above chance {chance:.2f}% + {sigmas:g} sigma ({margin:.2f}%)"}
+                "reason": f"best top-1 {best:.2f}% never above {chance + margin:.2f}% (chance {chance:.2f}% + "
+                          f"{sigmas:g} sigma = {margin:.2f} points)"}
 
     def _end_epoch(self, epoch: int):
         losses = self.state["epoch_losses"]
@@ -480,6 +484,14 @@ def _native_cpu_bf16() -> bool:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return True
+
+
+def _all_warmup(schedule: dict) -> str | None:
+    """Why the learning rate never decays, where a short run (epochs=1 to try the paper's recipe) is all warmup."""
+    if schedule["warmup_epochs"] >= schedule["epochs"]:
+        return (f"schedule.warmup_epochs ({schedule['warmup_epochs']:g}) >= schedule.epochs ({schedule['epochs']}): "
+                "the whole run is warmup, the learning rate peaks at its last update and never decays")
+    return None
 
 
 def _seed_everything(seed: int):

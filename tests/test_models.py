@@ -96,6 +96,19 @@ def test_alpha0_and_the_callers_timm_arguments_reach_the_model():
     assert model.global_pool == "token" and isinstance(model.norm, PointwiseNorm)
 
 
+@pytest.mark.parametrize("protocol, overrides, patch", [
+    ("smoke", ["data.img_size=22"], 5), ("paper", ["data.img_size=60", "model.name=vit_tiny_patch16_224"], 16)])
+def test_an_image_size_the_patches_do_not_tile_is_an_error_before_training(protocol, overrides, patch):
+    """Else the first forward pass fails with the patch embedding's shapes, after the data is loaded."""
+    from lab import config
+    from lab.models import from_config
+    cfg = config.load(protocol, overrides)
+    size = cfg["data"]["img_size"]
+    with pytest.raises(ValueError, match=rf"data.img_size {size} is not a multiple of the model's patch size {patch} "
+                                         rf"\(.*\): choose one that is, such as {size // patch * patch}"):
+        from_config(cfg, "erf", 10)
+
+
 def test_a_protocols_model_is_built_at_the_datas_resolution_with_its_classes_and_alpha0():
     from lab import config
     from lab.models import from_config

@@ -2,6 +2,7 @@
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -95,6 +96,21 @@ def test_a_run_that_never_leaves_chance_is_failed_no_learning(tmp_path):
     record = train.run(config.load("smoke", ["lr=0", "epochs=2"]), "erf", tmp_path, progress=False)
     assert record["status"] == "failed" and record["failure"]["kind"] == "no_learning"
     assert "chance" in record["failure"]["reason"] and record["top1"] is not None
+    best, threshold, chance, margin = map(float, re.fullmatch(
+        r"best top-1 ([\d.]+)% never above ([\d.]+)% \(chance ([\d.]+)% \+ 3 sigma = ([\d.]+) points\)",
+        record["failure"]["reason"]).groups())
+    assert best <= threshold == pytest.approx(chance + margin, abs=0.01) and chance == 10.0
+
+
+@pytest.mark.parametrize("epochs, warns", [(1, True), (2, False)])
+def test_a_run_shorter_than_its_warmup_says_its_learning_rate_never_decays(tmp_path, epochs, warns):
+    """smoke warms up for 1 epoch: epochs=1 (to try a recipe) is all warmup, which timm's scheduler does not say."""
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        _trainer(tmp_path, [f"epochs={epochs}"])
+    said = [str(w.message) for w in seen if "whole run is warmup" in str(w.message)]
+    assert said == ([f"schedule.warmup_epochs (1) >= schedule.epochs ({epochs}): the whole run is warmup, the learning "
+                     "rate peaks at its last update and never decays"] if warns else [])
 
 
 def test_imagenet_folder_cell_trains_end_to_end(jpeg_folder, tmp_path):
@@ -430,7 +446,7 @@ def test_the_record_reports_the_last_evaluations_raw_and_ema_top1_apart(tmp_path
     assert (saved["top1"], saved["top1_ema"]) == (61.0, 47.5)
 
 
-def test_a_resume_after_a_finished_epoch_keeps_its_history(tmp_path, monkeypatch):
+def test_a_resume_after_a_finished_epoch_keeps_its_history(tmp_path, monkeypatch, capsys):
     cfg = config.load("smoke", ["epochs=2", "checkpoint.every_steps=16"])     # a checkpoint at each epoch's end
     first = tmp_path / "epoch1.ckpt"
     save = train.Trainer._save
@@ -446,7 +462,8 @@ def test_a_resume_after_a_finished_epoch_keeps_its_history(tmp_path, monkeypatch
     assert torch.load(first, weights_only=False)["state"]["step"] == 16
     path.unlink()
     results.checkpoint_path(path).write_bytes(first.read_bytes())        # as if stopped after epoch 1
-    resumed = train.run(cfg, "erf", tmp_path, progress=False)
+    resumed = train.run(cfg, "erf", tmp_path, progress=True)
+    assert f"erf: resumed at update 16 of 32 from {results.checkpoint_path(path)}" in capsys.readouterr().err
     assert [h["epoch"] for h in resumed["history"]] == [1, 2] and resumed["steps"] == 32
     assert resumed["history"][0] == clean["history"][0]
     for key in ("top1", "top1_ema", "loss_curve"):
