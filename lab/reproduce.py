@@ -91,7 +91,7 @@ def demo_report(specs=("erf", "linear"), protocol: str = "smoke", results_dir="r
     lines += ["", "Train loss by epoch:", "", "| epoch | " + " | ".join(f"`{r['spec']}`" for r in records) + " |",
               "|---" * (len(records) + 1) + "|"]
     lines += [f"| {e} | " + " | ".join(_num(per.get(e)) for per in losses) + " |" for e in epochs]
-    banner = f"> **{tables.SMOKE_CAVEAT}**\n\n" if protocol == "smoke" else ""
+    banner = f"> **{note}**\n\n" if (note := tables.protocol_caveat(protocol)) else ""
     return Report(f"Training demo — {protocol}", banner + "\n".join(lines))
 
 
@@ -253,8 +253,8 @@ def quiet_shutdown_kernel_manager():
 def _report_text(command, protocol, out, results_path, table_names, ran, n_cells, wall, train_error) -> str:
     from . import fidelity, results, tables
     lines = [f"# Reproduction of arXiv 2512.10938 Section 3 — protocol `{protocol}`", ""]
-    if protocol == "smoke":
-        lines += [f"> **{tables.SMOKE_CAVEAT}**", ""]
+    if note := tables.protocol_caveat(protocol):
+        lines += [f"> **{note}**", ""]
     records = results.load_records(results_path)
     devices = sorted({str(r.get("device")) for r in records})
     lines += [f"- command: `{command}` · wall time {wall:.0f} s · {_sweep.count(n_cells, 'unique cell')}",

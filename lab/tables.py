@@ -189,16 +189,17 @@ def collect(name: str, records, protocol: str | None = None, *, metric: str = "t
     return TableResult(ablation, panels, protocol, config_hash, metric, seeds, baseline, notes)
 
 
-SMOKE_CAVEAT = "Note: smoke protocol: these numbers only exercise the machinery and are not comparable to the paper."
-"""The smoke protocol's warning, above each table and at the top of lab reproduce's report."""
-
-
 def caveat(table: TableResult) -> str | None:
     """The protocol warning printed above the table (None for the paper's protocol or no results)."""
-    if table.protocol == "smoke":
-        return SMOKE_CAVEAT
-    if table.protocol not in (None, "paper"):
-        return (f"Note: protocol {table.protocol} is not the paper's recipe: compare the train/fail pattern and the "
+    return protocol_caveat(table.protocol)
+
+
+def protocol_caveat(protocol: str | None) -> str | None:
+    """How far a protocol's numbers compare with the paper's: above each table and atop lab reproduce's report."""
+    if protocol == "smoke":
+        return "Note: smoke protocol: these numbers only exercise the machinery and are not comparable to the paper."
+    if protocol not in (None, "paper"):
+        return (f"Note: protocol {protocol} is not the paper's recipe: compare the train/fail pattern and the "
                 "ranking (Spearman ρ), not absolute accuracies.")
     return None
 

@@ -81,6 +81,15 @@ def test_a_bad_parameter_fails_the_notebook_with_labs_message(tmp_path):
     assert {p: p.read_bytes() for p in reproduce.NOTEBOOK_DIR.iterdir()} == before
 
 
+@pytest.mark.parametrize("protocol, note", [("smoke", "only exercise the machinery"),
+                                            ("proxy", "protocol proxy is not the paper's recipe"), ("paper", None)])
+def test_a_report_says_at_its_top_how_far_its_protocols_numbers_compare_with_the_papers(tmp_path, protocol, note):
+    """A proxy grid rendered with --no-train is not the paper's recipe either: its report says so, as its tables do."""
+    text = reproduce._report_text("lab reproduce", protocol, tmp_path, tmp_path, [], [], 0, 1.0, None)
+    second = text.splitlines()[2]
+    assert (note in second and second.startswith("> **Note:")) if note else not second.startswith(">")
+
+
 def test_no_train_renders_the_records_present_and_trains_nothing(tmp_path):
     """A grid trained elsewhere (a GPU) is rendered here without training its missing cells."""
     from lab import config, results, train
