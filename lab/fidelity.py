@@ -24,7 +24,7 @@ NOISE_SPECS = ("layernorm", "erf", "tanh", "arctan", "isru")
 @dataclass
 class Fidelity:
     protocol: str | None
-    tables: dict                # table name -> TableResult
+    by_table: dict              # table name -> TableResult
     agreements: dict            # table name -> TableResult.agreement()
     erf: tables.CellResult | None
     layernorm: tables.CellResult | None
@@ -45,7 +45,7 @@ class Fidelity:
         return sum(a["agree"] for a in self.agreements.values())
 
     @property
-    def run(self) -> int:
+    def cells_run(self) -> int:
         return sum(a["run"] for a in self.agreements.values())
 
     @property
@@ -71,7 +71,7 @@ class Fidelity:
         is judged only once reached, or out of reach even if every missing cell agreed; the mean ρ not at all; the
         grid's time only once over its limit (the missing cells can only add to it). A further seed of a cell can
         still change its verdict; the seeds goal counts the records there are."""
-        g, complete, missing = GOALS, self.run == self.cells, self.cells - self.run
+        g, complete, missing = GOALS, self.cells_run == self.cells, self.cells - self.cells_run
         target, wall_limit = g["agreement"] * self.cells, 60 * g["wall_min"]
         return {"agreement": True if self.agree >= target else False if self.agree + missing < target else None,
                 # while cells are missing, an undefined ρ may still become defined: the mean is not final
@@ -89,7 +89,7 @@ def measure(records, protocol: str | None = None) -> Fidelity:
     specs = {spec for name in ablations.TABLES for spec in ablations.load(name).specs()}
     protocol, config_hash, _, notes = tables.select(specs, records, protocol, where="Tables 1–6")
     collected = {name: tables.collect(name, records, protocol, config_hash=config_hash) for name in ablations.TABLES}
-    cells = [r for t in collected.values() for r in [*t.results, t.baseline] if r is not None and r.run]
+    cells = [r for t in collected.values() for r in [*t.results, t.baseline] if r is not None and r.ran]
     by_spec = {r.cell.spec: r for r in cells}      # the LayerNorm baseline's cell spec is "layernorm"
     used = {(rec["spec"], rec.get("seed")): rec for r in cells for rec in r.records}.values()
     seeds = {spec: len(by_spec[spec].records) if spec in by_spec else 0 for spec in NOISE_SPECS}
@@ -137,19 +137,19 @@ def render(f: Fidelity, *, caveat: bool = True) -> str:
             f"{f.wall_s / 60:.1f} min with runs training (first start to last finish {f.span_s / 60:.1f} min; "
             f"{f.run_s / 60:.0f} run-minutes{''.join(f'; {p}' for p in f.pools)})")
     seeds = ", ".join(f"{s} {n}" for s, n in f.seeds.items())
-    warning = next((c for t in f.tables.values() if (c := tables.caveat(t))), None) if caveat else None
+    warning = next((c for t in f.by_table.values() if (c := tables.caveat(t))), None) if caveat else None
     lines = [f"**Fidelity to the paper — protocol {f.protocol or tables.MISSING}** "
              f"(device: {', '.join(f.devices) or tables.MISSING})", ""]
     lines += [f"> **{warning}**", ""] if warning else []
     lines += ["| goal | target | measured | met |", "|---|---|---|---|",
               f"| train/fail agrees with the paper | ≥ {g['agreement']:.0%} of {f.cells} cells | "
-              f"{f.agree}/{f.cells} ({f.agree / f.cells:.1%}; {f.run} run) | {met['agreement']} |",
+              f"{f.agree}/{f.cells} ({f.agree / f.cells:.1%}; {f.cells_run} run) | {met['agreement']} |",
               f"| ranking: Spearman ρ, mean over tables | ≥ {g['spearman']} | {_num(f.mean_rho, '.2f')} ({rhos}) | "
               f"{met['spearman']} |",
               f"| erf − LayerNorm, top-1 points | ≥ {_signed(g['erf_gap'], '.0f')} | {gap} | {met['erf_gap']} |",
               f"| whole grid, wall time | ≤ {g['wall_min']:.0f} min | {wall} | {met['wall_min']} |",
               f"| seeds of LayerNorm and the λ = 0 cells | ≥ {g['seeds']} each | {seeds} | {met['seeds']} |"]
-    config = next((t.config_hash for t in f.tables.values() if t.config_hash), tables.MISSING)
+    config = next((t.config_hash for t in f.by_table.values() if t.config_hash), tables.MISSING)
     return "\n".join(lines + ["", f"Config {config}; cells are counted per table, as the tables show them (a spec in "
                               "two tables counts twice).", *f.notes]) + "\n"
 

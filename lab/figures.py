@@ -418,7 +418,7 @@ def _draw_side(ax, table: tables.TableResult, panel: ablations.Panel, results: l
     """One plot of a panel's row, the measured top-1 or the paper's: its points, REFERENCE's line where the panel is
     one of other functions (and has a value of it to show), its axes and title."""
     _draw_points(ax, panel, results, measured, below_axes)
-    shown = any(r.run for r in results) if measured else table.ablation.of_paper  # the paper's erf is not your table's
+    shown = any(r.ran for r in results) if measured else table.ablation.of_paper  # the paper's erf is not your table's
     reference_value = _top1(reference, measured) if shown else None
     of_functions = not _swept(panel).startswith("λ") and all(r.cell.spec != REFERENCE for r in results)
     if of_functions and reference_value is not None:
@@ -495,6 +495,6 @@ def _empty_reason(results: list, measured: bool) -> str | None:
     """Why one side of a panel has no point to draw, or None when it has one."""
     if not measured:
         return None if any(r.cell.has_paper for r in results) else "no paper values"
-    if not any(r.run for r in results):
+    if not any(r.ran for r in results):
         return "no results"
     return None if any(r.trained for r in results) else "no cell trained"

@@ -46,12 +46,12 @@ class CellResult:
     records: list[dict] = field(default_factory=list)
 
     @property
-    def run(self) -> bool:
+    def ran(self) -> bool:
         return bool(self.values or self.failures)
 
     @property
     def trained(self) -> bool | None:
-        return None if not self.run else not self.failures
+        return None if not self.ran else not self.failures
 
     @property
     def mean(self) -> float | None:
@@ -64,10 +64,10 @@ class CellResult:
     @property
     def agrees(self) -> bool | None:
         """Train/fail verdict equals the paper's (None if not run, or the cell has no paper value)."""
-        return None if not self.run or not self.cell.has_paper else self.trained == (self.cell.paper is not None)
+        return None if not self.ran or not self.cell.has_paper else self.trained == (self.cell.paper is not None)
 
     def measured_text(self) -> str:
-        if not self.run:
+        if not self.ran:
             return MISSING
         marks = "/".join(dict.fromkeys(failure_mark(k) for k in self.failures))
         if not self.values:
@@ -103,7 +103,7 @@ class TableResult:
 def agreement(results: list[CellResult]) -> dict:
     """Train/fail agreement and Spearman ρ of accuracies with the paper's (cells that trained in both), over the cells
     run that have a paper value ("compared"; all of them in the paper's tables)."""
-    run = [r for r in results if r.run]
+    run = [r for r in results if r.ran]
     both = [r for r in run if r.trained and r.cell.paper is not None]
     rho, p = spearman([r.mean for r in both], [r.cell.paper for r in both])
     return {"cells": len(results), "run": len(run), "compared": sum(r.cell.has_paper for r in run),

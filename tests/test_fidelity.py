@@ -32,7 +32,7 @@ def paper_grid(protocol="proxy", minutes=10.0, seeds=3, shift=None):
 
 def test_a_grid_that_is_the_paper_meets_every_goal():
     f = fidelity.measure(paper_grid())
-    assert (f.agree, f.run, f.cells) == (123, 123, 123)
+    assert (f.agree, f.cells_run, f.cells) == (123, 123, 123)
     assert f.mean_rho > 0.9 and f.erf_gap == pytest.approx(82.6 - 83.0)
     assert f.wall_s == pytest.approx(10 * 60 + 30 - 10 * 60 / 108, rel=0.02)
     assert f.met() == dict.fromkeys(fidelity.GOALS, True)
@@ -80,12 +80,12 @@ def test_a_table_without_a_rho_leaves_the_mean_to_the_others_once_the_grid_is_co
     """Table 4 has 3 cells the paper trains: one failing in the proxy leaves it no ρ, and the ranking goal is graded on
     the other tables' mean, which names it; while cells are missing, the goal stays ungraded."""
     f = fidelity.measure(paper_grid(shift={"logsign": None}))     # Tables 2 and 4; Table 2 keeps 19 pairs
-    assert f.run == f.cells and f.agreements["table4"]["spearman_rho"] is None
+    assert f.cells_run == f.cells and f.agreements["table4"]["spearman_rho"] is None
     assert f.met() == dict.fromkeys(fidelity.GOALS, True)
     assert f.unranked == {"table4": "fewer than 3 cells trained in both"}
     assert "; the mean leaves out table4: fewer than 3 cells trained in both) | yes |" in fidelity.render(f)
     partial = fidelity.measure([r for r in paper_grid(shift={"logsign": None}) if r["spec"] != "erf|neg"])
-    assert partial.run < partial.cells and partial.mean_rho > 0.9 and partial.met()["spearman"] is None
+    assert partial.cells_run < partial.cells and partial.mean_rho > 0.9 and partial.met()["spearman"] is None
 
 
 def test_partial_records_leave_ungraded_goals_open():
@@ -93,7 +93,7 @@ def test_partial_records_leave_ungraded_goals_open():
     be a grid that agrees and fits in 15 minutes; more than 6 disagreeing, or the time already spent, may not."""
     grid = [r for r in paper_grid() if r["spec"] in ("erf", "layernorm", "erf|hshift=2")]
     f = fidelity.measure(grid)
-    assert f.run == 6 and f.met()["agreement"] is None and f.met()["wall_min"] is None   # erf: 5 cells; 6 of 123
+    assert f.cells_run == 6 and f.met()["agreement"] is None and f.met()["wall_min"] is None   # erf: 5 cells; 6 of 123
     assert f.mean_rho is None and f.met()["spearman"] is None
     assert f.seeds == {"layernorm": 3, "erf": 3, "tanh": 0, "arctan": 0, "isru": 0}
     assert fidelity.measure(paper_grid(minutes=40.0)[:60]).met()["wall_min"] is False     # 20 minutes, half run
@@ -101,7 +101,7 @@ def test_partial_records_leave_ungraded_goals_open():
     for r in [r for r in failing if r["spec"] not in fidelity.NOISE_SPECS][:7]:      # 7 specs (8 cells) flipped
         r["top1"], r["status"] = (None, "failed") if r["top1"] is not None else (80.0, "ok")
     f = fidelity.measure(failing)
-    assert (f.run, f.agree, f.met()["agreement"]) == (118, 110, False)      # 110 + 5 < 95 % of 123
+    assert (f.cells_run, f.agree, f.met()["agreement"]) == (118, 110, False)      # 110 + 5 < 95 % of 123
 
 
 def test_one_protocol_at_a_time():
@@ -121,7 +121,7 @@ def test_one_config_for_the_whole_grid():
              for r in paper_grid(seeds=1) if r["spec"] in {*ablations.load("table4").specs(), "layernorm"}
              for seed in range(3)]
     f = fidelity.measure(paper_grid(seeds=1) + other)
-    assert {t.config_hash for t in f.tables.values()} == {"c0ffee"}
+    assert {t.config_hash for t in f.by_table.values()} == {"c0ffee"}
     assert f.layernorm.mean == 83.0 and f.seeds["layernorm"] == 1
     text = fidelity.render(f)
     assert "Config c0ffee;" in text and "ignored records of other configs of this protocol: beef (18 records)" in text

@@ -95,7 +95,7 @@ def test_protocols():
     with pytest.raises(ValueError, match=r"several protocols \(proxy, smoke\).*--protocol"):
         tables.render("table3", FAKE)
     proxy = tables.collect("table3", FAKE, "proxy")
-    assert [r.measured_text() for r in proxy.results if r.run] == ["30.0"]
+    assert [r.measured_text() for r in proxy.results if r.ran] == ["30.0"]
     assert "not the paper's recipe" in tables.render("table3", FAKE, "md", "proxy")
 
 
