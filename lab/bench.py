@@ -33,7 +33,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from . import config
 from .cli import positive_number
-from .layers import DERF, plain_kernels, raise_recompile_limit
+from .layers import BASELINE, DERF, plain_kernels, raise_recompile_limit
 from .models import build_model
 from .mps import shared_gpu
 from .results import git_commit, writable_dir, write_json_atomic
@@ -135,7 +135,7 @@ def measure_rounds(norms, mode: str, dtype: str, shape: dict, device: torch.devi
     if profile_dir is not None:
         for cell in cells:
             _profile_cell(cell["step"], cell["norm"], mode, dtype, device, profile_dir)
-    ln = next((c["rounds"] for c in cells if c["norm"] == "layernorm"), None)
+    ln = next((c["rounds"] for c in cells if c["norm"] == BASELINE), None)
     records = []
     for c in cells:
         records.append(_record(c["norm"], mode, dtype, shape, device, steps, warmup, statistics.median(c["rounds"]),
@@ -376,7 +376,7 @@ def format_table(rows: list[dict]) -> str:
     session are not compared with each other)."""
     by_run, by_session = {}, {}       # LayerNorm by (record file, session), and by session alone
     for r in rows:
-        if r.get("norm") == "layernorm":
+        if r.get("norm") == BASELINE:
             by_run[r.get("record"), _session(r, r["mode"])] = r
             by_session[_session(r, r["mode"])] = r
     lines = ["| norm | mode | dtype | img/s | × LN | peak GiB | × LN | MFU | date |",
@@ -428,7 +428,7 @@ def recorded(results_dir=RESULTS_DIR, device_type: str = "cuda") -> list[dict]:
             for r in json.loads(path.read_text())]
     modes = [*MODES, "packing"]
     return sorted(rows, key=lambda r: (modes.index(r["mode"]), r.get("dtype") or "", r["record"],
-                                       r.get("norm") != "layernorm"))
+                                       r.get("norm") != BASELINE))
 
 
 COMPILED = {"compiled": "default", "compiled-graphs": "reduce-overhead",
@@ -451,8 +451,8 @@ def run(norms, modes, dtypes, device, steps, warmup, shape, packing_ns=(), packi
     rows = []
     for mode in modes:
         for dtype in dtypes:
-            baseline = () if mode == "eager-plain" else ("layernorm",)   # LayerNorm has no point-wise kernels
-            group = [*baseline, *[n for n in norms if n != "layernorm"]]
+            baseline = () if mode == "eager-plain" else (BASELINE,)   # LayerNorm has no point-wise kernels
+            group = [*baseline, *[n for n in norms if n != BASELINE]]
             for cell in ([group] if rounds > 1 else [[norm] for norm in group]):
                 with plain_kernels() if mode == "eager-plain" else contextlib.nullcontext():
                     new = measure_rounds(cell, mode, dtype, shape, device, steps, warmup, rounds, peak, profile_dir)
@@ -506,7 +506,7 @@ def main(args: argparse.Namespace) -> int:
     if args.traffic:
         from . import traffic
         print(traffic.format_table([traffic.traffic(norm, dtype) for dtype in dtypes
-                                    for norm in ("layernorm", *[n for n in norms if n != "layernorm"])]))
+                                    for norm in (BASELINE, *[n for n in norms if n != BASELINE])]))
         return 0
     out = writable_dir(args.out, "--out")       # before the first measurement, not after it (minutes on a GPU)
     path = out / f"bench-{device.type}-{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}.json"

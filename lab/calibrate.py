@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from . import ablations, config, data, results, sweep, tables
-from .layers import PointwiseNorm, canonical_norm
+from .layers import BASELINE, PointwiseNorm, canonical_norm
 from .models import from_config
 
 RESULTS_DIR = ablations.ABLATIONS_DIR / "results" / "calibration"
@@ -72,8 +72,8 @@ def load(path) -> Calibration:
             spec = canonical_norm(str(item))
         except ValueError as err:
             raise ValueError(f"{path}: subset: {err}") from None
-        if spec != sweep.BASELINE and spec not in paper:
-            raise ValueError(f"{path}: subset: {item!r} is in none of Tables 1–6 (and is not {sweep.BASELINE})")
+        if spec != BASELINE and spec not in paper:
+            raise ValueError(f"{path}: subset: {item!r} is in none of Tables 1–6 (and is not {BASELINE})")
         specs.append(spec)
     variants = raw["variants"]
     if not isinstance(variants, dict) or not variants:
@@ -177,7 +177,7 @@ def summary(cal: Calibration, planned: dict, wall_s: float | None, errors=None) 
                   "|---|---:|---:|:---:|---:|:---:|"]
         rows = {}
         for spec in cal.subset:
-            cell = ablations.Cell("", "", spec, paper.get(spec), has_paper=spec != sweep.BASELINE)
+            cell = ablations.Cell("", "", spec, paper.get(spec), has_paper=spec != BASELINE)
             runs = {c.seed: records[c] for c in cells if c.spec == spec and c in records}
             top1 = rows[spec] = tables.cell_result(cell, runs, "top1")
             agrees = tables.MISSING if top1.agrees is None else "yes" if top1.agrees else "**no**"
@@ -185,8 +185,8 @@ def summary(cal: Calibration, planned: dict, wall_s: float | None, errors=None) 
             lines.append(f"| `{name_md}` | {top1.paper_text()} | "
                          f"{_measured(top1, tables.cell_result(cell, runs, 'top1_ema'), multi_seed)} | {agrees} | "
                          f"{_final_train_loss(runs.values())} | {_alpha_range(runs.values())} |")
-        a = tables.agreement([r for spec, r in rows.items() if spec != sweep.BASELINE])
-        rho, gap = a["spearman_rho"], tables.gap(rows.get("erf"), rows.get(sweep.BASELINE))
+        a = tables.agreement([r for spec, r in rows.items() if spec != BASELINE])
+        rho, gap = a["spearman_rho"], tables.gap(rows.get("erf"), rows.get(BASELINE))
         wall = sum(records[c].get("wall_s") or 0 for c in cells if c in records)
         lines += ["", f"train/fail agrees {a['agree']}/{a['run']} · Spearman ρ "
                       f"{'n/a' if rho is None else f'{rho:.2f}'} (n={a['spearman_n']}) · erf − LayerNorm "

@@ -12,13 +12,14 @@ from datetime import datetime, timedelta
 import numpy as np
 
 from . import ablations, results, tables
+from .layers import BASELINE
 
 # The goals of a proxy that tells the paper's story (issue #5): fraction of cells whose train/fail verdict agrees,
 # mean Spearman ρ over the tables, erf − LayerNorm top-1 (points), whole-grid wall time (minutes), seeds of NOISE_SPECS.
 GOALS = {"agreement": 0.95, "spearman": 0.6, "erf_gap": -1.0, "wall_min": 15.0, "seeds": 3}
 # LayerNorm and the λ = 0 cells of Tables 1, 3 and 5 (the plain bounded functions every perturbation starts from):
 # their spread over seeds is the noise against which a difference between cells is read.
-NOISE_SPECS = ("layernorm", "erf", "tanh", "arctan", "isru")
+NOISE_SPECS = (BASELINE, "erf", "tanh", "arctan", "isru")
 
 
 @dataclass
@@ -90,11 +91,11 @@ def measure(records, protocol: str | None = None) -> Fidelity:
     protocol, config_hash, _, notes = tables.select(specs, records, protocol, where="Tables 1–6")
     collected = {name: tables.collect(name, records, protocol, config_hash=config_hash) for name in ablations.TABLES}
     cells = [r for t in collected.values() for r in [*t.results, t.baseline] if r is not None and r.ran]
-    by_spec = {r.cell.spec: r for r in cells}      # the LayerNorm baseline's cell spec is "layernorm"
+    by_spec = {r.cell.spec: r for r in cells}      # the LayerNorm baseline's cell spec is BASELINE
     used = {(rec["spec"], rec.get("seed")): rec for r in cells for rec in r.records}.values()
     seeds = {spec: len(by_spec[spec].records) if spec in by_spec else 0 for spec in NOISE_SPECS}
     return Fidelity(protocol, collected, {name: t.agreement() for name, t in collected.items()}, by_spec.get("erf"),
-                    by_spec.get("layernorm"), seeds, *_wall_s(used), sum(float(r.get("wall_s") or 0) for r in used),
+                    by_spec.get(BASELINE), seeds, *_wall_s(used), sum(float(r.get("wall_s") or 0) for r in used),
                     sorted({str(r.get("device")) for r in used}),
                     sorted({results.pool_text(r["pool"], r.get("device")) for r in used if "pool" in r}), notes)
 

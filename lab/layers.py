@@ -20,6 +20,8 @@ NORMALIZATIONS = {
     "layernorm": functools.partial(nn.LayerNorm, eps=1e-6),   # timm ViT's own default
     "rmsnorm": functools.partial(RmsNorm, eps=1e-6),
 }
+BASELINE = "layernorm"
+"""The normalization every table is read against: a cell of every sweep, the row below every rendered table."""
 DERF = "derf"
 """Section 4's Derf, γ·erf(αx + s) + β with s learnable from 0: a norm name beside the baselines, since a spec names
 f alone and s is the layer's."""

@@ -29,7 +29,6 @@ from tqdm import tqdm
 
 from .mps import shared_gpu
 
-BASELINE = "layernorm"
 ALL = "all"
 """`lab sweep all`: the LayerNorm baseline plus every paper table's cells as one grid (one pool, shared cells once)."""
 LAUNCHERS = ("local", "slurm")
@@ -96,8 +95,8 @@ def table_cells(table: str, protocol: str, results_dir, *, seeds=None, overrides
 
 def trained_specs(ablation) -> list[str]:
     """What a sweep of this table (an ablations.Ablation) trains: the LayerNorm baseline, then its unique specs."""
-    from .layers import canonical_norm
-    return list(dict.fromkeys([canonical_norm(BASELINE), *ablation.specs()]))
+    from .layers import BASELINE
+    return list(dict.fromkeys([BASELINE, *ablation.specs()]))
 
 
 def union_cells(tables, protocol: str, results_dir, *, seeds=None, overrides=None, device=None,

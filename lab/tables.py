@@ -19,7 +19,7 @@ import numpy as np
 from scipy import stats
 
 from . import ablations
-from .layers import canonical_norm
+from .layers import BASELINE, canonical_norm
 from .results import FINISHED
 
 FORMATS = ("md", "tex", "csv", "html")
@@ -130,7 +130,7 @@ def spearman(measured, paper) -> tuple[float | None, float | None]:
 def select(specs, records, protocol=None, config_hash=None, where="records"):
     """(protocol, config hash, {spec: {seed: record}}, notes): the finished records of `specs` (and LayerNorm) of one
     protocol and one config hash, the one with most records (then the latest) unless `config_hash` is given."""
-    specs = set(specs) | {"layernorm"}
+    specs = set(specs) | {BASELINE}
     relevant = []
     for record in records:
         try:
@@ -182,9 +182,9 @@ def collect(name: str, records, protocol: str | None = None, *, metric: str = "t
     protocol, config_hash, by_spec, notes = select(ablation.specs(), records, protocol, config_hash, ablation.name)
     panels = [[cell_result(c, by_spec.get(c.spec, {}), metric) for c in p.cells] for p in ablation.panels]
     baseline = None
-    if "layernorm" in by_spec:
-        cell = ablations.Cell("LayerNorm", "", "layernorm", None, has_paper=False)     # the paper has no such cell
-        baseline = cell_result(cell, by_spec["layernorm"], metric)
+    if BASELINE in by_spec:
+        cell = ablations.Cell("LayerNorm", "", BASELINE, None, has_paper=False)     # the paper has no such cell
+        baseline = cell_result(cell, by_spec[BASELINE], metric)
     seeds = sorted({s for runs in by_spec.values() for s in runs}, key=str)
     return TableResult(ablation, panels, protocol, config_hash, metric, seeds, baseline, notes)
 

@@ -17,7 +17,7 @@ from unittest import mock
 import torch
 from torch._functorch.aot_autograd import aot_function, make_boxed_func
 
-from .layers import norm_layer
+from .layers import BASELINE, norm_layer
 
 SHAPE = (256, 197, 768)     # ViT-B/16 at 224 px, batch 256: the shape `lab bench` times on a GPU
 H100 = {"name": "NVIDIA H100 80GB HBM3", "major": 9, "minor": 0, "multi_processor_count": 132, "warp_size": 32,
@@ -120,7 +120,7 @@ def traffic(norm: str, dtype: str = "bf16", shape=SHAPE) -> dict:
 
 def format_table(rows: list[dict]) -> str:
     """Markdown table; each norm's traffic relative to LayerNorm's of the same dtype."""
-    base = {r["dtype"]: r for r in rows if r["norm"] == "layernorm"}
+    base = {r["dtype"]: r for r in rows if r["norm"] == BASELINE}
     lines = ["| norm | dtype | forward (activations) | kernels | backward (activations) | kernels | "
              "fwd+bwd × LN |", "|---|---|---|---|---|---|---|"]
     for r in rows:
