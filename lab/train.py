@@ -307,7 +307,7 @@ class Trainer:
         then, step0 = self.epoch_mark      # this epoch's training alone: the mark is set after the last evaluation
         speed = (entry["step"] - step0) * self.cfg["optim"]["batch_size"] / max(time.time() - then, 1e-9)
         if (every and (epoch + 1) % every == 0) or epoch + 1 == self.cfg["schedule"]["epochs"]:
-            entry["val_top1"], entry["val_top1_ema"] = self._evaluate(self.model), self._evaluate(self.ema.module)
+            entry["val_top1"], entry["val_top1_ema"] = self._evaluate(self.model, self.ema.module)
             # how each layer's input scale α adapted (calibration reads it: saturation, drift)
             if self.pointwise_layers:
                 entry["alpha"] = [round(m.alpha.item(), 5) for m in self.pointwise_layers]
@@ -324,16 +324,20 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=self.dtype) if self.dtype else nullcontext()
 
     @torch.no_grad()
-    def _evaluate(self, model) -> float:
-        model.eval()
-        counts = torch.zeros(2, device=self.device)
+    def _evaluate(self, *models) -> list[float]:
+        """Top-1 (%) of each model on this rank's share of the validation set, summed over ranks: one pass over the
+        images for all (on ImageNet, decoding 50k images is most of an evaluation)."""
+        counts = torch.zeros(len(models) + 1, device=self.device)
+        for model in models:
+            model.eval()
         for x, y in self.data.val_batches(self.cfg["eval"]["batch_size"]):
             with self._autocast():
-                counts[0] += (model(x).argmax(-1) == y).sum()
-            counts[1] += len(y)
+                for i, model in enumerate(models):
+                    counts[i] += (model(x).argmax(-1) == y).sum()
+            counts[-1] += len(y)
         if self.world > 1:
             dist.all_reduce(counts)
-        return 100.0 * counts[0].item() / counts[1].item()
+        return [100.0 * c / counts[-1].item() for c in counts[:-1].tolist()]
 
     def _lr(self) -> float:
         return self.optimizer.param_groups[0]["lr"]
