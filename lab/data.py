@@ -89,7 +89,7 @@ class Embedded:
         self.mean = pixels.mean((0, 2, 3)).view(1, 3, 1, 1)
         self.std = pixels.std((0, 2, 3)).view(1, 3, 1, 1)
         self.steps_per_epoch = plan.steps_per_epoch(len(self.train_y))
-        self.val_size = len(self.val_y)
+        self.train_size, self.val_size = len(self.train_y), len(self.val_y)
         self.aug = a
         self.randaug = _randaugment(a["auto_augment"])
         self.erase = RandomErasing(a["reprob"], mode=a["remode"], max_count=a["recount"], device=device) \
@@ -268,7 +268,7 @@ class ImageFolder:
             size, is_training=False, interpolation=a["interpolation"], crop_pct=cfg["eval"]["crop_pct"],
             mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD)
         self.steps_per_epoch = plan.steps_per_epoch(len(self.train_set))
-        self.val_size = len(self.val_set)
+        self.train_size, self.val_size = len(self.train_set), len(self.val_set)
         self.mixup = mixup(cfg, self.num_classes)
 
     def _loader(self, dataset, batches):

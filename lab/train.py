@@ -402,6 +402,7 @@ class Trainer:
             "top1": last.get("val_top1") if ran_through else None,
             "top1_ema": last.get("val_top1_ema") if ran_through else None,
             "num_classes": self.data.num_classes, "chance_top1": 100.0 / self.data.num_classes,
+            "images": {"train": self.data.train_size, "val": self.data.val_size},    # an image folder's too
             "history": st["history"], "loss_curve": st["loss_curve"],
             "config": cfg, "config_hash": config_hash(cfg), "seed": self.seed, "commit": git_commit(),
             "versions": {"python": platform.python_version(), "torch": torch.__version__, "timm": timm.__version__},

@@ -119,6 +119,7 @@ def test_imagenet_folder_cell_trains_end_to_end(jpeg_folder, tmp_path):
                                 "aug.reprob=0.25", "aug.mixup=0.8", "aug.cutmix=1.0"])
     record = train.run(cfg, "erf", tmp_path / "out", progress=False)
     assert record["num_classes"] == 3 and record["history"][-1]["step"] == 6 and record["top1"] is not None
+    assert record["images"] == {"train": 18, "val": 6}      # the folder's, not the config's data.train_size
 
 
 @pytest.mark.parametrize("loss, gnorm, kind, words", [
