@@ -487,7 +487,8 @@ def _label_side(ax, table: tables.TableResult, panel: ablations.Panel, results: 
              "paper (ViT-B, ImageNet-1K)" if table.ablation.of_paper else "paper (as the table gives it)")
     ax.set_title(f"{panel.title} — {where}" if panel.title else where)
     if empty := _empty_reason(results, measured):      # no point to draw: say why instead of an empty scale
-        ax.text(0.5, 0.5, empty, transform=ax.transAxes, ha="center", va="center", color="0.5")
+        ax.text(0.5, 0.5, empty, transform=ax.transAxes, ha="center", va="center", color="0.5",
+                bbox={"facecolor": "white", "edgecolor": "none"})    # over the reference line, if one is drawn
         ax.set_yticks([])
 
 

@@ -470,7 +470,9 @@ def _cpu_fallback(cfg: dict, device: torch.device) -> str | None:
     CPU is meant."""
     if cfg["device"] == "auto" and device.type == "cpu":
         return (f"device auto found no CUDA GPU: protocol {cfg['protocol']} trains on the CPU, which can take many "
-                "hours a cell (--set device=cpu to say that is meant; the smoke protocol is sized for a CPU)")
+                "hours a cell (--set device=cpu to say that is meant; the smoke protocol is sized for a CPU)"
+                + ("; torch.compile spends minutes on the CPU before the first update (--set compile=false)"
+                   if cfg["compile"] else ""))
     return None
 
 

@@ -191,15 +191,18 @@ def test_timed_checkpoints_follow_rank_0s_clock_and_see_settled_updates(tmp_path
     assert update(0, micro)[2] == 0                 # 0 minutes: off, as 0 steps is
 
 
-@pytest.mark.parametrize("device, warned", [("auto", True), ("cpu", False)])
-def test_device_auto_without_a_gpu_says_the_run_trains_on_the_cpu(tmp_path, monkeypatch, device, warned):
+@pytest.mark.parametrize("device, compiled, warned", [("auto", False, True), ("auto", True, True),
+                                                      ("cpu", False, False)])
+def test_device_auto_without_a_gpu_says_the_run_trains_on_the_cpu(tmp_path, monkeypatch, device, compiled, warned):
+    """...and that compiling (the proxy's default) costs minutes there before the first update."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    cfg = config.load("smoke", [f"device={device}"])
+    cfg = config.load("smoke", [f"device={device}", f"compile={str(compiled).lower()}"])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         trainer = train.Trainer(cfg, "erf", tmp_path / "r.json", 0, 1, train.resolve_device(cfg["device"]))
     said = [str(w.message) for w in caught if "found no CUDA GPU" in str(w.message)]
     assert len(said) == warned and trainer.device.type == "cpu"
+    assert [("--set compile=false" in w) for w in said] == [compiled] * warned
     assert ("protocol smoke trains on the CPU" in trainer.log_file.read_text()) is warned
 
 
