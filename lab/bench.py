@@ -7,7 +7,8 @@ device's dense peak for the dtype (PEAK_TFLOPS, or --peak-tflops), where the dev
 ViT-B/16 benchmark runs; on a CPU a small model stands in (for tests and a quick look; CPU numbers are never GPU
 results).
 --proxy measures the proxy protocol's small model instead (the per-run speed of a calibration cell). Packing measures
-the aggregate images/s of N concurrent proxy-size runs on one device (the proxy sweep's `--jobs`), eager or compiled.
+the aggregate images/s of N concurrent proxy-size runs on one device (the proxy sweep's `--jobs`), eager or compiled
+(lab/packing.py).
 --profile DIR writes, per cell, the time of each kernel over a few more steps (torch.profiler): where a norm's step
 differs from LayerNorm's. --traffic prints the bytes each norm's compiled kernels move instead (lab/traffic.py).
 --rounds K builds every norm of a (mode, dtype) once and times them in K interleaved rounds, each starting one norm
@@ -20,7 +21,6 @@ import datetime
 import functools
 import gc
 import json
-import multiprocessing as mp
 import platform
 import re
 import statistics
@@ -35,13 +35,18 @@ from . import config
 from .cli import positive_number
 from .layers import BASELINE, DERF, plain_kernels, raise_recompile_limit
 from .models import build_model
-from .mps import shared_gpu
 from .results import git_commit, writable_dir, write_json_atomic
 
 SECTION3_VARIANTS = ("erf", "tanh", "arctan", "erf|hshift=0.5", "erf|vshift=0.5", "arcsinh|clip=1",
                      "erf|blend=0.1", "erf|flat=0.5", "erf|neg", "sin", "dampx", "dampexp")
 GPU_MODEL = {"model": "vit_base_patch16_224", "img_size": 224, "batch": 256}
 CPU_MODEL = {"model": "vit", "img_size": 32, "patch_size": 8, "embed_dim": 64, "depth": 2, "num_heads": 2, "batch": 16}
+COMPILED = {"compiled": "default", "compiled-graphs": "reduce-overhead",
+            "compiled-autotune": "max-autotune-no-cudagraphs"}
+"""The bench modes that torch.compile the whole model, and their torch.compile mode (reduce-overhead: CUDA graphs;
+max-autotune-no-cudagraphs: inductor times its matmul and kernel configurations on the device, minutes per model)."""
+MODES = ("eager", "eager-plain", *COMPILED)
+"""eager-plain: eager with the point-wise layer as plain torch ops, i.e. without the generated kernels (the before)."""
 
 
 def protocol_shape(protocol: str) -> dict:
@@ -191,17 +196,6 @@ def _seconds(step, steps: int, device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def _steps_per_s(step, seconds: float, device: torch.device) -> float:
-    """Steps per second of `step` repeated for `seconds`, over the time until the device has run them all: the CPU
-    queues steps ahead of a GPU (with CUDA graphs, far ahead), so dividing by `seconds` would overstate the rate."""
-    done, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        step()
-        done += 1
-    _sync(device)
-    return done / (time.perf_counter() - start)
-
-
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -270,101 +264,6 @@ def _compiled(model, mode: str):
     return torch.compile(model, mode=COMPILED[mode]) if mode in COMPILED else model
 
 
-def _packed_worker(shape, device, mode, seconds, ready, queue):
-    torch.set_num_threads(1)
-    device = torch.device(device)
-    model, optimizer, images, targets = _erf_run(shape, device)
-    step = _step_fn(_compiled(model, mode), optimizer, images, targets, "bf16" if device.type == "cuda" else "fp32")
-    for _ in range(3):          # compile, record the CUDA graphs
-        step()
-    _sync(device)               # the warm-up's queued work is not timed
-    ready.wait()                # every worker warm: the clock starts for all at once
-    queue.put(_steps_per_s(step, seconds, device) * shape["batch"])
-
-
-def packing(ns, shape: dict, device: torch.device, seconds: float, mode: str = "eager", mps: bool = False,
-            on_row=lambda row: None) -> list[dict]:
-    """Aggregate images/s of N concurrent training processes sharing one device, for each N; each runs `mode`;
-    on_row(row) after each N. mps: the processes share the GPU through NVIDIA MPS (lab.mps), one daemon for every N,
-    where it can be had; each row says whether."""
-    ctx, rows = mp.get_context("spawn"), []
-    with shared_gpu(mps) as shared:
-        for n in ns:
-            ready, queue = ctx.Barrier(n + 1), ctx.Queue()
-            procs = [ctx.Process(target=_packed_worker, args=(shape, str(device), mode, seconds, ready, queue))
-                     for _ in range(n)]
-            for p in procs:
-                p.start()
-            ready.wait(timeout=600)     # a worker that dies while warming up breaks the barrier: an error, never a hang
-            total = sum(queue.get(timeout=seconds + 300) for _ in procs)
-            for p in procs:
-                p.join()
-            rows.append({**_packing_row(n, mode, total, shape, device), "mps": shared})
-            on_row(rows[-1])
-    return rows
-
-
-def packing_streams(ns, shape: dict, device: torch.device, seconds: float) -> list[dict]:
-    """Aggregate images/s of N runs in this one process, for each N: each run's whole training step (forward,
-    backward, AdamW) captured as one CUDA graph, and the N graphs replayed round-robin on N streams. Unlike N
-    processes, whose kernels the GPU time-slices, kernels of one process's streams can run at once: is that the way
-    to fill an H100 with the proxy's small models? CUDA only."""
-    rows = []
-    for n in ns:
-        runs = [_graphed_step(shape, device) for _ in range(n)]
-        streams = [torch.cuda.Stream(device) for _ in range(n)]
-
-        def replay_all():
-            for (graph, _), stream in zip(runs, streams):
-                with torch.cuda.stream(stream):
-                    graph.replay()
-
-        _sync(device)
-        rows.append(_packing_row(n, STREAMS, _steps_per_s(replay_all, seconds, device) * n * shape["batch"], shape,
-                                 device))
-        del runs
-        torch.cuda.empty_cache()
-    return rows
-
-
-def _graphed_step(shape: dict, device: torch.device) -> tuple:
-    """One proxy-size run's training step captured whole (PyTorch's whole-network capture: warm-up on a side stream,
-    capturable AdamW, autocast without its cast cache), on random images kept in the graph's static inputs. Returns
-    the graph and the tensors' owners, which must outlive it: the graph writes to their memory."""
-    model, optimizer, images, targets = _erf_run(shape, device, capturable=True)
-
-    def step():
-        with torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False):
-            loss = torch.nn.functional.cross_entropy(model(images), targets)
-        loss.backward()
-        optimizer.step()
-
-    side = torch.cuda.Stream(device)
-    side.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(side):
-        for _ in range(3):     # the layer's generated kernels compile here, outside the capture
-            optimizer.zero_grad(set_to_none=True)
-            step()
-    torch.cuda.current_stream(device).wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    optimizer.zero_grad(set_to_none=True)
-    with torch.cuda.graph(graph):
-        step()
-    return graph, (model, optimizer, images, targets)
-
-
-def _erf_run(shape: dict, device: torch.device, **adamw):
-    """A packed run's erf model, its AdamW (with `adamw` options) and one batch of random images and labels."""
-    model = build_model(shape["model"], norm="erf", **_model_kwargs(shape)).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, **adamw)
-    return model, optimizer, *_inputs(shape, model.num_classes, device)
-
-
-def _packing_row(n: int, run_mode: str, img_per_s: float, shape: dict, device: torch.device) -> dict:
-    return {"mode": "packing", "runs": n, "run_mode": run_mode, "img_per_s": img_per_s, "batch": shape["batch"],
-            "model": _model_name(shape), **_provenance(device)}
-
-
 def _provenance(device: torch.device) -> dict:
     return {"device": device_name(device), "torch": torch.__version__, "timm": timm.__version__,
             "date": datetime.date.today().isoformat()}
@@ -431,16 +330,6 @@ def recorded(results_dir=RESULTS_DIR, device_type: str = "cuda") -> list[dict]:
                                        r.get("norm") != BASELINE))
 
 
-COMPILED = {"compiled": "default", "compiled-graphs": "reduce-overhead",
-            "compiled-autotune": "max-autotune-no-cudagraphs"}
-"""The bench modes that torch.compile the whole model, and their torch.compile mode (reduce-overhead: CUDA graphs;
-max-autotune-no-cudagraphs: inductor times its matmul and kernel configurations on the device, minutes per model)."""
-STREAMS = "graphed-streams"
-"""The packing mode of N runs in one process, each step one CUDA graph, on N streams (packing_streams)."""
-MODES = ("eager", "eager-plain", *COMPILED)
-"""eager-plain: eager with the point-wise layer as plain torch ops, i.e. without the generated kernels (the before)."""
-
-
 def run(norms, modes, dtypes, device, steps, warmup, shape, packing_ns=(), packing_seconds=10.0,
         peak=None, progress=True, on_row=lambda rows: None, profile_dir=None, packing_mode="eager",
         rounds=1, mps=False, packing_batch=None) -> list[dict]:
@@ -465,6 +354,8 @@ def run(norms, modes, dtypes, device, steps, warmup, shape, packing_ns=(), packi
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
     if packing_ns:
+        from .packing import STREAMS, packing, packing_streams   # here: lab.packing imports this module's helpers
+
         def packed(row):
             rows.append(row)
             on_row(rows)
@@ -481,6 +372,7 @@ def run(norms, modes, dtypes, device, steps, warmup, shape, packing_ns=(), packi
 
 def main(args: argparse.Namespace) -> int:
     from .layers import canonical_norm
+    from .packing import STREAMS
     from .train import resolve_device
     try:
         device = resolve_device(args.device or "auto")

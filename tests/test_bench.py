@@ -10,7 +10,7 @@ import pytest
 import timm
 import torch
 
-from lab import bench
+from lab import bench, packing
 from lab.cli import main
 from lab.layers import PointwiseNorm
 
@@ -234,7 +234,7 @@ def test_table_shows_the_median_ratio_of_the_rounds_and_its_spread():
 
 def test_packing_times_concurrent_runs_together():
     """N spawned runs warm up, start at one barrier, and their images/s add up; the table compares with one run."""
-    rows = bench.packing([1, 2], TINY, torch.device("cpu"), seconds=1.0)
+    rows = packing.packing([1, 2], TINY, torch.device("cpu"), seconds=1.0)
     assert [(r["runs"], r["run_mode"]) for r in rows] == [(1, "eager"), (2, "eager")]
     assert all(r["img_per_s"] > 0 for r in rows)
     table = bench.format_table(rows)
@@ -255,13 +255,13 @@ def test_a_packed_runs_speed_is_over_the_time_the_gpu_took(monkeypatch):
             self.cpu = max(self.cpu, self.gpu)
 
     fake, speeds = FakeGpu(), []
-    monkeypatch.setattr(bench, "time", SimpleNamespace(perf_counter=lambda: fake.cpu))
+    monkeypatch.setattr(packing, "time", SimpleNamespace(perf_counter=lambda: fake.cpu))
     monkeypatch.setattr(torch.cuda, "synchronize", fake.synchronize)
     monkeypatch.setattr(torch, "set_num_threads", lambda n: None)
-    monkeypatch.setattr(bench, "_erf_run", lambda shape, device: (None,) * 4)
-    monkeypatch.setattr(bench, "_step_fn", lambda *args: fake.step)
-    bench._packed_worker(TINY, "cuda", "eager", 1.0, SimpleNamespace(wait=lambda: None),
-                         SimpleNamespace(put=speeds.append))
+    monkeypatch.setattr(packing, "_erf_run", lambda shape, device: (None,) * 4)
+    monkeypatch.setattr(packing, "_step_fn", lambda *args: fake.step)
+    packing._packed_worker(TINY, "cuda", "eager", 1.0, SimpleNamespace(wait=lambda: None),
+                           SimpleNamespace(put=speeds.append))
     assert speeds == [pytest.approx(2 * TINY["batch"])]
 
 
@@ -291,7 +291,7 @@ def test_graphed_streams_packing_needs_cuda_and_says_so(tmp_path, capsys):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_gpu_graphed_streams_replay_whole_training_steps():
     shape = {**bench.proxy_model(), "depth": 2, "batch": 64}
-    rows = bench.packing_streams([1, 2], shape, torch.device("cuda"), seconds=1.0)
+    rows = packing.packing_streams([1, 2], shape, torch.device("cuda"), seconds=1.0)
     assert [(r["runs"], r["run_mode"]) for r in rows] == [(1, "graphed-streams"), (2, "graphed-streams")]
     assert all(r["img_per_s"] > 0 for r in rows)
 
@@ -428,20 +428,20 @@ def test_packing_rows_add_up_every_runs_images_per_second(monkeypatch):
                           Queue=lambda: SimpleNamespace(get=lambda timeout=None: queue.pop()),
                           Process=lambda target, args: SimpleNamespace(start=lambda: queue.append(100.0),
                                                                        join=lambda: None))
-    monkeypatch.setattr(bench.mp, "get_context", lambda method: ctx)
-    rows = bench.packing([1, 3], TINY, torch.device("cpu"), seconds=1.0)
+    monkeypatch.setattr(packing.mp, "get_context", lambda method: ctx)
+    rows = packing.packing([1, 3], TINY, torch.device("cpu"), seconds=1.0)
     assert [(r["runs"], r["img_per_s"]) for r in rows] == [(1, 100.0), (3, 300.0)]
 
 
 def test_graphed_streams_rows_are_the_aggregate_of_n_runs(fake_gpu, monkeypatch):
     """Each replay steps every run once: N runs' images a replay, each run replayed."""
     replayed = []
-    monkeypatch.setattr(bench, "_graphed_step", lambda shape, device: (
+    monkeypatch.setattr(packing, "_graphed_step", lambda shape, device: (
         SimpleNamespace(replay=lambda: replayed.append(1)), None))
     monkeypatch.setattr(torch.cuda, "Stream", lambda device: None)
     monkeypatch.setattr(torch.cuda, "stream", lambda stream: contextlib.nullcontext())
-    monkeypatch.setattr(bench, "_steps_per_s", lambda step, seconds, device: step() or 10.0)
-    rows = bench.packing_streams([1, 3], TINY, torch.device("cuda"), seconds=1.0)
+    monkeypatch.setattr(packing, "_steps_per_s", lambda step, seconds, device: step() or 10.0)
+    rows = packing.packing_streams([1, 3], TINY, torch.device("cuda"), seconds=1.0)
     assert [(r["runs"], r["img_per_s"]) for r in rows] == [(1, 10.0 * TINY["batch"]), (3, 30.0 * TINY["batch"])]
     assert len(replayed) == 4
 
@@ -449,7 +449,7 @@ def test_graphed_streams_rows_are_the_aggregate_of_n_runs(fake_gpu, monkeypatch)
 def test_gpu_packing_runs_the_proxys_model(monkeypatch):
     """The packed runs are proxy-size on a GPU (its sweep's --jobs), whatever model the cells measure."""
     shapes = []
-    monkeypatch.setattr(bench, "packing", lambda ns, shape, *args, **kwargs: shapes.append(shape))
+    monkeypatch.setattr(packing, "packing", lambda ns, shape, *args, **kwargs: shapes.append(shape))
     for device in ("cuda", "cpu"):
         bench.run([], [], ["bf16"], torch.device(device), 1, 0, bench.GPU_MODEL, packing_ns=[2], progress=False)
     assert shapes == [bench.proxy_model(), bench.GPU_MODEL]
@@ -541,7 +541,7 @@ def test_gpu_packing_runs_at_the_batch_given(tmp_path, monkeypatch, batch):
     import lab.train
     shapes = []
     monkeypatch.setattr(lab.train, "resolve_device", lambda name: torch.device("cuda"))
-    monkeypatch.setattr(bench, "packing", lambda ns, shape, *args, **kwargs: shapes.append(shape))
+    monkeypatch.setattr(packing, "packing", lambda ns, shape, *args, **kwargs: shapes.append(shape))
     assert main(["bench", "--modes", "", "--packing", "2", *(["--batch", str(batch)] if batch else []),
                  "--out", str(tmp_path)]) == 0
     assert shapes == [{**bench.proxy_model(), "batch": batch or bench.proxy_model()["batch"]}]
