@@ -128,7 +128,9 @@ def reproduce(protocol: str, out_dir="reproduction", *, jobs: int = 2, overrides
     the others still run; then RuntimeError names the failures.
     """
     from . import ablations, config, results
-    config.load(protocol, _sweep.override_items(_with_data_path(overrides, data_path), device))  # bad input fails here
+    cfg = config.load(protocol, _sweep.override_items(_with_data_path(overrides, data_path), device))  # bad input
+    # the notebooks run in OUT/: they get the folder as an absolute path, which overrides any relative one in overrides
+    given_data_path, data_path = data_path, cfg["data"]["path"]
     unknown = [n for n in notebooks if n not in NOTEBOOKS]
     if unknown:
         raise ValueError(f"unknown notebook(s) {', '.join(unknown)}: choose from {', '.join(NOTEBOOKS)}")
@@ -161,7 +163,7 @@ def reproduce(protocol: str, out_dir="reproduction", *, jobs: int = 2, overrides
 
     report = out / "REPORT.md"
     command = _command_line(protocol, out_dir, jobs=jobs, train=train, results_dir=results_dir, overrides=overrides,
-                            data_path=data_path, device=device, seeds=seeds, limit=limit, notebooks=notebooks)
+                            data_path=given_data_path, device=device, seeds=seeds, limit=limit, notebooks=notebooks)
     report.write_text(_report_text(command, protocol, out, results_path, table_names, ran, len(cells),
                                    time.time() - start, train_error))
     _sweep.say(f"reproduce [{protocol}]: done in {time.time() - start:.0f} s → {report}", True)
@@ -282,8 +284,9 @@ def _report_text(command, protocol, out, results_path, table_names, ran, n_cells
 
 
 def _with_data_path(overrides, data_path):
+    """The overrides, then data_path (relative to the project root in a notebook opened in notebooks/)."""
     items = _sweep.override_items(overrides, None)
-    return items + ([f"data_path={data_path}"] if data_path else [])
+    return items + ([f"data_path={project_path(data_path)}"] if data_path else [])
 
 
 def _num(value) -> str:
