@@ -362,6 +362,9 @@ class Trainer:
             dist.barrier()
 
     def _resume(self):
+        if self.rank == 0:      # a checkpoint's half-written copy, of a process killed while saving (ViT-B: gigabytes)
+            for stale in self.ckpt.parent.glob(f".{self.ckpt.name}.*.tmp"):
+                stale.unlink(missing_ok=True)
         found = self.ckpt.exists()
         if self.world > 1:
             seen = torch.tensor([float(found)], device=self.device)

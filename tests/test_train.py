@@ -280,6 +280,18 @@ def test_a_checkpoint_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
     assert trainer.ckpt.read_bytes() == saved and [p.name for p in tmp_path.iterdir() if ".tmp" in p.name] == []
 
 
+def test_a_half_checkpoint_of_a_killed_process_is_removed_when_the_cell_starts_again(tmp_path):
+    """A SIGKILL during torch.save leaves its temporary file (each writer's name is its own): the next run of the cell
+    removes it rather than let one pile up per kill."""
+    trainer = train.Trainer(config.load("smoke", ["epochs=1"]), "erf", tmp_path / "r.json", 0, 1, torch.device("cpu"))
+    half = trainer.ckpt.with_name(f".{trainer.ckpt.name}.4242.0badc0de.tmp")
+    half.write_bytes(b"half")
+    other = tmp_path / f".other.{trainer.ckpt.name}.1.2.tmp"      # not this cell's
+    other.write_bytes(b"x")
+    trainer.fit(False, None)
+    assert not half.exists() and other.exists()
+
+
 @pytest.mark.slow
 def test_sigkill_and_rerun_ends_with_exactly_the_uninterrupted_metrics(tmp_path):
     overrides = ["epochs=4", "checkpoint.every_steps=3"]
