@@ -271,9 +271,9 @@ class ImageFolder:
         self.train_size, self.val_size = len(self.train_set), len(self.val_set)
         self.mixup = mixup(cfg, self.num_classes)
 
-    def _loader(self, dataset, batches):
+    def _loader(self, dataset, batches, generator=None):
         return torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=self.workers,
-                                           pin_memory=self.device.type == "cuda")
+                                           pin_memory=self.device.type == "cuda", generator=generator)
 
     def train_batches(self, epoch: int, start: int = 0):
         n, plan = len(self.train_set), self.plan
@@ -290,7 +290,9 @@ class ImageFolder:
     def val_batches(self, batch_size: int):
         idx = list(range(self.plan.rank, len(self.val_set), self.plan.world))
         chunks = [idx[i:i + batch_size] for i in range(0, len(idx), batch_size)]
-        for x, y in self._loader(self.val_set, chunks):
+        # a generator of its own: a loader draws its workers' seed from one, and evaluation (no randomness) must not
+        # move the training's random stream (how often a run evaluates would change what it learns)
+        for x, y in self._loader(self.val_set, chunks, torch.Generator()):
             yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
 
@@ -354,7 +356,8 @@ def _images(root: Path, split: str) -> _StrictImages:
     except RuntimeError as err:     # timm: "Found 0 images in subfolders of ..."
         raise ValueError(f"data.path {root}: {err}") from None
     found = dataset.reader.class_to_idx
-    empty = sorted(p.name for p in (root / split).iterdir() if p.is_dir() and p.name not in found)
+    empty = sorted(p.name for p in (root / split).iterdir()     # hidden: .ipynb_checkpoints, a copy's metadata
+                   if p.is_dir() and p.name not in found and not p.name.startswith("."))
     if empty:
         raise ValueError(f"data.path {root}: class folder(s) of {split}/ without images: {_few(empty)} (images: "
                          f"{', '.join(get_img_extensions())})")

@@ -109,6 +109,23 @@ def test_an_image_that_cannot_be_read_is_an_error_naming_it(jpeg_folder, workers
     assert str(err.value).startswith(f"data.path: cannot read image {broken} (") and "\n" not in str(err.value)
 
 
+def test_hidden_folders_beside_the_classes_are_no_classes(jpeg_folder):
+    """JupyterLab's .ipynb_checkpoints (or a copy's metadata folder) in train/ is not an empty class."""
+    (jpeg_folder / "train" / ".ipynb_checkpoints").mkdir()
+    assert data.build(_folder_cfg(jpeg_folder), CPU).num_classes == 3
+
+
+def test_evaluation_leaves_the_training_random_stream_alone(jpeg_folder):
+    """A DataLoader draws its workers' seed from a generator: the validation loader has its own, so how often a run
+    evaluates does not change the augmentation draws of its training."""
+    folder = data.build(_folder_cfg(jpeg_folder), CPU)
+    torch.manual_seed(0)
+    list(folder.val_batches(4))
+    assert torch.equal(torch.get_rng_state(), torch.manual_seed(0).get_state())
+    list(folder.train_batches(0))
+    assert not torch.equal(torch.get_rng_state(), torch.manual_seed(0).get_state())   # the training loader draws
+
+
 def test_randaugment_posterize_to_zero_bits_is_black_not_a_crash():
     from PIL import Image
     from timm.data import auto_augment
@@ -136,7 +153,7 @@ def test_each_rank_evaluates_its_own_share_of_the_val_set(jpeg_folder):
     cfg = _folder_cfg(jpeg_folder)
     folder = data.build(cfg, CPU)
     asked = []
-    folder._loader = lambda dataset, batches: asked.append(batches) or []      # the val indices each rank loads
+    folder._loader = lambda dataset, batches, *_: asked.append(batches) or []      # the val indices each rank loads
     for rank in (0, 1):
         folder.plan = data.Plan(cfg, rank, 2)
         list(folder.val_batches(2))
@@ -203,7 +220,7 @@ def test_an_image_folder_run_resumed_mid_epoch_loads_that_updates_images(jpeg_fo
     cfg = _folder_cfg(jpeg_folder)
     folder = data.build(cfg, CPU)
     asked, loader = [], folder._loader
-    folder._loader = lambda dataset, batches: asked.append(batches) or loader(dataset, batches)
+    folder._loader = lambda dataset, batches, *rest: asked.append(batches) or loader(dataset, batches, *rest)
     got = [(u, y.tolist()) for u, [(_, y)] in folder.train_batches(1, start=1)]
     plan = data.Plan(cfg, 0, 1)
     want = [plan.micro_indices(18, 1, u)[0].tolist() for u in (1, 2)]
