@@ -2,12 +2,13 @@
 from collections import Counter
 
 import timm
+import torch
 import torch.nn.functional as F
 from timm.layers import PatchEmbed
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from .layers import norm_layer
+from .layers import BASELINE, norm_layer
 from .perturb import did_you_mean
 
 PAPER_DEFAULTS = {"global_pool": "avg"}
@@ -67,6 +68,13 @@ def from_config(cfg: dict, norm: str, num_classes: int) -> nn.Module:
         raise ValueError(f"data.img_size {size} is not a multiple of the model's patch size {patch} ({name}): "
                          f"choose one that is, such as {max(size // patch, 1) * patch}")
     return model
+
+
+def check_model(cfg: dict):
+    """from_config's errors (a model name, an image size its patches do not tile) in a moment: the model is built on
+    the meta device, without memory or initialisation, so that a sweep stops once before any cell starts."""
+    with torch.device("meta"):
+        from_config(cfg, BASELINE, int(cfg["data"]["num_classes"]))
 
 
 def count_norms(model: nn.Module) -> Counter:

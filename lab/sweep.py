@@ -260,9 +260,13 @@ def run_cells(cells, *, jobs: int = 1, progress: bool = True, desc: str = "cells
     says how its cell ran ({"workers": N, "mps": bool}; null: alone in its process)."""
     from . import results
     cells = [c for c in dict.fromkeys(cells) if results.finished(c.path) is None]
+    from .config import config_hash
+    from .models import check_model
     from .train import resolve_device
     for device in {c.cfg["device"] for c in cells}:
         resolve_device(device)          # one ValueError before any cell starts, not one traceback per cell
+    for cfg in {config_hash(c.cfg): c.cfg for c in cells}.values():
+        check_model(cfg)
     for folder in {c.path.parent for c in cells}:
         results.writable_dir(folder, "results")
     clock = Deadline(deadline)

@@ -98,8 +98,8 @@ def test_alpha0_and_the_callers_timm_arguments_reach_the_model():
 
 @pytest.mark.parametrize("protocol, overrides, patch", [
     ("smoke", ["data.img_size=22"], 5), ("paper", ["data.img_size=60", "model.name=vit_tiny_patch16_224"], 16)])
-def test_an_image_size_the_patches_do_not_tile_is_an_error_before_training(protocol, overrides, patch):
-    """Else the first forward pass fails with the patch embedding's shapes, after the data is loaded."""
+def test_an_image_size_the_patches_do_not_tile_is_an_error_naming_the_setting(protocol, overrides, patch):
+    """Else the first forward pass fails with the patch embedding's shapes."""
     from lab import config
     from lab.models import from_config
     cfg = config.load(protocol, overrides)

@@ -493,6 +493,17 @@ def test_a_deadline_is_a_finite_positive_number_of_seconds(tmp_path, capsys, sec
     assert stop.value.code == 2 and "--deadline" in err and "a positive number" in err and not any(tmp_path.iterdir())
 
 
+def test_a_model_the_config_cannot_build_is_one_error_before_any_cell_starts(tmp_path, capsys):
+    """An image size the patches do not tile, found on the meta device: not one traceback per cell."""
+    from lab.cli import main
+    assert main(["sweep", "table6", "--protocol", "smoke", "--results", str(tmp_path), "--specs", "erf,tanh",
+                 "--set", "data.img_size=22"]) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1].startswith("lab sweep: error: data.img_size 22 is not a multiple of the model's "
+                                           "patch size 5") and err.count("error") == 1 and "Traceback" not in err
+    assert not list(tmp_path.rglob("*.*"))
+
+
 def test_cli_errors_and_ctrl_c_are_one_line_not_a_traceback(tmp_path, capsys, monkeypatch):
     from lab.cli import main
     sweep_cells = ["sweep", "table6", "--protocol", "smoke", "--results", str(tmp_path), "--specs", "erf,tanh"]
