@@ -526,6 +526,25 @@ def test_no_learning_reads_the_best_of_raw_and_ema_top1(tmp_path, monkeypatch):
         assert (failure and failure["kind"]) == kind, (raw, ema)
 
 
+def test_one_pass_over_the_validation_set_scores_the_model_and_its_ema_each_on_its_own(tmp_path, monkeypatch):
+    trainer = _trainer(tmp_path)
+    passes, batches = [], trainer.data.val_batches
+    monkeypatch.setattr(trainer.data, "val_batches", lambda size: passes.append(size) or batches(size))
+
+    class Predicts(torch.nn.Module):
+        """Always class 0, or (right=True) the right class: the validation labels in the order of its batches."""
+        def __init__(self, right=False):
+            super().__init__()
+            self.labels = iter(torch.cat([y for _, y in batches(trainer.cfg["eval"]["batch_size"])]).tolist())
+            self.right = right
+
+        def forward(self, x):
+            said = [next(self.labels) if self.right else 0 for _ in range(len(x))]
+            return torch.nn.functional.one_hot(torch.tensor(said), trainer.data.num_classes).float()
+    assert trainer._evaluate(Predicts(), Predicts(right=True)) == pytest.approx([10.0, 100.0]) and len(passes) == 1
+    assert trainer._evaluate(Predicts(right=True), Predicts()) == pytest.approx([100.0, 10.0]) and len(passes) == 2
+
+
 def test_the_loss_curve_averages_each_window_and_the_epoch_entry_the_whole_epoch(tmp_path):
     """A loss-curve point is the mean of its log_every updates (the last one's is noise), the epoch's train_loss the
     mean of all its updates, its grad_norm_max their maximum; a window cut by the epoch's end is flushed there."""
