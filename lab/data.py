@@ -119,7 +119,9 @@ class Embedded:
             yield (self.val_x[chunk].float().div_(255) - self.mean) / self.std, self.val_y[chunk]
 
     def _augment(self, x: torch.Tensor) -> torch.Tensor:
-        """Random-resized crop + flip (one affine resampling), colour jitter, RandAugment; pixels stay in [0, 1]."""
+        """Random-resized crop + flip (one affine resampling), colour jitter, RandAugment; pixels stay in [0, 1].
+        Jitter applies beside RandAugment here, where timm's folder transforms drop it once RandAugment is on (the
+        paper protocol's 0.4 never acts on ImageNet): kept, as every embedded record was trained this way."""
         a, n = self.aug, len(x)
         area = torch.empty(n, device=x.device).uniform_(*a["scale"])
         logr = torch.empty(n, device=x.device).uniform_(math.log(3 / 4), math.log(4 / 3))
