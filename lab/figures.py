@@ -329,7 +329,8 @@ def _loss_frame(table: tables.TableResult):
     header of its swept axis, and the steps an epoch has (None: x stays in steps)."""
     import pandas as pd
     matched = [rec for r in table.results for rec in r.records]
-    spe = next((h["step"] / h["epoch"] for rec in matched for h in rec.get("history") or [] if h.get("epoch")), None)
+    steps_per_epoch = next((h["step"] / h["epoch"] for rec in matched for h in rec.get("history") or []
+                            if h.get("epoch")), None)
     rows, curves, swept = [], {}, {}
     for panel, results in zip(table.ablation.panels, table.panels):
         single = len(panel.rows if panel.x_axis == "columns" else panel.columns) == 1
@@ -340,13 +341,14 @@ def _loss_frame(table: tables.TableResult):
             hue = f"{x} {'/'.join(dict.fromkeys(tables.failure_mark(k) for k in r.failures))}".strip()
             curves.setdefault(key, {})[hue] = x
             rows += [{"key": key, "hue": hue, "failed": record["status"] == "failed",
-                      "epoch": step / spe if spe else step, "loss": loss, "seed": record.get("seed")}
+                      "epoch": step / steps_per_epoch if steps_per_epoch else step, "loss": loss,
+                      "seed": record.get("seed")}
                      for record in r.records for step, loss in _loss_points(record)]
     data = pd.DataFrame(rows)
     if rows:
         runs = data.groupby(["key", "hue", "seed"], dropna=False, sort=False)["loss"]
         data["loss"] = runs.transform(lambda loss: loss.rolling(SMOOTHING, center=True, min_periods=1).mean())
-    return data, curves, swept, spe
+    return data, curves, swept, steps_per_epoch
 
 
 def _draw_losses(ax, part, curves: dict, swept: str, top: float | None):

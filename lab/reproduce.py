@@ -128,8 +128,9 @@ def reproduce(protocol: str, out_dir="reproduction", *, jobs: int = 2, overrides
     the others still run; then RuntimeError names the failures.
     """
     from . import ablations, config, results
-    cfg = config.load(protocol, _sweep.override_items(_with_data_path(overrides, data_path), device))  # bad input
-    # the notebooks run in OUT/: they get the folder as an absolute path, which overrides any relative one in overrides
+    # bad input fails here; the notebooks run in OUT/, so they get the image folder as the config's absolute path
+    # (passed after the overrides, it wins over a relative one among them)
+    cfg = config.load(protocol, _sweep.override_items(_with_data_path(overrides, data_path), device))
     given_data_path, data_path = data_path, cfg["data"]["path"]
     unknown = [n for n in notebooks if n not in NOTEBOOKS]
     if unknown:
