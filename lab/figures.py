@@ -106,8 +106,8 @@ def _save(fig: Figure, out_dir, stem: str) -> list[Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / f"{stem}.png", out / f"{stem}.pdf"]
-    for path in paths:
-        fig.savefig(path)
+    for path in paths:      # a PDF without its creation date: the same figure, the same bytes (figures/ is committed)
+        fig.savefig(path, metadata={"CreationDate": None} if path.suffix == ".pdf" else None)
     return paths
 
 

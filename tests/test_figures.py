@@ -316,3 +316,13 @@ def test_a_panel_where_no_cell_trained_says_so(drawn):
     measured, _ = drawn[0].axes
     assert [t.get_text() for t in measured.texts if t.get_text() != "failed"] == ["no cell trained"]
     assert list(measured.get_yticks()) == []
+
+
+def test_a_figure_drawn_twice_is_the_same_bytes(tmp_path, monkeypatch):
+    """figures/ is committed: a PDF carries no creation date, so regenerating an unchanged figure changes no file."""
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "0")            # matplotlib's clock for the date, a day apart
+    first = figures.figure4(tmp_path / "a")
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "86400")
+    again = figures.figure4(tmp_path / "b")
+    assert [p.suffix for p in first] == [".png", ".pdf"]
+    assert all(a.read_bytes() == b.read_bytes() for a, b in zip(first, again))
