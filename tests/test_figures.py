@@ -326,3 +326,16 @@ def test_a_figure_drawn_twice_is_the_same_bytes(tmp_path, monkeypatch):
     again = figures.figure4(tmp_path / "b")
     assert [p.suffix for p in first] == [".png", ".pdf"]
     assert all(a.read_bytes() == b.read_bytes() for a, b in zip(first, again))
+
+
+def test_the_committed_figures_are_what_lab_figures_draws(tmp_path):
+    """figures/ must not go stale as the code changes (it once kept titles two sessions old). Bytes compare only under
+    the matplotlib that drew them (it names itself in each PNG); regenerate with `lab figures`."""
+    import matplotlib
+    from PIL import Image
+    committed = Path(figures.__file__).parent.parent / "figures"
+    drew = Image.open(committed / "figure2.png").text.get("Software", "")
+    if f"version{matplotlib.__version__}," not in drew:
+        pytest.skip(f"figures/ was drawn by {drew!r}, not matplotlib {matplotlib.__version__}")
+    stale = [p.name for p in figures.write_figures(tmp_path) if p.read_bytes() != (committed / p.name).read_bytes()]
+    assert stale == [], f"run `lab figures` to redraw {stale}"
