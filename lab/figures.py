@@ -305,6 +305,8 @@ def training_curves(name: str, records, out_dir="figures", protocol: str | None 
     keys = [k for k in curves if (data["key"] == k).any()]
     trained = data[~data["failed"]]
     top = trained["loss"].max() * 1.05 if len(trained) else None
+    legends = {(swept[k], tuple(h for h in curves[k] if (data["hue"][data["key"] == k] == h).any())) for k in keys}
+    shared = len(keys) > 1 and len(legends) == 1      # every subplot has the same curves: one legend, beside them
     with _style():
         rows, cols = _grid_shape(len(keys))
         fig = Figure(figsize=(5.4 * cols, 3.3 * rows), layout="constrained")
@@ -314,7 +316,13 @@ def training_curves(name: str, records, out_dir="figures", protocol: str | None 
                    ylabel="train loss")
             if top:
                 ax.set_ylim(top=top)
-            ax.legend(title=swept[key] or None, fontsize="small", loc="center left", bbox_to_anchor=(1.0, 0.5))
+            if shared:
+                ax.get_legend().remove()
+            else:
+                ax.legend(title=swept[key] or None, fontsize="small", loc="center left", bbox_to_anchor=(1.0, 0.5))
+        if shared:
+            fig.legend(*ax.get_legend_handles_labels(), title=swept[key] or None, fontsize="small",
+                       loc="outside right center")
         table_name = table.ablation.name
         figure = APPENDIX_FIGURES.get(table_name)
         paper_figure = f"; cf. the paper's Figure {figure}" if figure else ""

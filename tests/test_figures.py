@@ -226,6 +226,25 @@ def test_training_curves_leave_no_blank_panel(drawn, specs, shape):
     assert len(axes) == len({ax.get_title() for ax in axes}) and all(ax.get_lines() for ax in axes)
 
 
+@pytest.mark.parametrize("specs, shared", [
+    (("erf", "erf|hshift=1", "erf|vshift=1", "tanh", "tanh|hshift=1", "tanh|vshift=1"), True),
+    (("erf", "erf|hshift=1", "erf|vshift=1", "tanh", "tanh|hshift=1", "tanh|vshift=2"), False),
+    (("erf", "erf|hshift=1", "erf|vshift=1", "tanh", "tanh|hshift=1", "tanh|vshift=1|x"), False),
+])
+def test_training_curves_share_one_legend_when_every_panel_has_the_same_curves(drawn, specs, shared):
+    """Table 1's six panels all sweep the same λ: one legend beside them, not six; a panel with other curves (another
+    λ, or a failure marked in its label) keeps each panel's own."""
+    records = [fake(s.removesuffix("|x"), kind="diverged" if s.endswith("|x") else None) for s in specs]
+    figures.training_curves("table1", records)
+    fig = drawn[0]
+    own = [[t.get_text() for t in ax.get_legend().get_texts()] for ax in fig.axes if ax.get_legend()]
+    if shared:
+        assert not own and [t.get_text() for t in fig.legends[0].get_texts()] == ["0", "+1"]
+        assert fig.legends[0].get_title().get_text() == "λ"
+    else:
+        assert not fig.legends and len(own) == len(fig.axes) == 4
+
+
 def reference_labels(ax) -> list[str]:
     return [t.get_text() for t in ax.texts if t.get_text().startswith(f"{figures.REFERENCE}: ")]
 
