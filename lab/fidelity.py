@@ -138,7 +138,7 @@ def render(f: Fidelity, *, caveat: bool = True) -> str:
             f"{f.wall_s / 60:.1f} min with runs training (first start to last finish {f.span_s / 60:.1f} min; "
             f"{f.run_s / 60:.0f} run-minutes{''.join(f'; {p}' for p in f.pools)})")
     seeds = ", ".join(f"{s} {n}" for s, n in f.seeds.items())
-    warning = next((c for t in f.by_table.values() if (c := tables.caveat(t))), None) if caveat else None
+    warning = tables.protocol_caveat(f.protocol) if caveat else None
     lines = [f"**Fidelity to the paper — protocol {f.protocol or tables.MISSING}** "
              f"(device: {', '.join(f.devices) or tables.MISSING})", ""]
     lines += [f"> **{warning}**", ""] if warning else []

@@ -189,13 +189,9 @@ def collect(name: str, records, protocol: str | None = None, *, metric: str = "t
     return TableResult(ablation, panels, protocol, config_hash, metric, seeds, baseline, notes)
 
 
-def caveat(table: TableResult) -> str | None:
-    """The protocol warning printed above the table (None for the paper's protocol or no results)."""
-    return protocol_caveat(table.protocol)
-
-
 def protocol_caveat(protocol: str | None) -> str | None:
-    """How far a protocol's numbers compare with the paper's: above each table and atop lab reproduce's report."""
+    """How far a protocol's numbers compare with the paper's (None for the paper's protocol or no results): above
+    each table and atop lab reproduce's report."""
     if protocol == "smoke":
         return "Note: smoke protocol: these numbers only exercise the machinery and are not comparable to the paper."
     if protocol not in (None, "paper"):
@@ -267,7 +263,7 @@ def _cell_text(r: CellResult) -> str:
 def _md(table: TableResult) -> str:
     ab = table.ablation
     out = [f"**{ab.title}.** {ab.caption}", ""]
-    if note := caveat(table):
+    if note := protocol_caveat(table.protocol):
         out += [f"> **{note}**", ""]
     for panel, results in zip(ab.panels, table.panels):
         if panel.title:
@@ -300,7 +296,7 @@ def _tex(table: TableResult) -> str:
     out = ["% lab.tables.render: needs \\usepackage{booktabs}", "\\begin{table}[t]", "\\centering", "\\small",
            f"\\caption{{{_tex_escape(title[:1].upper() + title[1:])}. {_tex_escape(ab.caption)}}}",
            f"\\label{{tab:{ab.name}}}"]
-    if note := caveat(table):
+    if note := protocol_caveat(table.protocol):
         out.append(f"\\textbf{{{_tex_escape(note)}}}\\par\\smallskip")
     for panel, results in zip(ab.panels, table.panels):
         nr, nc = len(panel.row_header), len(panel.columns)
@@ -327,7 +323,7 @@ def _csv(table: TableResult) -> str:
     writer = csv.writer(buffer, lineterminator="\n")
     ab = table.ablation
     buffer.write(f"# {ab.title}. {ab.caption}\n")
-    if note := caveat(table):
+    if note := protocol_caveat(table.protocol):
         buffer.write(f"# {note}\n")
     for panel, results in zip(ab.panels, table.panels):
         if panel.title:
@@ -348,7 +344,7 @@ def _html(table: TableResult) -> str:
     esc = html.escape
     ab = table.ablation
     out = [_HTML_STYLE, '<div class="lab-table">', f"<p><b>{esc(ab.title)}.</b> {esc(ab.caption)}</p>"]
-    if note := caveat(table):
+    if note := protocol_caveat(table.protocol):
         out.append(f'<p class="caveat"><b>{esc(note)}</b></p>')
     for panel, results in zip(ab.panels, table.panels):
         nc = len(panel.columns)
