@@ -1,15 +1,18 @@
 """Vision Transformers from timm with the norm chosen by name, through timm's own `norm_layer` argument."""
 from collections import Counter
+from pathlib import Path
 
 import timm
 import torch
 import torch.nn.functional as F
 from timm.layers import PatchEmbed
+from timm.models import load_checkpoint
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from .layers import BASELINE, norm_layer
 from .perturb import did_you_mean
+from .results import read_record, weights_path
 
 PAPER_DEFAULTS = {"global_pool": "avg"}
 """The paper's code builds ViTs with global_pool='avg', so the final norm is `fc_norm` (one per model)."""
@@ -68,6 +71,26 @@ def from_config(cfg: dict, norm: str, num_classes: int) -> nn.Module:
         raise ValueError(f"data.img_size {size} is not a multiple of the model's patch size {patch} ({name}): "
                          f"choose one that is, such as {max(size // patch, 1) * patch}")
     return model
+
+
+def trained_model(record, ema: bool = False) -> nn.Module:
+    """The model a cell trained, with its final weights (ema: its EMA's), in eval mode on the CPU.
+
+    record: a record's path or the record (as lab.train.run or lab.results.load_records return it). Its run must have
+    kept its weights (config checkpoint.keep_weights: the paper protocol's default); they are a timm checkpoint beside
+    the record (lab.results.weights_path), so timm.models.load_checkpoint also reads them.
+    """
+    if not isinstance(record, dict):
+        record = read_record(record)
+    path = Path(record["path"])
+    weights = weights_path(path)
+    if not weights.exists():
+        why = "its run kept none" if not record.get("weights") else "the file is missing"
+        raise ValueError(f"{path.name}: no weights beside it ({why}); train the cell with "
+                         "--set checkpoint.keep_weights=true to keep them")
+    model = from_config(record["config"], record["spec"], int(record["num_classes"]))
+    load_checkpoint(model, str(weights), use_ema=ema)
+    return model.eval()
 
 
 def check_model(cfg: dict):

@@ -24,6 +24,12 @@ def checkpoint_path(record: Path) -> Path:
     return record.with_suffix(".ckpt")
 
 
+def weights_path(record: Path) -> Path:
+    """Where a cell's final weights are kept, beside its record, when its config's checkpoint.keep_weights says so: a
+    timm checkpoint ("state_dict", "state_dict_ema"), read back by lab.trained_model or timm's load_checkpoint."""
+    return record.with_suffix(".pth")
+
+
 def log_path(record: Path) -> Path:
     """A cell's training log, beside its record: one line per epoch and event, written as they happen, so a run that
     hangs, dies or is killed still shows how far it got and how fast."""

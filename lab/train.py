@@ -52,7 +52,7 @@ from . import data as data_mod
 from .config import config_hash
 from .layers import PointwiseNorm, canonical_norm
 from .models import from_config
-from .results import (checkpoint_path, finished, git_commit, log_path, pool_text, record_path,
+from .results import (checkpoint_path, finished, git_commit, log_path, pool_text, record_path, weights_path,
                       write_atomic, write_json_atomic)
 
 AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}    # config.CHOICES["precision"]
@@ -412,16 +412,28 @@ class Trainer:
             "device": _device_name(self.device),
             "world_size": self.world, "pool": self.pool, "steps": st["step"], "wall_s": round(st["wall_s"], 3),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "weights": weights_path(self.path).name if cfg["checkpoint"]["keep_weights"] else None,
         }
         if self.rank == 0:
+            if record["weights"]:       # before the record, which marks the cell done
+                self._keep_weights()
             write_json_atomic(self.path, record)
             self.ckpt.unlink(missing_ok=True)
-        self._log(f"failed: {failure['kind']} at update {failure['step']}: {failure['reason']}" if failure else
-                  f"finished: top-1 {record['top1']:.2f} (EMA {record['top1_ema']:.2f}) · {st['wall_s']:.0f} s of "
-                  f"training · {self.path.name}")
+        kept = f" · weights kept: {record['weights']}" if record["weights"] else ""
+        self._log((f"failed: {failure['kind']} at update {failure['step']}: {failure['reason']}" if failure else
+                   f"finished: top-1 {record['top1']:.2f} (EMA {record['top1_ema']:.2f}) · {st['wall_s']:.0f} s of "
+                   f"training · {self.path.name}") + kept)
         if self.world > 1:
             dist.barrier()
         return {**record, "path": str(self.path)}
+
+    def _keep_weights(self):
+        """The final weights and the EMA's, under the keys of timm's CheckpointSaver (timm.models.load_checkpoint reads
+        either), with what rebuilds the model beside them in the record: its config and spec (lab.trained_model)."""
+        blob = {"state_dict": self.model.state_dict(), "state_dict_ema": self.ema.module.state_dict(),
+                "arch": self.cfg["model"]["name"], "spec": self.spec, "config_hash": config_hash(self.cfg),
+                "seed": self.seed, "record": self.path.name}
+        write_atomic(weights_path(self.path), lambda f: torch.save(blob, f))
 
 
 # --- process-level helpers --------------------------------------------------------------------------------------

@@ -592,8 +592,8 @@ def test_train_records_a_table_of_your_own_by_its_name(own_table, tmp_path, monk
 
 def test_a_cell_recorded_elsewhere_under_its_config_is_copied_not_trained(tmp_path, monkeypatch, capsys):
     """A calibration round's cells are grid cells of the protocol that adopts its variant: the grid copies their
-    records and logs as written and trains only the rest. A record of another config, or whose content says another
-    config than its name, is not the same experiment."""
+    records, logs and kept weights as written and trains only the rest. A record of another config, or whose content
+    says another config than its name, is not the same experiment."""
     from lab.cli import main
     from lab.config import config_hash
     calls = []
@@ -602,6 +602,8 @@ def test_a_cell_recorded_elsewhere_under_its_config_is_copied_not_trained(tmp_pa
         calls.append(norm)
         path = results.record_path(out_dir, norm, cfg)
         results.write_text_atomic(results.log_path(path), f"{norm} trained in {out_dir}\n")
+        if norm == "layernorm":         # a run that kept its weights
+            results.write_text_atomic(results.weights_path(path), f"weights of {norm}")
         record = {"spec": norm, "table": table, "status": "ok", "top1": 42.0, "seed": cfg["seed"],
                   "config_hash": config_hash(cfg)}
         return results.write_json_atomic(path, record) and record
@@ -627,6 +629,8 @@ def test_a_cell_recorded_elsewhere_under_its_config_is_copied_not_trained(tmp_pa
         source = calibration / "v1" / cells[spec].path.name
         assert cells[spec].path.read_bytes() == source.read_bytes()
         assert results.log_path(cells[spec].path).read_text() == f"{spec} trained in {calibration / 'v1'}\n"
+    assert results.weights_path(cells["layernorm"].path).read_text() == "weights of layernorm"
+    assert not results.weights_path(cells["erf"].path).exists()
     assert main([*args[:-6], "--reuse", str(tmp_path / "nowhere")]) == 2      # the default config: 3 cells to run
     assert "reuse " in (err := capsys.readouterr().err) and "nowhere: no such directory" in err and calls == [shifted]
 

@@ -583,3 +583,44 @@ def test_a_ddp_update_reports_the_mean_of_the_ranks_loss_and_grad_norm(tmp_path,
     [own] = seen
     assert own[2] == 1 and torch.allclose(values, (own + other) / 2)
     assert values[2] > 0                            # rank 0's clock says due: due on every rank
+
+
+def test_kept_weights_rebuild_the_model_and_the_ema_that_scored_the_record(tmp_path, capsys):
+    """checkpoint.keep_weights leaves a timm checkpoint beside the record; lab.trained_model rebuilds the model from
+    the record and scores the record's top-1 with them, and the EMA's top-1 with the EMA's weights."""
+    import lab
+    from lab import data
+    from timm.models import load_checkpoint
+    cfg = config.load("smoke", ["checkpoint.keep_weights=true"])
+    record = train.run(cfg, "erf|hshift=0.5", tmp_path, progress=False)
+    kept = results.weights_path(Path(record["path"]))
+    assert record["status"] == "ok" and kept.exists() and kept.suffix == ".pth"
+    assert record["weights"] == kept.name == json.loads(Path(record["path"]).read_text())["weights"]
+    assert results.log_path(kept).read_text().splitlines()[-1].endswith(f"· weights kept: {kept.name}")
+    assert cli.main(["train", "--protocol", "smoke", "--norm", "erf|hshift=0.5", "--set", "checkpoint.keep_weights=true",
+                     "--out", str(tmp_path), "--quiet"]) == 0
+    assert capsys.readouterr().out.endswith(f"-> {record['path']} + {kept.name} (recorded earlier, not trained again)\n")
+    val = data.build(cfg, torch.device("cpu"))
+    scores = {}
+    for ema in (False, True):
+        model = lab.trained_model(record["path"], ema=ema)
+        assert not model.training and lab.count_norms(model) == {"PointwiseNorm": 2 * cfg["model"]["depth"] + 1}
+        with torch.no_grad():
+            right = sum((model(x).argmax(-1) == y).sum().item() for x, y in val.val_batches(64))
+        scores[ema] = 100.0 * right / val.val_size
+    assert scores == {False: record["top1"], True: record["top1_ema"]}
+    assert record["top1"] != record["top1_ema"]     # so that the two sets of weights are told apart
+    timm_model = lab.trained_model(record)          # the record itself, as train.run returns it
+    load_checkpoint(timm_model, str(kept), use_ema=True)       # timm's own loader reads the EMA's
+    ema_model = lab.trained_model(record["path"], ema=True)
+    assert all(torch.equal(a, b) for a, b in zip(timm_model.state_dict().values(), ema_model.state_dict().values()))
+
+
+def test_a_run_that_kept_no_weights_says_how_to_keep_them(tmp_path):
+    cfg = config.load("smoke", ["epochs=1", "warmup_epochs=0", "data.train_size=128", "data.val_size=64"])
+    record = train.run(cfg, "erf", tmp_path, progress=False)
+    assert record["weights"] is None and not list(tmp_path.glob("*.pth"))
+    import lab
+    with pytest.raises(ValueError, match=r"erf\.smoke-.*: no weights beside it \(its run kept none\); train the cell "
+                                         r"with --set checkpoint.keep_weights=true"):
+        lab.trained_model(record["path"])
