@@ -28,7 +28,8 @@ def _train(args):
                else f"top-1 {record['top1']:.2f}% (EMA {record['top1_ema']:.2f}%)")
     if int(os.environ.get("RANK", 0)) == 0:   # under torchrun, one line for the run
         print(f"{record['spec']} [{record['protocol']}] {verdict} -> {record['path']}"
-              + (f" + {record['weights']}" if record.get("weights") else "")
+              + (f" + {record['weights']}" if record.get("weights") and results.weights_path(record["path"]).exists()
+                 else "")
               + (" (recorded earlier, not trained again)" if earlier else ""))
     return 0
 

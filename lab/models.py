@@ -6,7 +6,6 @@ import timm
 import torch
 import torch.nn.functional as F
 from timm.layers import PatchEmbed
-from timm.models import load_checkpoint
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
@@ -74,22 +73,32 @@ def from_config(cfg: dict, norm: str, num_classes: int) -> nn.Module:
 
 
 def trained_model(record, ema: bool = False) -> nn.Module:
-    """The model a cell trained, with its final weights (ema: its EMA's), in eval mode on the CPU.
+    """The model a cell trained, with its final weights (ema: its EMA's), in eval mode on the CPU, in fp32.
 
-    record: a record's path or the record (as lab.train.run or lab.results.load_records return it). Its run must have
-    kept its weights (config checkpoint.keep_weights: the paper protocol's default); they are a timm checkpoint beside
-    the record (lab.results.weights_path), so timm.models.load_checkpoint also reads them.
+    record: the record's path (or its weights' path), or the record as lab.train.run and lab.results.load_records
+    return it. Its run must have kept its weights (config checkpoint.keep_weights: the paper protocol's default); they
+    are a timm checkpoint beside the record (lab.results.weights_path), which timm.models.load_checkpoint also reads.
     """
     if not isinstance(record, dict):
-        record = read_record(record)
+        path = Path(record)
+        record = read_record(path.with_suffix(".json") if path.suffix == ".pth" else path)
+    if "path" not in record:
+        raise ValueError("record: give its path, or the record with its 'path' as lab.results.load_records returns it")
     path = Path(record["path"])
     weights = weights_path(path)
+    if not record.get("weights"):
+        why = "its run failed with nan" if (record.get("failure") or {}).get("kind") == "nan" else \
+            "its config's checkpoint.keep_weights was false"
+        raise ValueError(f"{path.name}: its run kept no weights ({why}); to keep them, delete the record and train "
+                         "the cell again with --set checkpoint.keep_weights=true")
     if not weights.exists():
-        why = "its run kept none" if not record.get("weights") else "the file is missing"
-        raise ValueError(f"{path.name}: no weights beside it ({why}); train the cell with "
-                         "--set checkpoint.keep_weights=true to keep them")
+        raise ValueError(f"{path.name}: its weights {weights.name} are missing")
+    blob = torch.load(weights, map_location="cpu", weights_only=True)
+    if blob.get("created") != record.get("created"):
+        raise ValueError(f"{weights.name} holds the weights of a run recorded at {blob.get('created')}, not of "
+                         f"{path.name} (recorded at {record.get('created')})")
     model = from_config(record["config"], record["spec"], int(record["num_classes"]))
-    load_checkpoint(model, str(weights), use_ema=ema)
+    model.load_state_dict(blob["state_dict_ema" if ema else "state_dict"])
     return model.eval()
 
 

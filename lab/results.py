@@ -19,21 +19,21 @@ def record_path(results_dir, norm: str, cfg: dict) -> Path:
     return Path(results_dir) / f"{safe}.{cfg['protocol']}-{config_hash(cfg)}-s{int(cfg['seed'])}.json"
 
 
-def checkpoint_path(record: Path) -> Path:
+def checkpoint_path(record) -> Path:
     """Where a cell's checkpoint lives while it trains (beside its record; not *.json)."""
-    return record.with_suffix(".ckpt")
+    return Path(record).with_suffix(".ckpt")
 
 
-def weights_path(record: Path) -> Path:
+def weights_path(record) -> Path:
     """Where a cell's final weights are kept, beside its record, when its config's checkpoint.keep_weights says so: a
     timm checkpoint ("state_dict", "state_dict_ema"), read back by lab.trained_model or timm's load_checkpoint."""
-    return record.with_suffix(".pth")
+    return Path(record).with_suffix(".pth")
 
 
-def log_path(record: Path) -> Path:
+def log_path(record) -> Path:
     """A cell's training log, beside its record: one line per epoch and event, written as they happen, so a run that
     hangs, dies or is killed still shows how far it got and how fast."""
-    return record.with_suffix(".log")
+    return Path(record).with_suffix(".log")
 
 
 def write_json_atomic(path, obj) -> Path:

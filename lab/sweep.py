@@ -214,16 +214,16 @@ def reusable(cells, folders) -> dict:
 
 
 def _copy_record(source: Path, target: Path):
-    """The record as written, its log and kept weights first: the record marks the cell done, so a kill between
-    leaves it to train."""
+    """The record as written, its log and the weights it names first: the record marks the cell done, so a kill
+    between leaves it to train."""
     from . import results
-    log, weights = results.log_path(source), results.weights_path(source)
+    text, log, weights = source.read_text(encoding="utf-8"), results.log_path(source), results.weights_path(source)
     if log.exists():
         results.write_text_atomic(results.log_path(target), log.read_text(encoding="utf-8"))
-    if weights.exists():
+    if json.loads(text).get("weights") and weights.exists():
         with open(weights, "rb") as kept:
             results.write_atomic(results.weights_path(target), lambda f: shutil.copyfileobj(kept, f))
-    results.write_text_atomic(target, source.read_text(encoding="utf-8"))
+    results.write_text_atomic(target, text)
 
 
 _now = time.monotonic     # the deadline's clock (tests replace it)

@@ -62,21 +62,21 @@ def run(cfg: dict, norm: str, out_dir, *, table: str | None = None, progress: bo
         pool: dict | None = None) -> dict:
     """Train `norm` under `cfg`, write the record to lab.results.record_path and return it (with its "path").
 
-    An existing finished record is returned as is; an existing checkpoint is resumed. `cfg` comes from
-    lab.config.load, which has checked it.
+    An existing finished record is returned as is (with a warning if `cfg` asks for weights it did not keep); an
+    existing checkpoint is resumed. `cfg` comes from lab.config.load, which has checked it.
     pool: how the run shares its device, recorded as is (lab.sweep's pool: {"workers": N, "mps": bool}; None: alone).
     """
     spec = canonical_norm(norm)
     path = record_path(out_dir, spec, cfg)
     if (record := finished(path)) is not None:
-        return record
+        return _earlier(record, cfg)
     rank, world, owned = _init_distributed()
     path.parent.mkdir(parents=True, exist_ok=True)
     threads = torch.get_num_threads()
     try:
         with _sole_trainer(path, world):
             if world == 1 and (record := finished(path)) is not None:
-                return record       # finished by another process while this one waited to start it
+                return _earlier(record, cfg)    # finished by another process while this one waited to start it
             if cfg.get("threads"):
                 torch.set_num_threads(int(cfg["threads"]))
             device = _device(cfg["device"])
@@ -85,6 +85,14 @@ def run(cfg: dict, norm: str, out_dir, *, table: str | None = None, progress: bo
         torch.set_num_threads(threads)
         if owned:
             dist.destroy_process_group()
+
+
+def _earlier(record: dict, cfg: dict) -> dict:
+    """A finished record, returned as is: a config that now asks for its weights is told that they were not kept."""
+    if cfg["checkpoint"]["keep_weights"] and not record.get("weights"):
+        warnings.warn(f"{Path(record['path']).name} was recorded earlier without its weights, and a finished cell is "
+                      "not trained again: delete the record to train it again and keep them", stacklevel=3)
+    return record
 
 
 class CellBusy(ValueError):
@@ -362,9 +370,10 @@ class Trainer:
             dist.barrier()
 
     def _resume(self):
-        if self.rank == 0:      # a checkpoint's half-written copy, of a process killed while saving (ViT-B: gigabytes)
-            for stale in self.ckpt.parent.glob(f".{self.ckpt.name}.*.tmp"):
-                stale.unlink(missing_ok=True)
+        if self.rank == 0:      # half-written copies, of a process killed while saving (ViT-B: gigabytes)
+            for name in (self.ckpt.name, weights_path(self.path).name):
+                for stale in self.ckpt.parent.glob(f".{name}.*.tmp"):
+                    stale.unlink(missing_ok=True)
         found = self.ckpt.exists()
         if self.world > 1:
             seen = torch.tensor([float(found)], device=self.device)
@@ -399,6 +408,7 @@ class Trainer:
         last = next((h for h in reversed(st["history"]) if "val_top1" in h), {})
         failure = st["failure"] or (self._no_learning() if last else None)
         ran_through = st["failure"] is None     # no nan or divergence: its last top-1 (no_learning's too) is kept
+        keep = cfg["checkpoint"]["keep_weights"] and (st["failure"] or {}).get("kind") != "nan"    # no NaN weights
         record = {
             "spec": self.spec, "table": table, "protocol": cfg["protocol"],
             "status": "failed" if failure else "ok", "failure": failure,
@@ -412,11 +422,11 @@ class Trainer:
             "device": _device_name(self.device),
             "world_size": self.world, "pool": self.pool, "steps": st["step"], "wall_s": round(st["wall_s"], 3),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "weights": weights_path(self.path).name if cfg["checkpoint"]["keep_weights"] else None,
+            "weights": weights_path(self.path).name if keep else None,
         }
         if self.rank == 0:
-            if record["weights"]:       # before the record, which marks the cell done
-                self._keep_weights()
+            if keep:                    # before the record, which marks the cell done
+                self._keep_weights(record["created"])
             write_json_atomic(self.path, record)
             self.ckpt.unlink(missing_ok=True)
         kept = f" · weights kept: {record['weights']}" if record["weights"] else ""
@@ -427,12 +437,13 @@ class Trainer:
             dist.barrier()
         return {**record, "path": str(self.path)}
 
-    def _keep_weights(self):
+    def _keep_weights(self, created: str):
         """The final weights and the EMA's, under the keys of timm's CheckpointSaver (timm.models.load_checkpoint reads
-        either), with what rebuilds the model beside them in the record: its config and spec (lab.trained_model)."""
+        either), named by the record that rebuilds their model (lab.trained_model), as of its `created`: a record
+        written later for the cell, by a run that kept none, does not take them for its own."""
         blob = {"state_dict": self.model.state_dict(), "state_dict_ema": self.ema.module.state_dict(),
                 "arch": self.cfg["model"]["name"], "spec": self.spec, "config_hash": config_hash(self.cfg),
-                "seed": self.seed, "record": self.path.name}
+                "seed": self.seed, "record": self.path.name, "created": created}
         write_atomic(weights_path(self.path), lambda f: torch.save(blob, f))
 
 

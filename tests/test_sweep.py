@@ -602,9 +602,9 @@ def test_a_cell_recorded_elsewhere_under_its_config_is_copied_not_trained(tmp_pa
         calls.append(norm)
         path = results.record_path(out_dir, norm, cfg)
         results.write_text_atomic(results.log_path(path), f"{norm} trained in {out_dir}\n")
-        if norm == "layernorm":         # a run that kept its weights
-            results.write_text_atomic(results.weights_path(path), f"weights of {norm}")
-        record = {"spec": norm, "table": table, "status": "ok", "top1": 42.0, "seed": cfg["seed"],
+        results.write_text_atomic(results.weights_path(path), f"weights of {norm}")
+        kept = results.weights_path(path).name if norm == "layernorm" else None    # erf's: an earlier run's
+        record = {"spec": norm, "table": table, "status": "ok", "top1": 42.0, "seed": cfg["seed"], "weights": kept,
                   "config_hash": config_hash(cfg)}
         return results.write_json_atomic(path, record) and record
 

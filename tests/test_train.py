@@ -281,15 +281,16 @@ def test_a_checkpoint_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
 
 
 def test_a_half_checkpoint_of_a_killed_process_is_removed_when_the_cell_starts_again(tmp_path):
-    """A SIGKILL during torch.save leaves its temporary file (each writer's name is its own): the next run of the cell
-    removes it rather than let one pile up per kill."""
+    """A SIGKILL during torch.save leaves its temporary file (each writer's name is its own), of the checkpoint or of
+    the kept weights: the next run of the cell removes it rather than let one pile up per kill."""
     trainer = train.Trainer(config.load("smoke", ["epochs=1"]), "erf", tmp_path / "r.json", 0, 1, torch.device("cpu"))
     half = trainer.ckpt.with_name(f".{trainer.ckpt.name}.4242.0badc0de.tmp")
-    half.write_bytes(b"half")
+    half_weights = tmp_path / f".{results.weights_path(trainer.path).name}.4242.0badc0de.tmp"
     other = tmp_path / f".other.{trainer.ckpt.name}.1.2.tmp"      # not this cell's
-    other.write_bytes(b"x")
+    for path in (half, half_weights, other):
+        path.write_bytes(b"half")
     trainer.fit(False, None)
-    assert not half.exists() and other.exists()
+    assert not half.exists() and not half_weights.exists() and other.exists()
 
 
 @pytest.mark.slow
@@ -612,15 +613,39 @@ def test_kept_weights_rebuild_the_model_and_the_ema_that_scored_the_record(tmp_p
     assert record["top1"] != record["top1_ema"]     # so that the two sets of weights are told apart
     timm_model = lab.trained_model(record)          # the record itself, as train.run returns it
     load_checkpoint(timm_model, str(kept), use_ema=True)       # timm's own loader reads the EMA's
-    ema_model = lab.trained_model(record["path"], ema=True)
+    ema_model = lab.trained_model(kept, ema=True)              # the weights' path names their record
     assert all(torch.equal(a, b) for a, b in zip(timm_model.state_dict().values(), ema_model.state_dict().values()))
+    elsewhere = tmp_path / "copied" / Path(record["path"]).name        # a record beside weights of another run
+    elsewhere.parent.mkdir()
+    elsewhere.write_text(json.dumps({**record, "created": "2026-01-01T00:00:00+00:00"}))
+    results.weights_path(elsewhere).write_bytes(kept.read_bytes())
+    with pytest.raises(ValueError, match=rf"{re.escape(kept.name)} holds the weights of a run recorded at "
+                                         rf"{re.escape(record['created'])}, not of "):
+        lab.trained_model(elsewhere)
 
 
-def test_a_run_that_kept_no_weights_says_how_to_keep_them(tmp_path):
-    cfg = config.load("smoke", ["epochs=1", "warmup_epochs=0", "data.train_size=128", "data.val_size=64"])
-    record = train.run(cfg, "erf", tmp_path, progress=False)
-    assert record["weights"] is None and not list(tmp_path.glob("*.pth"))
+def test_a_run_that_kept_no_weights_says_how_to_keep_them_and_ignores_an_earlier_runs(tmp_path):
+    """Weights left by an earlier run of the cell (its record deleted to train it again) are not this run's."""
     import lab
-    with pytest.raises(ValueError, match=r"erf\.smoke-.*: no weights beside it \(its run kept none\); train the cell "
-                                         r"with --set checkpoint.keep_weights=true"):
+    tiny = ["epochs=1", "warmup_epochs=0", "data.train_size=128", "data.val_size=64"]
+    earlier = train.run(config.load("smoke", [*tiny, "checkpoint.keep_weights=true"]), "erf", tmp_path, progress=False)
+    Path(earlier["path"]).unlink()
+    record = train.run(config.load("smoke", tiny), "erf", tmp_path, progress=False)
+    assert record["weights"] is None and results.weights_path(record["path"]).exists()
+    with pytest.raises(ValueError, match=r"erf\.smoke-.*: its run kept no weights \(its config's "
+                                         r"checkpoint.keep_weights was false\); to keep them, delete the record and "
+                                         r"train the cell again with --set checkpoint.keep_weights=true"):
         lab.trained_model(record["path"])
+    with pytest.warns(UserWarning, match=r"erf\.smoke-.* was recorded earlier without its weights, and a finished "
+                                         r"cell is not trained again: delete the record"):
+        again = train.run(config.load("smoke", [*tiny, "checkpoint.keep_weights=true"]), "erf", tmp_path)
+    assert again["created"] == record["created"]
+
+
+def test_a_run_that_fails_with_nan_keeps_no_weights(tmp_path):
+    import lab
+    cfg = config.load("smoke", ["epochs=1", "lr=50", "checkpoint.keep_weights=true"])
+    record = train.run(cfg, "linear", tmp_path, progress=False)
+    assert record["failure"]["kind"] == "nan" and record["weights"] is None and not list(tmp_path.glob("*.pth"))
+    with pytest.raises(ValueError, match=r"its run kept no weights \(its run failed with nan\)"):
+        lab.trained_model(record)
