@@ -77,10 +77,11 @@ unfinished() {   # the last lines of every cell this stage started and did not f
 }
 
 # One proxy epoch with CUDA graphs in 2 packed processes (args: --mps or none), in about a minute; PREFLIGHT_S (180)
-# seconds at most, so one that hangs under MPS leaves time to try again.
+# seconds at most (then lab unwinds: it stops its pool and MPS daemon; -k: 10 s more), so one that hangs under MPS
+# leaves time to try again. Its output holds tqdm's carriage returns: a line's start is after the last one.
 preflight() {
   rm -rf "${TMPDIR:-/tmp}/preflight"
-  step timeout "${PREFLIGHT_S:-180}" python3 -m lab sweep table1 --protocol proxy --specs erf --seeds 0,1 --jobs 2 \
+  step timeout -k 10 "${PREFLIGHT_S:-180}" python3 -m lab sweep table1 --protocol proxy --specs erf --seeds 0,1 --jobs 2 \
     "$@" --results "${TMPDIR:-/tmp}/preflight" --set epochs=1 --set data.train_size=10000 --set optim.batch_size=256 \
     --set compile=true --set compile_mode=reduce-overhead > >(tee "$out/preflight.out") 2>&1
   local rc=$?
@@ -105,7 +106,7 @@ run_stage() {
       { preflight "${mps[@]}" ||
         { (( ${#mps[@]} )) && echo "== the preflight failed under MPS: once more time-sliced, as MPS=0 would" &&
           mps=() && preflight && failed=0; }; } &&
-      { ! grep -q "^MPS: .*the runs time-slice the GPU" "$out/preflight.out" ||
+      { ! tr '\r' '\n' < "$out/preflight.out" | grep -q "^MPS: .*the runs time-slice the GPU" ||
         { echo "== MPS did not start in the preflight: the round runs time-sliced, as MPS=0 would"; mps=(); }; } &&
       step python3 -m lab calibrate configs/calibration/round4.yaml --jobs 14 "${mps[@]}" --deadline "$(left)" ;;
     grid)
