@@ -7,6 +7,8 @@ CUDA graph, replayed on N streams whose kernels can run at once. Each N is a rec
 bench.format_table compares with the N = 1 record of the same session.
 """
 import multiprocessing as mp
+import queue as queues
+import threading
 import time
 
 import torch
@@ -15,6 +17,8 @@ from .bench import _compiled, _inputs, _model_kwargs, _model_name, _provenance, 
 from .models import build_model
 from .mps import shared_gpu
 
+WARM_S = 600
+"""Seconds the packed processes may take to build, compile and warm up (CUDA graphs recorded) before the clock starts."""
 STREAMS = "graphed-streams"
 """The packing mode of N runs in one process, each step one CUDA graph, on N streams (packing_streams)."""
 
@@ -44,13 +48,57 @@ def packing(ns, shape: dict, device: torch.device, seconds: float, mode: str = "
                      for _ in range(n)]
             for p in procs:
                 p.start()
-            ready.wait(timeout=600)     # a worker that dies while warming up breaks the barrier: an error, never a hang
-            total = sum(queue.get(timeout=seconds + 300) for _ in procs)
-            for p in procs:
-                p.join()
+            try:
+                total = _gather(procs, ready, queue, seconds)
+            except BaseException:
+                for p in procs:
+                    if p.exitcode is None:
+                        p.terminate()
+                raise
+            finally:
+                for p in procs:
+                    p.join()
             rows.append({**_packing_row(n, mode, total, shape, device), "mps": shared})
             on_row(rows[-1])
     return rows
+
+
+def _gather(procs, ready, queue, seconds: float) -> float:
+    """The workers' images/s, summed, once all have warmed up together and timed `seconds`. A worker that dies (an
+    error, a segfault, the OOM killer) is an error at once: a dead process does not break the barrier, which its
+    peers would wait at for WARM_S."""
+    def dead():
+        return [p.exitcode for p in procs if p.exitcode not in (None, 0)]
+
+    def died(when: str):
+        return RuntimeError(f"a packed run died {when} (exit codes {dead()}; its error is printed above)")
+
+    done = threading.Event()
+
+    def watch():                # break the barrier for the living as soon as one has died
+        while not done.wait(0.5):
+            if dead():
+                ready.abort()
+                return
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        ready.wait(timeout=WARM_S)
+    except threading.BrokenBarrierError:
+        raise (died("while warming up") if dead() else
+               RuntimeError(f"the packed runs were not warm within {WARM_S} s")) from None
+    finally:
+        done.set()
+    speeds, end = [], time.monotonic() + seconds + 300
+    while len(speeds) < len(procs):
+        try:
+            speeds.append(queue.get(timeout=1))
+        except queues.Empty:
+            if dead():
+                raise died("while timed") from None
+            if time.monotonic() > end:
+                raise RuntimeError(f"the packed runs did not report within {seconds + 300:.0f} s") from None
+    return sum(speeds)
 
 
 def packing_streams(ns, shape: dict, device: torch.device, seconds: float) -> list[dict]:

@@ -427,7 +427,7 @@ def test_packing_rows_add_up_every_runs_images_per_second(monkeypatch):
     ctx = SimpleNamespace(Barrier=lambda n: SimpleNamespace(wait=lambda timeout=None: None),
                           Queue=lambda: SimpleNamespace(get=lambda timeout=None: queue.pop()),
                           Process=lambda target, args: SimpleNamespace(start=lambda: queue.append(100.0),
-                                                                       join=lambda: None))
+                                                                       join=lambda: None, exitcode=None))
     monkeypatch.setattr(packing.mp, "get_context", lambda method: ctx)
     rows = packing.packing([1, 3], TINY, torch.device("cpu"), seconds=1.0)
     assert [(r["runs"], r["img_per_s"]) for r in rows] == [(1, 100.0), (3, 300.0)]
@@ -545,3 +545,12 @@ def test_gpu_packing_runs_at_the_batch_given(tmp_path, monkeypatch, batch):
     assert main(["bench", "--modes", "", "--packing", "2", *(["--batch", str(batch)] if batch else []),
                  "--out", str(tmp_path)]) == 0
     assert shapes == [{**bench.proxy_model(), "batch": batch or bench.proxy_model()["batch"]}]
+
+
+def test_a_packed_run_that_dies_is_an_error_at_once_not_a_wait_at_the_barrier(monkeypatch):
+    """A dead process does not break a multiprocessing barrier: its peers waited there for WARM_S (600 s of a device
+    call). A run that cannot build its model is reported as soon as it has died, with its exit code."""
+    monkeypatch.setattr(packing, "WARM_S", 120)     # should the watch fail, the test still ends
+    with pytest.raises(RuntimeError, match=r"a packed run died while warming up \(exit codes \[1(, 1)?\]; its error "
+                                           r"is printed above\)"):
+        packing.packing([2], {**TINY, "depth": "x"}, torch.device("cpu"), seconds=1.0)
