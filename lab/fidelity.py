@@ -86,7 +86,7 @@ class Fidelity:
 def measure(records, protocol: str | None = None) -> Fidelity:
     """The goals' figures for `records` of one protocol (ValueError if several and `protocol` is None) and one config:
     the grid's, or each table could pick its own and the verdict would compare cells trained under different recipes."""
-    records = list(records)
+    records = results.as_records(records)      # a results folder, records or their paths
     specs = {spec for name in ablations.TABLES for spec in ablations.load(name).specs()}
     protocol, config_hash, _, notes = tables.select(specs, records, protocol, where="Tables 1–6")
     collected = {name: tables.collect(name, records, protocol, config_hash=config_hash) for name in ablations.TABLES}

@@ -16,6 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.transforms import ScaledTranslation, blended_transform_factory
 
 from . import ablations, tables
+from .results import as_records
 from .functions import BASES
 from .perturb import TRANSFORMS, format_number, parse, pointwise
 from .principles import sign_changes
@@ -407,8 +408,9 @@ def accuracy_vs_lambda(name: str, records, out_dir="figures", protocol: str | No
     be read against it (on the paper's side, for the paper's tables only), from `records` and `reference_records`
     (more of its records, which only this line reads). `name` and the files as in training_curves.
     """
+    records = as_records(records)       # a results folder, records or their paths
     table = tables.collect(name, records, protocol)
-    reference = _reference(table, [*records, *reference_records])
+    reference = _reference(table, [*records, *as_records(reference_records)])
     with _style():
         panels = table.ablation.panels
         fig = Figure(figsize=(13, 3.8 * len(panels)), layout="constrained")

@@ -115,6 +115,17 @@ def load_records(results_dir) -> list[dict]:
     return [r for r in records if isinstance(r, dict) and "spec" in r and "status" in r]
 
 
+def as_records(records) -> list[dict]:
+    """The records that the analysis functions (lab.tables, lab.figures, lab.fidelity) are given, in any form a user
+    holds them: a results folder (searched recursively), a record's path, one record, or an iterable of records and
+    paths. A folder that does not exist is records_dir's ValueError, not an empty table."""
+    if isinstance(records, (str, os.PathLike)):
+        return [read_record(records)] if Path(records).is_file() else load_records(records_dir(records))
+    if isinstance(records, dict):
+        return [records]
+    return [r if isinstance(r, dict) else read_record(r) for r in records]
+
+
 def pool_text(pool: dict | None, device=None) -> str:
     """How a record's run shared its device, in words (its "pool", as lab.sweep writes it; None: alone). On a CPU the
     runs share the cores, each its own threads: time-slicing and MPS are a GPU's."""

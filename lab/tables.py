@@ -20,7 +20,7 @@ from scipy import stats
 
 from . import ablations
 from .layers import BASELINE, canonical_norm
-from .results import FINISHED
+from .results import FINISHED, as_records
 
 FORMATS = ("md", "tex", "csv", "html")
 METRICS = ("top1", "top1_ema")
@@ -175,7 +175,8 @@ def cell_result(cell, seeds_records: dict, metric: str) -> CellResult:
 def collect(name: str, records, protocol: str | None = None, *, metric: str = "top1",
             config_hash: str | None = None) -> TableResult:
     """Match records to the cells of table `name`, the paper's or the path of your own (see ablations.load and the
-    module docstring)."""
+    module docstring). `records`: any form lab.results.as_records takes (a results folder, records, their paths)."""
+    records = as_records(records)
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}; choose one of: {', '.join(METRICS)}")
     ablation = ablations.load(name)

@@ -237,3 +237,23 @@ def test_a_table_of_your_own_shows_a_dash_where_it_gives_no_paper_value_and_agre
     assert "5 of 6 cells run; no paper values to compare them with." in md
     assert "Agreement" not in md and "Spearman" not in md
     assert "No results yet." in tables.render(own_table, []) and "paper's values only" not in tables.render(own_table)
+
+
+def test_the_analysis_functions_take_a_results_folder_record_paths_or_one_record(tmp_path):
+    """A researcher's notebook holds a folder, paths or records: each is the same table, figure and fidelity; a
+    mistyped folder is an error naming it, not an empty table saying "no results yet"."""
+    from lab import fidelity, figures, results
+    paths = [results.write_json_atomic(tmp_path / "res" / ("sub" if i % 2 else "") / f"r{i}.json", r)
+             for i, r in enumerate(FAKE)]
+    expected = tables.render("table3", FAKE, protocol="smoke")
+    for given in (tmp_path / "res", str(tmp_path / "res"), paths, map(str, paths)):
+        assert tables.render("table3", given, protocol="smoke") == expected
+    assert len(tables.frame("table3", paths[0], "smoke")) == len(tables.frame("table3", [FAKE[0]], "smoke"))
+    assert tables.collect("table3", FAKE[0], "smoke").agreement()["run"] == 1
+    assert fidelity.measure(tmp_path / "res", "smoke").cells_run == fidelity.measure(FAKE, "smoke").cells_run > 0
+    assert figures.accuracy_vs_lambda("table3", tmp_path / "res", tmp_path / "figs", "smoke",
+                                      reference_records=paths[:1])
+    for call in (lambda where: tables.render("table3", where), lambda where: fidelity.measure(where),
+                 lambda where: figures.training_curves("table3", where, tmp_path / "figs")):
+        with pytest.raises(ValueError, match=r"results .*reslts: no such directory"):
+            call(tmp_path / "reslts")
