@@ -107,12 +107,15 @@ def measure(norm: str, mode: str, dtype: str, shape: dict, device: torch.device,
 
 
 def measure_rounds(norms, mode: str, dtype: str, shape: dict, device: torch.device, steps: int, warmup: int,
-                   rounds: int, peak: float | None = None, profile_dir: Path | None = None) -> list[dict]:
+                   rounds: int, peak: float | None = None, profile_dir: Path | None = None,
+                   on_round=lambda records: None) -> list[dict]:
     """Every norm of one (mode, dtype) built once and timed in `rounds` interleaved rounds, round r starting at norm
     r mod N: one record per norm, its images/s the median over rounds; with rounds > 1 also its "rounds", each
     round's images/s, and beside LayerNorm its "ratio_rounds", each round's images/s over LayerNorm's of that round.
     A norm's peak memory is what the device held before the group, its own persistent bytes and its own step's
-    transient peak: what torch.cuda.max_memory_allocated reports over its timed steps when it is measured alone."""
+    transient peak: what torch.cuda.max_memory_allocated reports over its timed steps when it is measured alone.
+    With rounds > 1, on_round(records) after each round but the last, the records of the rounds so far: a bench cut
+    off before its last round (a device call's limit) keeps those."""
     torch._dynamo.reset()       # the group compiles from scratch; its models stay compiled side by side
     cuda = device.type == "cuda"
     allocated = functools.partial(torch.cuda.memory_allocated, device) if cuda else (lambda: 0)
@@ -137,16 +140,24 @@ def measure_rounds(norms, mode: str, dtype: str, shape: dict, device: torch.devi
             cell["rounds"].append(steps * shape["batch"] / _seconds(cell["step"], steps, device))
             if cuda and r == 0:
                 cell["bytes"] += torch.cuda.max_memory_allocated(device) - idle     # its step's transient peak
+        if r < rounds - 1:
+            on_round(_round_records(cells, mode, dtype, shape, device, steps, warmup, held, peak))
     if profile_dir is not None:
         for cell in cells:
             _profile_cell(cell["step"], cell["norm"], mode, dtype, device, profile_dir)
+    return _round_records(cells, mode, dtype, shape, device, steps, warmup, held, peak, rounds > 1)
+
+
+def _round_records(cells, mode, dtype, shape, device, steps, warmup, held, peak, each_round=True) -> list[dict]:
+    """measure_rounds' records of its cells' rounds so far."""
+    cuda = device.type == "cuda"
     ln = next((c["rounds"] for c in cells if c["norm"] == BASELINE), None)
     records = []
     for c in cells:
         records.append(_record(c["norm"], mode, dtype, shape, device, steps, warmup, statistics.median(c["rounds"]),
                                held + c["bytes"] if cuda else None, c["flops"], peak))
-        if rounds > 1:
-            records[-1]["rounds"] = c["rounds"]
+        if each_round:
+            records[-1]["rounds"] = list(c["rounds"])
             if ln:
                 records[-1]["ratio_rounds"] = [v / b for v, b in zip(c["rounds"], ln)]
     return records
@@ -334,8 +345,8 @@ def run(norms, modes, dtypes, device, steps, warmup, shape, packing_ns=(), packi
         peak=None, progress=True, on_row=lambda rows: None, profile_dir=None, packing_mode="eager",
         rounds=1, mps=False, packing_batch=None) -> list[dict]:
     """Every (mode, dtype, norm) cell, LayerNorm first in each mode, then packing (its processes under NVIDIA MPS with
-    `mps`); on_row(rows) after each cell or N, or with rounds > 1 after each (mode, dtype), whose norms are timed in
-    interleaved rounds (measure_rounds). The packed runs are the proxy's model on a GPU, `shape` elsewhere, at
+    `mps`); on_row(rows) after each cell or N, or with rounds > 1 after each round of each (mode, dtype), whose norms
+    are timed in interleaved rounds (measure_rounds). The packed runs are the proxy's model on a GPU, `shape` elsewhere, at
     `packing_batch` where given (--batch), else at that model's batch."""
     rows = []
     for mode in modes:
@@ -344,7 +355,8 @@ def run(norms, modes, dtypes, device, steps, warmup, shape, packing_ns=(), packi
             group = [*baseline, *[n for n in norms if n != BASELINE]]
             for cell in ([group] if rounds > 1 else [[norm] for norm in group]):
                 with plain_kernels() if mode == "eager-plain" else contextlib.nullcontext():
-                    new = measure_rounds(cell, mode, dtype, shape, device, steps, warmup, rounds, peak, profile_dir)
+                    new = measure_rounds(cell, mode, dtype, shape, device, steps, warmup, rounds, peak, profile_dir,
+                                         on_round=lambda done: on_row(rows + done))
                 rows += new
                 for r in new if progress else ():
                     ratios = r.get("ratio_rounds")

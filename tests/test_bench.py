@@ -146,6 +146,25 @@ def test_rounds_record_each_rounds_speed_and_ratio_to_layernorm():
     assert (derf["steps"], derf["warmup"]) == (1, 1) and derf["peak_mem_gib"] is None and derf["gflop_per_img"] > 0
 
 
+def test_a_bench_cut_off_before_its_last_round_has_saved_the_rounds_before(tmp_path, monkeypatch):
+    """The records are written after every round: a device call's limit that ends the bench in its last round (six
+    ViT-B/16 models compile before the first) leaves the rounds timed so far, not nothing."""
+    saved, seconds = [], bench._seconds
+
+    def cut_off(step, steps, device):
+        if steps == 1 and len(saved) == 2:      # round 3's first timing: the device's limit
+            raise KeyboardInterrupt
+        return seconds(step, steps, device)
+    monkeypatch.setattr(bench, "_seconds", cut_off)
+    with pytest.raises(KeyboardInterrupt):
+        bench.run(["erf"], ["eager"], ["fp32"], torch.device("cpu"), steps=1, warmup=2, shape=TINY, progress=False,
+                  rounds=3, on_row=lambda rows: saved.append([dict(r) for r in rows]))
+    assert [[(r["norm"], len(r["rounds"])) for r in rows] for rows in saved] == [
+        [("layernorm", 1), ("erf", 1)], [("layernorm", 2), ("erf", 2)]]
+    erf = saved[-1][1]
+    assert erf["img_per_s"] == statistics.median(erf["rounds"]) and len(erf["ratio_rounds"]) == 2
+
+
 def test_each_round_starts_one_norm_later(monkeypatch):
     """Round r times the norms from index r mod N on: no norm is always timed first or last."""
     setup, seconds, timed = bench._setup, bench._seconds, []
@@ -177,7 +196,7 @@ def test_rounds_build_each_model_once_per_group(monkeypatch):
     rows = bench.run(["derf"], ["eager", "eager-plain"], ["fp32"], torch.device("cpu"), steps=1, warmup=0,
                      shape=TINY, progress=False, rounds=3, on_row=lambda rows: saves.append(len(rows)))
     assert built == ["layernorm", "derf", "derf"]
-    assert saves == [2, 3]                               # after each (mode, dtype)
+    assert saves == [2, 2, 2, 3, 3, 3]                   # after each round of each (mode, dtype)
     assert [(r["mode"], len(r["rounds"]), "ratio_rounds" in r) for r in rows] == [
         ("eager", 3, True), ("eager", 3, True), ("eager-plain", 3, False)]
 
