@@ -106,7 +106,7 @@ run_stage() {
       { preflight "${mps[@]}" ||
         { (( ${#mps[@]} )) && echo "== the preflight failed under MPS: once more time-sliced, as MPS=0 would" &&
           mps=() && preflight && failed=0; }; } &&
-      { ! tr '\r' '\n' < "$out/preflight.out" | grep -q "^MPS: .*the runs time-slice the GPU" ||
+      { ! grep -q "^MPS: .*the runs time-slice the GPU" < <(tr '\r' '\n' < "$out/preflight.out") ||
         { echo "== MPS did not start in the preflight: the round runs time-sliced, as MPS=0 would"; mps=(); }; } &&
       step python3 -m lab calibrate configs/calibration/round4.yaml --jobs 14 "${mps[@]}" --deadline "$(left)" ;;
     grid)

@@ -185,12 +185,20 @@ def read_yaml(path: Path):
 def _stand_in(protocol_cfg: dict, source: Path) -> dict:
     """`source`'s settings, checked as the protocol file they stand in for: the same keys, each value of that file's
     type (as an override is checked). Else a misspelt key passed a calibration's dry run and every cell raised
-    KeyError. The values are returned as written, so that a pinned round keeps its records' config hashes."""
+    KeyError. The values are returned as written, so that a pinned round keeps its records' config hashes; a setting
+    the file predates that is not hashed (where and how a run goes, e.g. checkpoint.keep_weights) is the protocol's."""
     settings = read_yaml(source)
     if not isinstance(settings, dict):
         raise ValueError(f"{source}: expected the settings of a protocol file, got {settings!r}")
     expected, given = keys(protocol_cfg), keys(settings)
     unknown, missing = [k for k in given if k not in expected], [k for k in expected if k not in given]
+    for key in [k for k in missing if _not_hashed(k)]:
+        *parents, leaf = key.split(".")
+        node = settings
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = copy.deepcopy(_get(protocol_cfg, key))
+        missing.remove(key)
     if unknown:
         raise ValueError(f"{source}: unknown key {unknown[0]!r}{did_you_mean(unknown[0], expected)}")
     if missing:
@@ -204,6 +212,10 @@ def _stand_in(protocol_cfg: dict, source: Path) -> dict:
         except ValueError as err:
             raise ValueError(f"{source}: {err}") from None
     return settings
+
+
+def _not_hashed(key: str) -> bool:
+    return any(key == n or key.startswith(n + ".") for n in NOT_HASHED)
 
 
 def keys(cfg: dict, prefix: str = "") -> list[str]:

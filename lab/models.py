@@ -88,7 +88,7 @@ def trained_model(record, ema: bool = False) -> nn.Module:
     weights = weights_path(path)
     if not record.get("weights"):
         why = "its run failed with nan" if (record.get("failure") or {}).get("kind") == "nan" else \
-            "its config's checkpoint.keep_weights was false"
+            "its config did not set checkpoint.keep_weights"
         raise ValueError(f"{path.name}: its run kept no weights ({why}); to keep them, delete the record and train "
                          "the cell again with --set checkpoint.keep_weights=true")
     if not weights.exists():

@@ -73,11 +73,12 @@ def _gather(procs, ready, queue, seconds: float) -> float:
     def died(when: str):
         return RuntimeError(f"a packed run died {when} (exit codes {dead()}; its error is printed above)")
 
-    done = threading.Event()
+    done, aborted = threading.Event(), threading.Event()
 
     def watch():                # break the barrier for the living as soon as one has died
         while not done.wait(0.5):
             if dead():
+                aborted.set()
                 ready.abort()
                 return
     watcher = threading.Thread(target=watch, daemon=True)
@@ -85,7 +86,7 @@ def _gather(procs, ready, queue, seconds: float) -> float:
     try:
         ready.wait(timeout=WARM_S)
     except threading.BrokenBarrierError:
-        raise (died("while warming up") if dead() else
+        raise (died("while warming up") if aborted.is_set() else
                RuntimeError(f"the packed runs were not warm within {WARM_S} s")) from None
     finally:
         done.set()
@@ -93,8 +94,8 @@ def _gather(procs, ready, queue, seconds: float) -> float:
     while len(speeds) < len(procs):
         try:
             speeds.append(queue.get(timeout=1))
-        except queues.Empty:
-            if dead():
+        except queues.Empty:    # one that reported and then died (at exit) has still been timed
+            if sum(p.exitcode is None for p in procs) + len(speeds) < len(procs):
                 raise died("while timed") from None
             if time.monotonic() > end:
                 raise RuntimeError(f"the packed runs did not report within {seconds + 300:.0f} s") from None

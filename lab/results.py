@@ -67,7 +67,10 @@ def write_atomic(path, write) -> Path:
 
 
 def read_record(path) -> dict:
-    """The record at `path`; ValueError naming it if it is not JSON (written by hand, or cut off by a full disk)."""
+    """The record at `path`; ValueError naming it if it is not a .json file (a cell's log or weights beside it: no
+    advice to delete those) or not JSON (written by hand, or cut off by a full disk)."""
+    if Path(path).suffix != ".json":
+        raise ValueError(f"{path}: not a record (a cell's record is the .json file of its name)")
     try:
         record = json.loads(Path(path).read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:

@@ -88,8 +88,10 @@ def run(cfg: dict, norm: str, out_dir, *, table: str | None = None, progress: bo
 
 
 def _earlier(record: dict, cfg: dict) -> dict:
-    """A finished record, returned as is: a config that now asks for its weights is told that they were not kept."""
-    if cfg["checkpoint"]["keep_weights"] and not record.get("weights"):
+    """A finished record, returned as is: a config that now asks for its weights is told that they were not kept (a
+    nan failure keeps none: training it again would not keep them either)."""
+    nan = (record.get("failure") or {}).get("kind") == "nan"
+    if cfg["checkpoint"].get("keep_weights") and not record.get("weights") and not nan:
         warnings.warn(f"{Path(record['path']).name} was recorded earlier without its weights, and a finished cell is "
                       "not trained again: delete the record to train it again and keep them", stacklevel=3)
     return record
@@ -408,7 +410,10 @@ class Trainer:
         last = next((h for h in reversed(st["history"]) if "val_top1" in h), {})
         failure = st["failure"] or (self._no_learning() if last else None)
         ran_through = st["failure"] is None     # no nan or divergence: its last top-1 (no_learning's too) is kept
-        keep = cfg["checkpoint"]["keep_weights"] and (st["failure"] or {}).get("kind") != "nan"    # no NaN weights
+        keep = cfg["checkpoint"].get("keep_weights") and (st["failure"] or {}).get("kind") != "nan"  # no NaN weights
+        created = [datetime.now(timezone.utc).isoformat(timespec="seconds")]
+        if self.world > 1:      # every rank returns rank 0's record, whose stamp its weights carry
+            dist.broadcast_object_list(created, src=0)
         record = {
             "spec": self.spec, "table": table, "protocol": cfg["protocol"],
             "status": "failed" if failure else "ok", "failure": failure,
@@ -421,8 +426,7 @@ class Trainer:
             "versions": {"python": platform.python_version(), "torch": torch.__version__, "timm": timm.__version__},
             "device": _device_name(self.device),
             "world_size": self.world, "pool": self.pool, "steps": st["step"], "wall_s": round(st["wall_s"], 3),
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "weights": weights_path(self.path).name if keep else None,
+            "created": created[0], "weights": weights_path(self.path).name if keep else None,
         }
         if self.rank == 0:
             if keep:                    # before the record, which marks the cell done

@@ -2,6 +2,7 @@
 import contextlib
 import json
 import os
+import queue as queues
 import re
 import statistics
 from types import SimpleNamespace
@@ -564,6 +565,36 @@ def test_gpu_packing_runs_at_the_batch_given(tmp_path, monkeypatch, batch):
     assert main(["bench", "--modes", "", "--packing", "2", *(["--batch", str(batch)] if batch else []),
                  "--out", str(tmp_path)]) == 0
     assert shapes == [{**bench.proxy_model(), "batch": batch or bench.proxy_model()["batch"]}]
+
+
+def test_a_packed_run_that_reported_before_it_died_still_counts():
+    """A worker may exit non-zero after its speed is sent (a crash at exit): it was timed. One that died without
+    sending is the error."""
+    exits, sent = [None, None], []
+
+    class Worker:
+        def __init__(self, i):
+            self.i = i
+
+        @property
+        def exitcode(self):
+            return exits[self.i]
+
+    def get(timeout):
+        if not sent:
+            raise queues.Empty
+        speed = sent.pop(0)
+        if speed is None:               # nothing yet: meanwhile the first to report has died
+            exits[0] = 139
+            raise queues.Empty
+        return speed
+
+    workers, ready = [Worker(0), Worker(1)], SimpleNamespace(wait=lambda timeout: None, abort=lambda: None)
+    sent[:] = [100.0, None, 50.0]
+    assert packing._gather(workers, ready, SimpleNamespace(get=get), seconds=1.0) == 150.0
+    exits[:], sent[:] = [139, None], []           # the first died before it sent anything
+    with pytest.raises(RuntimeError, match=r"a packed run died while timed \(exit codes \[139\]"):
+        packing._gather(workers, ready, SimpleNamespace(get=get), seconds=1.0)
 
 
 def test_a_packed_run_that_dies_is_an_error_at_once_not_a_wait_at_the_barrier(monkeypatch):

@@ -322,10 +322,13 @@ exit 0""", PREFLIGHT_S="1")
     ("MPS: no answer within 120 s; the runs time-slice the GPU", "calibrate")])
 def test_the_round4_stage_drops_mps_where_the_preflight_fell_back_to_time_slicing(tmp_path, mps_says, calibrate):
     """A preflight that passed because lab.mps gave up on the daemon: the round would wait for it again. The sweep's
-    tqdm bar is drawn first, and its line is cleared with carriage returns before lab.mps's line is written."""
+    tqdm bar is drawn first, and its line is cleared with carriage returns before lab.mps's line is written; a
+    compile's output follows (more than a pipe holds: a reader that stops at the line must not fail the check)."""
     import subprocess
     argv, env = _stage(tmp_path, "round4", f"""echo "$*" >> {tmp_path}/calls
-[[ $3 == sweep ]] && printf '\\rtable1:   0%%|          | 0/2 [00:00<?, ?it/s]\\r%44s\\r%s\\n' '' "{mps_says}"
+[[ $3 == sweep ]] && printf '\\rtable1:   0%%|          | 0/2 [00:00<?, ?it/s]\\r%44s\\r%s\\n' '' "{mps_says}" &&
+  yes "inductor: a compile log's line, as long as the lines of a compile log of the proxy's training step are" |
+  head -n 3000
 exit 0""")
     done = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=20)
     calls = [line.split()[2] + (" --mps" if "--mps" in line else "")

@@ -215,6 +215,23 @@ def test_a_null_of_ones_own_base_file_takes_a_value(tmp_path):
     assert cfg["eval"]["every_epochs"] == 5
 
 
+def test_a_base_file_older_than_a_setting_that_is_not_hashed_takes_the_protocols(tmp_path):
+    """A pinned calibration base predates later settings of where and how a run goes (checkpoint.keep_weights): it
+    takes the protocol's, and keeps its hash; a setting of the experiment it lacks is still an error."""
+    base = yaml.safe_load((config.PROTOCOL_DIR / "smoke.yaml").read_text())
+    del base["checkpoint"]["keep_weights"], base["compile_mode"]
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
+    cfg = config.load("smoke", ["checkpoint.keep_weights=true"], source=tmp_path / "base.yaml")
+    assert cfg["checkpoint"]["keep_weights"] is True and cfg["compile_mode"] == "default"
+    assert config.config_hash(cfg) == config.config_hash(config.load("smoke"))
+    del base["optim"]["lr"]
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
+    with pytest.raises(ValueError, match=r"base.yaml: missing key\(s\) 'optim.lr', which every protocol file has"):
+        config.load("smoke", source=tmp_path / "base.yaml")
+    round0 = config.load("proxy", source=config.PROTOCOL_DIR.parent / "calibration" / "bases" / "proxy-round0.yaml")
+    assert round0["checkpoint"]["keep_weights"] is False
+
+
 def test_crop_scale_with_min_above_max_is_a_value_error():
     """uniform_(1.0, 0.5) failed only once training began."""
     with pytest.raises(ValueError, match=r"config key 'aug.scale': \[1.0, 0.5\] is out of range .*min <= max"):

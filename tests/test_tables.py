@@ -253,6 +253,8 @@ def test_the_analysis_functions_take_a_results_folder_record_paths_or_one_record
     assert fidelity.measure(tmp_path / "res", "smoke").cells_run == fidelity.measure(FAKE, "smoke").cells_run > 0
     assert figures.accuracy_vs_lambda("table3", tmp_path / "res", tmp_path / "figs", "smoke",
                                       reference_records=paths[:1])
+    with pytest.raises(ValueError, match=r"r0\.log: not a record \(a cell's record is the \.json file of its name\)"):
+        tables.render("table3", [*paths[1:], paths[0].with_suffix(".log")])     # a glob of a cell's files
     for call in (lambda where: tables.render("table3", where), lambda where: fidelity.measure(where),
                  lambda where: figures.training_curves("table3", where, tmp_path / "figs")):
         with pytest.raises(ValueError, match=r"results .*reslts: no such directory"):

@@ -324,13 +324,16 @@ def test_sigkill_and_rerun_ends_with_exactly_the_uninterrupted_metrics(tmp_path)
 
 @pytest.mark.slow
 def test_two_process_gloo_ddp_run(tmp_path):
+    import lab
     argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-            "-m", "lab", "train", "--protocol", "smoke", "--norm", "erf", "--out", str(tmp_path), "--quiet"]
+            "-m", "lab", "train", "--protocol", "smoke", "--norm", "erf", "--out", str(tmp_path), "--quiet",
+            "--set", "checkpoint.keep_weights=true"]
     done = subprocess.run(argv, env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     [record] = results.load_records(tmp_path)
     assert record["status"] == "ok" and record["world_size"] == 2 and record["top1"] > 2 * record["chance_top1"]
     assert done.stdout.count("top-1") == 1          # only rank 0 reports
+    assert lab.trained_model(record).head.weight.shape == (record["num_classes"], record["config"]["model"]["embed_dim"])
 
 
 def test_the_commit_is_dirty_for_changed_content_not_for_a_lost_file_mode(tmp_path):
@@ -586,13 +589,19 @@ def test_a_ddp_update_reports_the_mean_of_the_ranks_loss_and_grad_norm(tmp_path,
     assert values[2] > 0                            # rank 0's clock says due: due on every rank
 
 
-def test_kept_weights_rebuild_the_model_and_the_ema_that_scored_the_record(tmp_path, capsys):
+def test_kept_weights_rebuild_the_model_and_the_ema_that_scored_the_record(tmp_path, capsys, monkeypatch):
     """checkpoint.keep_weights leaves a timm checkpoint beside the record; lab.trained_model rebuilds the model from
     the record and scores the record's top-1 with them, and the EMA's top-1 with the EMA's weights."""
     import lab
     from lab import data
     from timm.models import load_checkpoint
     cfg = config.load("smoke", ["checkpoint.keep_weights=true"])
+    write_record = train.write_json_atomic
+
+    def weights_first(path, record):            # the record marks the cell done: its weights must be there by then
+        assert results.weights_path(path).exists()
+        return write_record(path, record)
+    monkeypatch.setattr(train, "write_json_atomic", weights_first)
     record = train.run(cfg, "erf|hshift=0.5", tmp_path, progress=False)
     kept = results.weights_path(Path(record["path"]))
     assert record["status"] == "ok" and kept.exists() and kept.suffix == ".pth"
@@ -624,7 +633,7 @@ def test_kept_weights_rebuild_the_model_and_the_ema_that_scored_the_record(tmp_p
         lab.trained_model(elsewhere)
 
 
-def test_a_run_that_kept_no_weights_says_how_to_keep_them_and_ignores_an_earlier_runs(tmp_path):
+def test_a_run_that_kept_no_weights_says_how_to_keep_them_and_ignores_an_earlier_runs(tmp_path, capsys):
     """Weights left by an earlier run of the cell (its record deleted to train it again) are not this run's."""
     import lab
     tiny = ["epochs=1", "warmup_epochs=0", "data.train_size=128", "data.val_size=64"]
@@ -632,10 +641,13 @@ def test_a_run_that_kept_no_weights_says_how_to_keep_them_and_ignores_an_earlier
     Path(earlier["path"]).unlink()
     record = train.run(config.load("smoke", tiny), "erf", tmp_path, progress=False)
     assert record["weights"] is None and results.weights_path(record["path"]).exists()
-    with pytest.raises(ValueError, match=r"erf\.smoke-.*: its run kept no weights \(its config's "
-                                         r"checkpoint.keep_weights was false\); to keep them, delete the record and "
-                                         r"train the cell again with --set checkpoint.keep_weights=true"):
+    with pytest.raises(ValueError, match=r"erf\.smoke-.*: its run kept no weights \(its config did not set "
+                                         r"checkpoint.keep_weights\); to keep them, delete the record and train the "
+                                         r"cell again with --set checkpoint.keep_weights=true"):
         lab.trained_model(record["path"])
+    assert cli.main(["train", "--protocol", "smoke", "--norm", "erf", "--out", str(tmp_path), "--quiet",
+                     *[a for o in tiny for a in ("--set", o)]]) == 0
+    assert capsys.readouterr().out.endswith(f"-> {record['path']} (recorded earlier, not trained again)\n")
     with pytest.warns(UserWarning, match=r"erf\.smoke-.* was recorded earlier without its weights, and a finished "
                                          r"cell is not trained again: delete the record"):
         again = train.run(config.load("smoke", [*tiny, "checkpoint.keep_weights=true"]), "erf", tmp_path)
@@ -649,3 +661,6 @@ def test_a_run_that_fails_with_nan_keeps_no_weights(tmp_path):
     assert record["failure"]["kind"] == "nan" and record["weights"] is None and not list(tmp_path.glob("*.pth"))
     with pytest.raises(ValueError, match=r"its run kept no weights \(its run failed with nan\)"):
         lab.trained_model(record)
+    with warnings.catch_warnings():             # training it again would not keep them either: no advice to
+        warnings.simplefilter("error")
+        assert train.run(cfg, "linear", tmp_path, progress=False)["created"] == record["created"]
