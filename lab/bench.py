@@ -346,8 +346,8 @@ def run(norms, modes, dtypes, device, steps, warmup, shape, packing_ns=(), packi
         rounds=1, mps=False, packing_batch=None) -> list[dict]:
     """Every (mode, dtype, norm) cell, LayerNorm first in each mode, then packing (its processes under NVIDIA MPS with
     `mps`); on_row(rows) after each cell or N, or with rounds > 1 after each round of each (mode, dtype), whose norms
-    are timed in interleaved rounds (measure_rounds). The packed runs are the proxy's model on a GPU, `shape` elsewhere, at
-    `packing_batch` where given (--batch), else at that model's batch."""
+    are timed in interleaved rounds (measure_rounds). The packed runs are the proxy's model on a GPU, `shape`
+    elsewhere, at `packing_batch` where given (--batch), else at that model's batch."""
     rows = []
     for mode in modes:
         for dtype in dtypes:

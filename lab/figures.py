@@ -16,10 +16,10 @@ from matplotlib.figure import Figure
 from matplotlib.transforms import ScaledTranslation, blended_transform_factory
 
 from . import ablations, tables
-from .results import as_records
 from .functions import BASES
 from .perturb import TRANSFORMS, format_number, parse, pointwise
 from .principles import sign_changes
+from .results import as_records
 
 BLUE, RED = sns.color_palette("deep")[0], sns.color_palette("deep")[3]
 BLUES = sns.blend_palette(["#1d3461", BLUE, "#8db0dc"], 3)       # several curves that satisfy a property

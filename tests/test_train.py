@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+import lab
 from lab import cli, config, results, sweep, train
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -324,7 +325,6 @@ def test_sigkill_and_rerun_ends_with_exactly_the_uninterrupted_metrics(tmp_path)
 
 @pytest.mark.slow
 def test_two_process_gloo_ddp_run(tmp_path):
-    import lab
     argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
             "-m", "lab", "train", "--protocol", "smoke", "--norm", "erf", "--out", str(tmp_path), "--quiet",
             "--set", "checkpoint.keep_weights=true"]
@@ -592,7 +592,6 @@ def test_a_ddp_update_reports_the_mean_of_the_ranks_loss_and_grad_norm(tmp_path,
 def test_kept_weights_rebuild_the_model_and_the_ema_that_scored_the_record(tmp_path, capsys, monkeypatch):
     """checkpoint.keep_weights leaves a timm checkpoint beside the record; lab.trained_model rebuilds the model from
     the record and scores the record's top-1 with them, and the EMA's top-1 with the EMA's weights."""
-    import lab
     from lab import data
     from timm.models import load_checkpoint
     cfg = config.load("smoke", ["checkpoint.keep_weights=true"])
@@ -635,7 +634,6 @@ def test_kept_weights_rebuild_the_model_and_the_ema_that_scored_the_record(tmp_p
 
 def test_a_run_that_kept_no_weights_says_how_to_keep_them_and_ignores_an_earlier_runs(tmp_path, capsys):
     """Weights left by an earlier run of the cell (its record deleted to train it again) are not this run's."""
-    import lab
     tiny = ["epochs=1", "warmup_epochs=0", "data.train_size=128", "data.val_size=64"]
     earlier = train.run(config.load("smoke", [*tiny, "checkpoint.keep_weights=true"]), "erf", tmp_path, progress=False)
     Path(earlier["path"]).unlink()
@@ -655,7 +653,6 @@ def test_a_run_that_kept_no_weights_says_how_to_keep_them_and_ignores_an_earlier
 
 
 def test_a_run_that_fails_with_nan_keeps_no_weights(tmp_path):
-    import lab
     cfg = config.load("smoke", ["epochs=1", "lr=50", "checkpoint.keep_weights=true"])
     record = train.run(cfg, "linear", tmp_path, progress=False)
     assert record["failure"]["kind"] == "nan" and record["weights"] is None and not list(tmp_path.glob("*.pth"))
