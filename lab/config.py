@@ -37,6 +37,9 @@ different sets from one seed (data.generate), and their records of one cell woul
 Each protocol is meant for one kind of device (smoke: a CPU; proxy: a GPU) and a record names its device; hashing it
 now would rename every committed record."""
 
+ADDED_LATER = ("checkpoint.keep_weights",)
+"""Settings of where and how a run goes (NOT_HASHED) added to the protocol files after calibration base files were
+pinned (configs/calibration/bases/): a base file without one takes the protocol's value."""
 
 _POSITIVE = ("> 0", lambda v: v > 0)
 _NON_NEGATIVE = (">= 0", lambda v: v >= 0)
@@ -186,21 +189,19 @@ def _stand_in(protocol_cfg: dict, source: Path) -> dict:
     """`source`'s settings, checked as the protocol file they stand in for: the same keys, each value of that file's
     type (as an override is checked). Else a misspelt key passed a calibration's dry run and every cell raised
     KeyError. The values are returned as written, so that a pinned round keeps its records' config hashes; a setting
-    the file predates that is not hashed (where and how a run goes, e.g. checkpoint.keep_weights) is the protocol's."""
+    of ADDED_LATER that the file predates is the protocol's."""
     settings = read_yaml(source)
     if not isinstance(settings, dict):
         raise ValueError(f"{source}: expected the settings of a protocol file, got {settings!r}")
     expected, given = keys(protocol_cfg), keys(settings)
     unknown, missing = [k for k in given if k not in expected], [k for k in expected if k not in given]
-    for key in [k for k in missing if _not_hashed(k)]:
-        *parents, leaf = key.split(".")
-        node = settings
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = copy.deepcopy(_get(protocol_cfg, key))
-        missing.remove(key)
     if unknown:
         raise ValueError(f"{source}: unknown key {unknown[0]!r}{did_you_mean(unknown[0], expected)}")
+    for key in [k for k in missing if k in ADDED_LATER]:
+        section, leaf = key.rsplit(".", 1)
+        if isinstance(node := _get(settings, section), dict):      # a missing section is still missing
+            node[leaf] = copy.deepcopy(_get(protocol_cfg, key))
+            missing.remove(key)
     if missing:
         raise ValueError(f"{source}: missing key(s) {', '.join(map(repr, missing))}, which every protocol file has")
     typed = copy.deepcopy(protocol_cfg)
@@ -212,10 +213,6 @@ def _stand_in(protocol_cfg: dict, source: Path) -> dict:
         except ValueError as err:
             raise ValueError(f"{source}: {err}") from None
     return settings
-
-
-def _not_hashed(key: str) -> bool:
-    return any(key == n or key.startswith(n + ".") for n in NOT_HASHED)
 
 
 def keys(cfg: dict, prefix: str = "") -> list[str]:

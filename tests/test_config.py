@@ -215,19 +215,32 @@ def test_a_null_of_ones_own_base_file_takes_a_value(tmp_path):
     assert cfg["eval"]["every_epochs"] == 5
 
 
-def test_a_base_file_older_than_a_setting_that_is_not_hashed_takes_the_protocols(tmp_path):
-    """A pinned calibration base predates later settings of where and how a run goes (checkpoint.keep_weights): it
-    takes the protocol's, and keeps its hash; a setting of the experiment it lacks is still an error."""
-    base = yaml.safe_load((config.PROTOCOL_DIR / "smoke.yaml").read_text())
-    del base["checkpoint"]["keep_weights"], base["compile_mode"]
-    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
-    cfg = config.load("smoke", ["checkpoint.keep_weights=true"], source=tmp_path / "base.yaml")
-    assert cfg["checkpoint"]["keep_weights"] is True and cfg["compile_mode"] == "default"
+def test_a_base_file_older_than_a_setting_takes_the_protocols_but_lacks_no_other(tmp_path):
+    """A pinned calibration base predates checkpoint.keep_weights (config.ADDED_LATER): it takes the protocol's and
+    keeps its hash. Any other setting it lacks, even one that is not hashed (the device draws the embedded set), is
+    still an error, and so is a section that is not one."""
+    def base_without(*dotted, section=None):
+        base = yaml.safe_load((config.PROTOCOL_DIR / "smoke.yaml").read_text())
+        for key in dotted:
+            *parents, leaf = key.split(".")
+            node = base
+            for part in parents:
+                node = node[part]
+            del node[leaf]
+        if section:
+            base[section] = None
+        (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
+        return tmp_path / "base.yaml"
+    cfg = config.load("smoke", ["checkpoint.keep_weights=true"], source=base_without("checkpoint.keep_weights"))
+    assert cfg["checkpoint"]["keep_weights"] is True
     assert config.config_hash(cfg) == config.config_hash(config.load("smoke"))
-    del base["optim"]["lr"]
-    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
-    with pytest.raises(ValueError, match=r"base.yaml: missing key\(s\) 'optim.lr', which every protocol file has"):
-        config.load("smoke", source=tmp_path / "base.yaml")
+    for lacking, missing in ((["optim.lr"], "'optim.lr'"), (["device"], "'device'"),
+                             (["checkpoint"], "'checkpoint.every_steps', 'checkpoint.every_minutes', "
+                                              "'checkpoint.keep_weights'")):
+        with pytest.raises(ValueError, match=rf"base.yaml: missing key\(s\) {missing}, which every protocol file has"):
+            config.load("smoke", source=base_without(*lacking))
+    with pytest.raises(ValueError, match=r"base.yaml: unknown key 'checkpoint'"):
+        config.load("smoke", source=base_without(section="checkpoint"))
     round0 = config.load("proxy", source=config.PROTOCOL_DIR.parent / "calibration" / "bases" / "proxy-round0.yaml")
     assert round0["checkpoint"]["keep_weights"] is False
 

@@ -652,6 +652,13 @@ def test_a_run_that_kept_no_weights_says_how_to_keep_them_and_ignores_an_earlier
     assert again["created"] == record["created"]
 
 
+def test_a_config_from_before_keep_weights_keeps_none(tmp_path):
+    """A SLURM cell's pickled config from before the setting existed trains to its record, without weights."""
+    cfg = config.load("smoke", ["epochs=1", "warmup_epochs=0", "data.train_size=128", "data.val_size=64"])
+    del cfg["checkpoint"]["keep_weights"]
+    assert train.run(cfg, "erf", tmp_path, progress=False)["weights"] is None and not list(tmp_path.glob("*.pth"))
+
+
 def test_a_run_that_fails_with_nan_keeps_no_weights(tmp_path):
     cfg = config.load("smoke", ["epochs=1", "lr=50", "checkpoint.keep_weights=true"])
     record = train.run(cfg, "linear", tmp_path, progress=False)
