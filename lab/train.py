@@ -87,11 +87,16 @@ def run(cfg: dict, norm: str, out_dir, *, table: str | None = None, progress: bo
             dist.destroy_process_group()
 
 
+def _keeps_weights(cfg: dict, failure: dict | None) -> bool:
+    """Whether a finished run keeps its weights: its config asks (checkpoint.keep_weights; a config from before the
+    setting does not), unless it failed with nan (its weights are NaN)."""
+    return bool(cfg["checkpoint"].get("keep_weights")) and (failure or {}).get("kind") != "nan"
+
+
 def _earlier(record: dict, cfg: dict) -> dict:
-    """A finished record, returned as is: a config that now asks for its weights is told that they were not kept (a
-    nan failure keeps none: training it again would not keep them either)."""
-    nan = (record.get("failure") or {}).get("kind") == "nan"
-    if cfg["checkpoint"].get("keep_weights") and not record.get("weights") and not nan:
+    """A finished record, returned as is: a config that now asks for its weights is told that they were not kept
+    (not after a nan failure: training it again would keep none either)."""
+    if _keeps_weights(cfg, record.get("failure")) and not record.get("weights"):
         warnings.warn(f"{Path(record['path']).name} was recorded earlier without its weights, and a finished cell is "
                       "not trained again: delete the record to train it again and keep them", stacklevel=3)
     return record
@@ -410,7 +415,7 @@ class Trainer:
         last = next((h for h in reversed(st["history"]) if "val_top1" in h), {})
         failure = st["failure"] or (self._no_learning() if last else None)
         ran_through = st["failure"] is None     # no nan or divergence: its last top-1 (no_learning's too) is kept
-        keep = cfg["checkpoint"].get("keep_weights") and (st["failure"] or {}).get("kind") != "nan"  # no NaN weights
+        keep = _keeps_weights(cfg, st["failure"])
         created = [datetime.now(timezone.utc).isoformat(timespec="seconds")]
         if self.world > 1:      # every rank returns rank 0's record, whose stamp its weights carry
             dist.broadcast_object_list(created, src=0)
