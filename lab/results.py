@@ -2,6 +2,7 @@
 import json
 import os
 import secrets
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -50,9 +51,7 @@ def write_atomic(path, write) -> Path:
     """Call write(binary file) on a temporary file, then fsync and os.replace: readers only ever see complete files,
     and a stop during the write leaves no half file (a ViT-B checkpoint is gigabytes). The file gets the umask's mode,
     as one written by `open` does (mkstemp's 0600 hid records in a shared results folder)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    path, tmp = _beside(path)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -64,6 +63,27 @@ def write_atomic(path, write) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def link_atomic(source, path) -> Path:
+    """`path` as a hard link to `source`, a copy where the filesystem has none (another device, no links): kept
+    weights are 0.7 GB a paper cell, and none is rewritten in place (a cell trained again replaces its file), so the
+    two names cannot drift apart. Atomic as write_atomic."""
+    path, tmp = _beside(path)
+    try:
+        os.link(source, tmp)
+    except OSError:
+        with open(source, "rb") as kept:
+            return write_atomic(path, lambda f: shutil.copyfileobj(kept, f))
+    os.replace(tmp, path)
+    return path
+
+
+def _beside(path) -> tuple[Path, Path]:
+    """(path, a temporary name beside it that no other process or call uses), its folder made."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path, path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
 
 
 def read_record(path) -> dict:

@@ -214,15 +214,14 @@ def reusable(cells, folders) -> dict:
 
 
 def _copy_record(source: Path, target: Path):
-    """The record as written, its log and the weights it names first: the record marks the cell done, so a kill
-    between leaves it to train."""
+    """The record as written, its log and the weights it names (a hard link where it can be) first: the record marks
+    the cell done, so a kill between leaves it to train."""
     from . import results
     text, log, weights = source.read_text(encoding="utf-8"), results.log_path(source), results.weights_path(source)
     if log.exists():
         results.write_text_atomic(results.log_path(target), log.read_text(encoding="utf-8"))
     if json.loads(text).get("weights") and weights.exists():
-        with open(weights, "rb") as kept:
-            results.write_atomic(results.weights_path(target), lambda f: shutil.copyfileobj(kept, f))
+        results.link_atomic(weights, results.weights_path(target))
     results.write_text_atomic(target, text)
 
 

@@ -630,9 +630,26 @@ def test_a_cell_recorded_elsewhere_under_its_config_is_copied_not_trained(tmp_pa
         assert cells[spec].path.read_bytes() == source.read_bytes()
         assert results.log_path(cells[spec].path).read_text() == f"{spec} trained in {calibration / 'v1'}\n"
     assert results.weights_path(cells["layernorm"].path).read_text() == "weights of layernorm"
+    assert results.weights_path(cells["layernorm"].path).samefile(
+        results.weights_path(calibration / "v1" / cells["layernorm"].path.name))       # a link, not 0.7 GB more
     assert not results.weights_path(cells["erf"].path).exists()
     assert main([*args[:-6], "--reuse", str(tmp_path / "nowhere")]) == 2      # the default config: 3 cells to run
     assert "reuse " in (err := capsys.readouterr().err) and "nowhere: no such directory" in err and calls == [shifted]
+
+
+def test_weights_are_copied_where_they_cannot_be_linked(tmp_path, monkeypatch):
+    """Another device or a filesystem without hard links: the weights are copied, and a file already there is
+    replaced whole."""
+    def no_links(source, target):
+        raise OSError(18, "Invalid cross-device link")
+
+    source, target = tmp_path / "a" / "erf.pth", tmp_path / "b" / "erf.pth"
+    results.write_text_atomic(source, "weights")
+    results.write_text_atomic(target, "older weights")
+    monkeypatch.setattr(os, "link", no_links)
+    results.link_atomic(source, target)
+    assert target.read_text() == "weights" and not target.samefile(source)
+    assert sorted(p.name for p in target.parent.iterdir()) == ["erf.pth"]     # no temporary file left
 
 
 def test_a_pool_is_told_in_its_devices_words():
