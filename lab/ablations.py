@@ -16,9 +16,9 @@ from functools import cache
 from pathlib import Path
 
 from .config import check_keys, read_yaml
-from .layers import canonical_norm
+from .layers import DERF, NORMALIZATIONS, canonical_norm
 from .perturb import did_you_mean
-from .principles import PROPERTIES
+from .principles import PROPERTIES, audit
 
 ABLATIONS_DIR = Path(__file__).resolve().parent.parent / "ablations"
 PAPER_TABLE = re.compile(r"table[1-9]\d*")
@@ -95,6 +95,13 @@ class Ablation:
     def of_paper(self) -> bool:
         """One of the paper's tables (one of your own cannot take a paper table's name)."""
         return self.name in TABLES
+
+    def verdicts(self) -> dict[str, bool]:
+        """spec -> whether `lab.audit` finds that f keeps the property this table tests, in table order: the link
+        between a principle and the accuracies beside it ({} for a table without a principle; norms are left out)."""
+        if not self.principle:
+            return {}
+        return {s: bool(audit(s)[self.principle]) for s in self.specs() if s not in (*NORMALIZATIONS, DERF)}
 
     def specs(self) -> list[str]:
         """Unique canonical specs to train, in table order (row-major, panel by panel)."""

@@ -63,6 +63,7 @@ def table_report(table: str, protocol: str = "smoke", results_dir="results", out
     drawn = [*figures.training_curves(table, records, out / "figures"),
              *figures.accuracy_vs_lambda(table, records, out / "figures", reference_records=reference)]
     summary = f"{_sweep.count(len(records), 'record')} ({protocol}) in `{results_dir}`; {_failures(records)}"
+    summary += _principle_text(ablation)
     return Report(f"{ablation.name} — {protocol}", files[0].read_text() + "\n\n" + summary,
                   [p for p in drawn if p.suffix == ".png"], files + [p for p in drawn if p.suffix != ".png"])
 
@@ -292,6 +293,23 @@ def _with_data_path(overrides, data_path):
 
 def _num(value) -> str:
     return "–" if value is None else f"{value:.3g}"
+
+
+def _principle_text(ablation) -> str:
+    """Which functions of the table keep the property it tests (lab.audit on f), the fewer named: beside the
+    accuracies, what breaking that property costs. Empty for a table without a principle."""
+    verdicts = ablation.verdicts()
+    if not verdicts:
+        return ""
+    kept, broken = [s for s, v in verdicts.items() if v], [s for s, v in verdicts.items() if not v]
+    sides = sorted([("kept", kept), ("broken", broken)], key=lambda side: len(side[1]))
+    (few_verb, few), (many_verb, many) = sides
+    if not few:
+        said = f"{many_verb} by all {_sweep.count(len(many), 'function')}"
+    else:
+        said = (f"{few_verb} by " + ", ".join(f"`{s}`" for s in few)
+                + f"; {many_verb} by the other {_sweep.count(len(many), 'function')}")
+    return f"\n\n{ablation.principle.replace('_', '-')}, the property the table tests (`lab.audit` on f): {said}."
 
 
 def _failures(records) -> str:

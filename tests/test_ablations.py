@@ -118,6 +118,14 @@ def test_a_table_of_your_own_is_a_yaml_file_named_by_its_stem_and_its_paper_valu
     assert ablations.load(ablations.ABLATIONS_DIR / "table1.yaml") is ablations.load("table1")
 
 
+def test_a_table_of_your_owns_principle_is_judged_on_its_functions_not_its_norms(tmp_path):
+    path = tmp_path / "derf_parts.yaml"
+    path.write_text('title: Derf\nprinciple: center_sensitive\npanels:\n- row_header: [f]\n  columns: [top-1]\n'
+                    '  spec: "{row}"\n  rows: [{label: layernorm}, {label: erf}, {label: derf}, {label: "erf|flat=1"}]\n',
+                    encoding="utf-8")
+    assert ablations.load(path).verdicts() == {"erf": True, "erf|flat=1": False}
+
+
 def test_a_table_of_your_own_cannot_take_a_paper_tables_name(own_table):
     with pytest.raises(ValueError, match=r"'table1' is the name of a table of the paper; give your table another"):
         ablations.load(own_table.rename(own_table.with_name("table1.yaml")))
@@ -217,9 +225,18 @@ def test_panels_address_cells_by_row_and_column_and_name_the_swept_axis():
 
 
 def test_principles_and_training_order_of_the_tables():
-    """Each table tests its principle (Figure 2 and the report group them so); specs train in table order, row-major."""
+    """Each table tests its principle, which lab.audit finds broken exactly where the paper perturbs f (the table
+    reports say so); specs train in table order, row-major."""
     assert [ablations.load(t).principle for t in ablations.TABLES] == [
         "zero_centered", "bounded", "bounded", "bounded", "center_sensitive", "monotonic"]
+    kept = {t: [s for s, v in ablations.load(t).verdicts().items() if v] for t in ablations.TABLES}
+    broken = {t: [s for s, v in ablations.load(t).verdicts().items() if not v] for t in ablations.TABLES}
+    assert kept["table1"] == kept["table5"] == ["erf", "tanh", "arctan"]              # the unshifted, unflattened
+    assert kept["table3"] == ["erf", "tanh", "arctan", "isru"]                         # nothing blended in
+    assert broken["table2"] == ["arcsinh", "logsign", "linear"] and len(kept["table2"]) == 18   # every clip bounds
+    assert kept["table4"] == [] and len(broken["table4"]) == 5
+    assert broken["table6"] == ["sin", "dampx", "dampexp"]                             # −f is monotonic too
+    assert ablations.load("table6").verdicts()["erf|neg"] is True
     assert ablations.load("table2").specs()[:4] == ["arcsinh", "logsign", "linear", "arcsinh|clip=0.5"]
     assert ablations.load("table6").specs() == ["erf", "erf|neg", "tanh", "tanh|neg", "arctan", "arctan|neg", "sin",
                                                 "dampx", "dampexp"]

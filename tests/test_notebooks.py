@@ -216,7 +216,9 @@ def test_table4s_figure_reads_its_functions_against_the_erf_another_tables_sweep
     write("erf", 77.0, config.load("proxy"))                  # another protocol
     assert erf_line() == ["erf: 44.0"]
     # a table with erf as a cell draws it from its own records alone: the other protocol's erf is not mixed in
-    reproduce.table_report("table1", "smoke", tmp_path, tmp_path / "out", train=False, progress=False)
+    report = reproduce.table_report("table1", "smoke", tmp_path, tmp_path / "out", train=False, progress=False)
+    assert report.markdown.endswith("\n\nzero-centered, the property the table tests (`lab.audit` on f): kept by "
+                                    "`erf`, `tanh`, `arctan`; broken by the other 48 functions.")
     (tmp_path / results.record_path(tmp_path, "erf", config.load("smoke", ["seed=1"])).name).unlink()
     assert erf_line() == []
 
@@ -225,5 +227,6 @@ def test_a_table_of_your_owns_report_is_named_by_the_table_not_its_path(own_tabl
     report = reproduce.table_report(str(own_table), "smoke", tmp_path / "res", tmp_path / "out", train=False,
                                     progress=False)
     assert report.title == "table_gd — smoke"
+    assert "property" not in report.markdown         # the table names no principle
     assert sorted(p.name for p in (tmp_path / "out" / "tables").iterdir()) == [
         "table_gd.csv", "table_gd.md", "table_gd.tex"]
