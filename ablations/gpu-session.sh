@@ -55,7 +55,7 @@ remaining() {   # seconds left of STAGE_S
   echo $(( ${STAGE_S:-540} - ($(date +%s) - started) ))
 }
 
-left() {   # what remains less a margin for writing the last records (at least 1): the sweeps' --deadline
+deadline() {   # what remains less a margin for writing the last records (at least 1): the sweeps' --deadline
   local s=$(( $(remaining) - 15 ))
   echo $(( s > 0 ? s : 1 ))
 }
@@ -108,13 +108,13 @@ run_stage() {
           mps=() && preflight && failed=0; }; } &&
       { ! grep -q "^MPS: .*the runs time-slice the GPU" < <(tr '\r' '\n' < "$out/preflight.out") ||
         { echo "== MPS did not start in the preflight: the round runs time-sliced, as MPS=0 would"; mps=(); }; } &&
-      step python3 -m lab calibrate configs/calibration/round4.yaml --jobs 14 "${mps[@]}" --deadline "$(left)" ;;
+      step python3 -m lab calibrate configs/calibration/round4.yaml --jobs 14 "${mps[@]}" --deadline "$(deadline)" ;;
     grid)
       step python3 -m lab sweep all --protocol proxy --jobs 14 "${mps[@]}" --results ablations/results/proxy \
-        --reuse ablations/results/calibration --deadline "$(left)" "${sets[@]}"
+        --reuse ablations/results/calibration --deadline "$(deadline)" "${sets[@]}"
       step python3 -m lab sweep all --protocol proxy --jobs 14 "${mps[@]}" --results ablations/results/proxy \
         --reuse ablations/results/calibration --seeds 1,2 --specs layernorm,erf,tanh,arctan,isru \
-        --deadline "$(left)" "${sets[@]}"
+        --deadline "$(deadline)" "${sets[@]}"
       python3 -m lab fidelity --results ablations/results/proxy --protocol proxy ;;
     bench)
       step python3 -m lab bench --modes compiled --dtypes bf16 --rounds 5 --steps 20 \

@@ -332,8 +332,9 @@ def _run_mode(row: dict) -> str:
 
 
 def recorded(results_dir=RESULTS_DIR, device_type: str = "cuda") -> list[dict]:
-    """The committed records of one device type, in the README's order: by mode, dtype, then record file (one `lab
-    bench` run each, in time order) with its LayerNorm first; packing last. Each row names its file as "record"."""
+    """The committed records of one device type, in the README's order (`lab bench --report` prints them): by mode,
+    dtype, then record file (one `lab bench` run each, in time order) with its LayerNorm first; packing last. Each row
+    names its file as "record"."""
     rows = [{**r, "record": path.name} for path in sorted(Path(results_dir).glob(f"bench-{device_type}-*.json"))
             for r in json.loads(path.read_text())]
     modes = [*MODES, "packing"]
@@ -386,6 +387,9 @@ def main(args: argparse.Namespace) -> int:
     from .layers import canonical_norm
     from .packing import STREAMS
     from .train import resolve_device
+    if args.report:
+        print(format_table(recorded(args.out)))
+        return 0
     try:
         device = resolve_device(args.device or "auto")
     except ValueError as err:
@@ -446,6 +450,7 @@ def _run_counts(text: str) -> list[int]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from .packing import STREAMS
     p.add_argument("--norms", default=None, help="comma-separated specs or 'derf' (default: Section-3 variants, Derf)")
     p.add_argument("--modes", default="eager,compiled",
                    help='eager,eager-plain,compiled,compiled-graphs,compiled-autotune '
@@ -465,7 +470,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="e.g. 1,2,4,8: concurrent small-model runs on one device")
     p.add_argument("--packing-seconds", type=positive_number, default=10.0)
     p.add_argument("--packing-mode", default="eager",
-                   help="each packed run's step: eager, compiled, compiled-graphs (N processes), or graphed-streams "
+                   help=f"each packed run's step: {', '.join(('eager', *COMPILED))} (N processes), or {STREAMS} "
                         "(N runs in one process, each step one CUDA graph, on N streams; CUDA only)")
     p.add_argument("--mps", action="store_true",
                    help="the packed processes share the GPU through NVIDIA MPS (lab.mps; where it cannot be had, a "
@@ -477,6 +482,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=str(RESULTS_DIR))
     p.add_argument("--profile", default=None, metavar="DIR",
                    help="also write each cell's per-kernel times (torch.profiler, 3 steps) into DIR")
+    p.add_argument("--report", action="store_true",
+                   help="print the table of the GPU records in --out (the README's performance section) and measure "
+                        "nothing")
     p.add_argument("--traffic", action="store_true",
                    help="print inductor's count of the bytes each norm's compiled forward and backward move on an "
                         "H100 (ViT-B/16 shape; needs no GPU, times nothing, writes no records)")

@@ -152,7 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     def overrides(p):
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="config override (lr, epochs, batch_size, seed, device, or a dotted path)")
+                       help="config override (lr, epochs, batch_size, warmup_epochs, data_path, alpha0, seed, "
+                            "device, or a dotted path)")
 
     def mps(p):
         p.add_argument("--mps", action="store_true",

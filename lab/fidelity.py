@@ -87,8 +87,7 @@ def measure(records, protocol: str | None = None) -> Fidelity:
     """The goals' figures for `records` of one protocol (ValueError if several and `protocol` is None) and one config:
     the grid's, or each table could pick its own and the verdict would compare cells trained under different recipes."""
     records = results.as_records(records)      # a results folder, records or their paths
-    specs = {spec for name in ablations.TABLES for spec in ablations.load(name).specs()}
-    protocol, config_hash, _, notes = tables.select(specs, records, protocol, where="Tables 1–6")
+    protocol, config_hash, _, notes = tables.select(ablations.cells_by_spec(), records, protocol, where="Tables 1–6")
     collected = {name: tables.collect(name, records, protocol, config_hash=config_hash) for name in ablations.TABLES}
     cells = [r for t in collected.values() for r in [*t.results, t.baseline] if r is not None and r.ran]
     by_spec = {r.cell.spec: r for r in cells}      # the LayerNorm baseline's cell spec is BASELINE
