@@ -271,6 +271,11 @@ def _swept(panel: ablations.Panel) -> str:
     return panel.col_header if panel.x_axis == "columns" else panel.row_header[0]
 
 
+def _along_lambda(panel: ablations.Panel) -> bool:
+    """Swept along a λ (a trend, joined by lines) rather than across functions (categories)."""
+    return _swept(panel).startswith("λ")
+
+
 UNPERTURBED = ("0", "none")
 """The labels a table gives its plain f on a λ axis; its curve is black in every figure."""
 
@@ -432,7 +437,7 @@ def _draw_side(ax, table: tables.TableResult, panel: ablations.Panel, results: l
     _draw_points(ax, panel, results, measured, below_axes)
     shown = any(r.ran for r in results) if measured else table.ablation.of_paper  # the paper's erf is not your table's
     reference_value = _top1(reference, measured) if shown else None
-    of_functions = not _swept(panel).startswith("λ") and all(r.cell.spec != REFERENCE for r in results)
+    of_functions = not _along_lambda(panel) and all(r.cell.spec != REFERENCE for r in results)
     if of_functions and reference_value is not None:
         _draw_reference(ax, reference_value)
     _label_side(ax, table, panel, results, measured)
@@ -447,7 +452,7 @@ def _draw_points(ax, panel: ablations.Panel, results: list, measured: bool, belo
     """Each series' top-1 at the swept values, joined only along λ (functions are categories, not a trend) and
     dodged sideways a little so that equal values stay visible; failures are × in the strip `below_axes`."""
     labels = _x_labels(panel)
-    along_lambda = _swept(panel).startswith("λ")
+    along_lambda = _along_lambda(panel)
     series = _series(panel, results)
     failed_strip = blended_transform_factory(ax.transData, ax.transAxes) + below_axes
     any_failed = False
@@ -493,7 +498,7 @@ def _label_side(ax, table: tables.TableResult, panel: ablations.Panel, results: 
     # both plots of a row keep their tick labels level: below the strip if either has a failure to show
     if any(r.trained is False or r.cell.paper_failed for r in results):
         ax.tick_params(axis="x", pad=2 * FAILED_STRIP)     # the tick labels go below the strip
-    ax.set(xlabel=f"{swept} (the table's values, evenly spaced)" if swept.startswith("λ") else swept,
+    ax.set(xlabel=f"{swept} (the table's values, evenly spaced)" if _along_lambda(panel) else swept,
            ylabel="top-1 (%)", xlim=(-0.5, len(labels) - 0.5))
     where = (f"measured ({table.protocol or 'no results'})" if measured else
              "paper (ViT-B, ImageNet-1K)" if table.ablation.of_paper else "paper (as the table gives it)")
