@@ -249,7 +249,7 @@ class ImageFolder:
     def __init__(self, cfg: dict, plan: Plan, device: torch.device):
         d, a = cfg["data"], cfg["aug"]
         self.plan, self.device, self.workers = plan, device, int(d.get("workers", 4))
-        root = _check_folder(d.get("path"))
+        root = check_folder(d.get("path"))
         size = int(d["img_size"])
         self.train_set, self.val_set = (_images(root, split) for split in ("train", "val"))
         classes, val_classes = self.train_set.reader.class_to_idx, self.val_set.reader.class_to_idx
@@ -370,7 +370,8 @@ def _few(names: list[str], shown: int = 10) -> str:
     return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
 
 
-def _check_folder(path) -> Path:
+def check_folder(path) -> Path:
+    """The image folder at `path`, or a ValueError saying what it lacks (an unset path, a file, no class folders)."""
     layout = "a folder with train/ and val/, each holding one subfolder of images per class (the ImageNet layout)"
     if not path:
         raise ValueError(f"data.path is not set: give {layout} (--set data_path=DIR)")

@@ -8,6 +8,7 @@ the rest. A divergence is a "failed" record; an unexpected exception in one cell
 (`CellErrors`) after every other cell has run. A worker that dies, or whose GPU faults, is replaced (see _run_pool).
 """
 import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -39,6 +40,12 @@ DEVICE_FAULTS = ("CUDA error", "Triton Error [CUDA]")
 """How CUDA's sticky errors read (an illegal address, a device-side assert) where torch raises them as RuntimeError."""
 STOP_S = 10
 """How long a stopped pool's workers get to unwind (log where their runs stopped) before they are killed."""
+MAX_TIMEOUTS = 30
+"""How many SLURM time limits a cell may reach, each followed by a requeue that resumes it (a 300-epoch paper cell can
+outlast several); preemptions do not count."""
+REQUEUE_WAIT_S = 120
+"""How long a SLURM task other than rank 0 waits, once it has saved, for the requeue to end it: a task that exited
+first could end the job step, rank 0 with it, before rank 0 has requeued."""
 
 
 @dataclass(frozen=True)
@@ -517,35 +524,98 @@ def _device_fault(err: Exception) -> bool:
     return isinstance(err, getattr(torch, "AcceleratorError", ())) or any(f in str(err) for f in DEVICE_FAULTS)
 
 
-def slurm_cell(cell: Cell) -> dict:
-    """One SLURM array task: torch.distributed set up for multi-task jobs; a cell done (a requeue, a resubmission) is
-    train.run's finished record."""
-    import submitit
+class SlurmCell:
+    """One SLURM array task, as submitit pickles it: torch.distributed set up for multi-task jobs; a cell done (a
+    requeue, a resubmission) is train.run's finished record.
 
-    from . import train
-    if submitit.JobEnvironment().num_tasks > 1:
-        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
-    return train.run(cell.cfg, cell.spec, cell.path.parent, table=cell.table, progress=False)
+    A job nearing its time limit, or preempted, gets submitit's signal (USR2, 90 s ahead): every rank then saves a
+    checkpoint at the same update (train.STOP), and rank 0 has submitit requeue the task, which resumes from it
+    (`checkpoint`; at most MAX_TIMEOUTS time limits a cell, any number of preemptions)."""
+
+    def __call__(self, cell: Cell) -> dict:
+        import submitit
+
+        from . import train
+        ranks = submitit.JobEnvironment().num_tasks
+        if ranks > 1:
+            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+        usr = getattr(signal, "SIG" + submitit.JobEnvironment.USR_SIG)
+        requeue = signal.signal(usr, lambda *_: train.STOP.set())     # submitit's handler, called once saved
+        try:
+            return train.run(cell.cfg, cell.spec, cell.path.parent, table=cell.table, progress=False)
+        except train.Stopped:
+            signal.signal(usr, requeue)
+            if callable(requeue):       # rank 0: checkpoint() below, the task requeued, SystemExit; others return
+                requeue(usr, None)
+            if ranks > 1:
+                time.sleep(REQUEUE_WAIT_S)      # SLURM ends them with the job: exiting first could end rank 0
+            raise
+        finally:
+            signal.signal(usr, requeue)
+
+    def checkpoint(self, cell: Cell):
+        """What submitit requeues: the same cell, which train.run resumes from its checkpoint."""
+        import submitit
+        return submitit.helpers.DelayedSubmission(self, cell)
 
 
 def submit_slurm(cells, results_dir, *, dry_run: bool = False, params: dict | None = None):
     """One submitit array job over `cells`; dry_run writes the sbatch script and pickles under RESULTS/slurm/."""
     import submitit
+
+    from . import results
     if not cells:
         return []
     missing = [command for command in ("sbatch", "srun") if not shutil.which(command)]
     if missing and not dry_run:
         raise ValueError(f"launcher slurm: no SLURM on this machine ({' and '.join(missing)} not found): run it where "
                          "SLURM is, or add --dry-run to write the job files here")
+    job = _slurm_job(cells, _slurm_params(params))
+    _check_slurm_cells(cells, results_dir)
+    cells = [dataclasses.replace(c, path=c.path.absolute()) for c in cells]    # wherever the job starts
     with _dry_run_sbatch() if dry_run else contextlib.nullcontext():
-        executor = submitit.SlurmExecutor(folder=Path(results_dir) / "slurm" / "%j")
-        executor.update_parameters(**{"job_name": "lab-sweep", "time": 60 * 24, "gpus_per_node": 1,
-                                      "ntasks_per_node": 1, "cpus_per_task": 8, **_slurm_params(params)})
-        jobs = executor.map_array(slurm_cell, list(cells))
+        executor = submitit.SlurmExecutor(folder=Path(results_dir).absolute() / "slurm" / "%j",
+                                          max_num_timeout=MAX_TIMEOUTS)
+        executor.update_parameters(**job)
+        jobs = executor.map_array(SlurmCell(), cells)
     array = jobs[0].job_id.split("_")[0]
     what = "wrote (dry run, not submitted) a SLURM array" if dry_run else f"submitted SLURM array {array}"
     say(f"{what} of {count(len(cells), 'cell')}: {Path(results_dir) / 'slurm'}", True)
+    started = [c for c in cells if results.checkpoint_path(c.path).exists()]
+    if started:
+        say(f"resuming from a checkpoint: {len(started)} of them (a job of an earlier submission that still trains "
+            "one keeps it; the new job's task for it then stops at once, saying so)", True)
     return jobs
+
+
+def _check_slurm_cells(cells, results_dir):
+    """What run_cells checks here before any cell starts, checked before the jobs wait in the queue: each config's
+    model, the results folder, and an image folder's layout (a path this machine cannot see, as a login node may not,
+    is left to the nodes)."""
+    from . import data, results
+    from .config import config_hash
+    from .models import check_model
+    for cfg in {config_hash(c.cfg): c.cfg for c in cells}.values():
+        check_model(cfg)
+        path = cfg["data"].get("path")
+        if cfg["data"]["kind"] == "imagefolder" and (not path or Path(path).exists()):
+            data.check_folder(path)
+    results.writable_dir(results_dir, "results")
+
+
+def _slurm_job(cells, given: dict) -> dict:
+    """The job's sbatch parameters: `given` over the defaults, one GPU a process (gpus_per_node follows
+    ntasks_per_node unless given, or unless gres or gpus_per_task say it), a CPU for each data worker and one more."""
+    workers = max(int(c.cfg["data"].get("workers") or 0) for c in cells)
+    job = {"job_name": "lab-sweep", "time": 60 * 24, "ntasks_per_node": 1, "cpus_per_task": workers + 1, **given}
+    if not {"gpus_per_node", "gpus_per_task", "gres"} & set(given):
+        job["gpus_per_node"] = job["ntasks_per_node"]
+    tasks, gpus = job["ntasks_per_node"], job.get("gpus_per_node")
+    if gpus is not None and gpus != tasks and not {"gpus_per_task", "gres"} & set(given):
+        raise ValueError(f"--slurm gpus_per_node={gpus} with ntasks_per_node={tasks}: a run takes one GPU a process, so "
+                         f"{'GPUs would idle' if gpus > tasks else 'processes would find no GPU'}; give them the same "
+                         "number (or ntasks_per_node alone)")
+    return job
 
 
 @contextlib.contextmanager

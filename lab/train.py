@@ -19,6 +19,9 @@ right after an update (and after the evaluation that may follow), so the resumed
 the embedded data (augmented on the device from those RNG states). With an image folder the resumed run sees the same
 images in the same order, but its augmentation draws differ: the DataLoader's workers and its iterator's seed start
 mid-epoch (same distribution, not the same numbers).
+
+Asked to stop (STOP set, from a signal handler: a SLURM task's time limit or preemption, lab.sweep.SlurmCell), a run
+saves a checkpoint after its next update, at the same update on every rank, and raises Stopped; run again, it resumes.
 """
 import errno
 import hashlib
@@ -27,6 +30,7 @@ import os
 import platform
 import random
 import sys
+import threading
 import time
 import warnings
 from contextlib import contextmanager, nullcontext
@@ -56,6 +60,12 @@ from .results import (checkpoint_path, finished, git_commit, log_path, pool_text
                       write_atomic, write_json_atomic)
 
 AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}    # config.CHOICES["precision"]
+STOP = threading.Event()
+"""Set (a signal handler may) to have the running cell save a checkpoint at its next update and raise Stopped."""
+
+
+class Stopped(Exception):
+    """The run saved a checkpoint and stopped because STOP was set: the same cell run again resumes from it."""
 
 
 def run(cfg: dict, norm: str, out_dir, *, table: str | None = None, progress: bool = True,
@@ -74,12 +84,12 @@ def run(cfg: dict, norm: str, out_dir, *, table: str | None = None, progress: bo
     path.parent.mkdir(parents=True, exist_ok=True)
     threads = torch.get_num_threads()
     try:
-        with _sole_trainer(path, world):
-            if world == 1 and (record := finished(path)) is not None:
+        device = _device(cfg["device"])
+        with _sole_trainer(path, rank, world):
+            if (record := finished(path)) is not None:
                 return _earlier(record, cfg)    # finished by another process while this one waited to start it
             if cfg.get("threads"):
                 torch.set_num_threads(int(cfg["threads"]))
-            device = _device(cfg["device"])
             return Trainer(cfg, spec, path, rank, world, device, pool).fit(progress and rank == 0, table)
     finally:
         torch.set_num_threads(threads)
@@ -107,28 +117,35 @@ class CellBusy(ValueError):
 
 
 @contextmanager
-def _sole_trainer(path: Path, world: int):
-    """Hold a lock while a one-process run trains the cell: a second process asked for the same cell (two sweeps on one
-    results folder) is refused, instead of training it twice and racing for its checkpoint. A POSIX lock on one byte of
-    the folder's `.cells.lock`, at an offset drawn from the record's name (one file for all cells): the kernel drops it
-    when the process ends, however it ends, and forked DataLoader workers do not inherit it. A DDP run, or a folder
-    that cannot be locked (no fcntl, a filesystem without locks), is not locked."""
+def _sole_trainer(path: Path, rank: int, world: int):
+    """Hold a lock while a run trains the cell: a second run asked for the same cell (two sweeps on one results folder,
+    a SLURM job submitted again while the first still trains) is refused, instead of training it twice and racing for
+    its checkpoint. A POSIX lock on one byte of the folder's `.cells.lock`, at an offset drawn from the record's name
+    (one file for all cells): the kernel drops it when the process ends, however it ends, and forked DataLoader
+    workers do not inherit it. A DDP run's rank 0 holds it for all its ranks, which it tells whether to go on. A folder
+    that cannot be locked (no fcntl, a filesystem without locks) is not locked."""
     try:
-        fd = os.open(path.parent / ".cells.lock", os.O_RDWR | os.O_CREAT, 0o666) if world == 1 and fcntl else None
+        fd = os.open(path.parent / ".cells.lock", os.O_RDWR | os.O_CREAT, 0o666) if rank == 0 and fcntl else None
     except OSError:
         fd = None
     try:
+        busy = False
         if fd is not None:
             offset = int.from_bytes(hashlib.sha256(path.name.encode()).digest()[:6], "big")
             try:
                 fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, offset)
             except OSError as err:
-                if err.errno not in (errno.EACCES, errno.EAGAIN):
+                busy = err.errno in (errno.EACCES, errno.EAGAIN)
+                if not busy:
                     warnings.warn(f"{path.parent / '.cells.lock'}: cannot lock ({err}); two processes could train "
                                   f"{path.name} at once")
-                else:
-                    raise CellBusy(f"{path.name}: another process is training this cell now (its log: "
-                                   f"{log_path(path)}); run again once it has finished") from None
+        if world > 1:
+            told = [busy]
+            dist.broadcast_object_list(told, src=0)
+            busy = told[0]
+        if busy:
+            raise CellBusy(f"{path.name}: another process is training this cell now (its log: {log_path(path)}); run "
+                           "again once it has finished")
         yield
     finally:
         if fd is not None:
@@ -199,6 +216,7 @@ class Trainer:
         if s0 and progress:
             print(f"{self.spec}: resumed at update {s0} of {self.total} from {self.ckpt}", file=sys.stderr)
         self.mark, self.checkpoint_due = time.time(), False       # wall time since, and rank 0's clock says save
+        self.stopping = False                                      # STOP was set on some rank: save, then stop
         images, every = self.cfg["optim"]["batch_size"], self.cfg["checkpoint"]
         bar = tqdm(total=self.total, initial=s0, disable=not progress, desc=self.spec, unit="step",
                    dynamic_ncols=True, leave=False)
@@ -223,6 +241,9 @@ class Trainer:
                     self.state["wall_s"] += time.time() - self.mark
                     self.mark, self.checkpoint_due = time.time(), False
                     self._save()
+                if self.stopping and save:
+                    raise Stopped(f"asked to stop: checkpoint at update {self.state['step']} of {self.total}, which "
+                                  "the cell resumes from when run again")
                 bar.update(self.state["step"] - bar.n)
                 curve = self.state["loss_curve"]
                 bar.set_postfix(loss=f"{curve[-1][1]:.3f}" if curve else "–", lr=f"{self._lr():.2e}",
@@ -232,9 +253,11 @@ class Trainer:
         return self._finish(table)
 
     def _settle(self, step: int, values: torch.Tensor) -> bool:
-        """Read update `step`'s (loss, grad norm, checkpoint due), judge it, and book it; False when it is a failure."""
-        loss, gnorm, due = values.tolist()
-        self.checkpoint_due |= due > 0
+        """Read update `step`'s (loss, grad norm, checkpoint due, stop asked), judge it, and book it; False when it is a
+        failure."""
+        loss, gnorm, due, stop = values.tolist()
+        self.stopping |= stop > 0
+        self.checkpoint_due |= due > 0 or self.stopping
         if self.scaler.is_enabled() and math.isfinite(loss) and not math.isfinite(gnorm):
             gnorm = None        # an fp16 overflow: the GradScaler skipped the step and lowered its scale
         self.state["failure"] = self._check(step, loss, gnorm)
@@ -251,9 +274,10 @@ class Trainer:
         return True
 
     def _update(self, step: int, micro) -> torch.Tensor:
-        """Queue one update (no wait for the device); its (loss, grad norm, checkpoint due) as a device tensor for
-        _settle. A non-finite update is applied too: it ends the run as soon as _settle reads it. Whether a timed
-        checkpoint is due is rank 0's clock, all-reduced with the rest: ranks that disagree would deadlock in _save."""
+        """Queue one update (no wait for the device); its (loss, grad norm, checkpoint due, stop asked) as a device
+        tensor for _settle. A non-finite update is applied too: it ends the run as soon as _settle reads it. Whether a
+        timed checkpoint is due is rank 0's clock, and a stop any rank's STOP, all-reduced with the rest: ranks that
+        disagree would deadlock in _save."""
         self.scheduler.step_update(step)
         self.model.train()
         total = torch.zeros((), device=self.device)
@@ -270,7 +294,8 @@ class Trainer:
         gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip if clip else float("inf"))
         minutes = self.cfg["checkpoint"]["every_minutes"]
         due = self.rank == 0 and minutes > 0 and time.time() - self.mark > 60 * minutes
-        values = torch.stack([total, gnorm.float(), total.new_full((), float(due))])
+        flags = (float(due), float(STOP.is_set()))
+        values = torch.stack([total, gnorm.float(), *(total.new_full((), flag) for flag in flags)])
         if self.world > 1:
             dist.all_reduce(values)
             values /= self.world
@@ -473,12 +498,14 @@ def _device_name(device: torch.device) -> str:
 
 
 def resolve_device(name: str) -> torch.device:
-    """The device a config's `device` names on this machine (auto: cuda:LOCAL_RANK if a GPU is visible, else cpu);
+    """The device a config's `device` names on this machine (auto: cuda:LOCAL_RANK if GPUs are visible, cuda:0 if one
+    is, else cpu);
     ValueError if it has none such. Touches no GPU: a sweep asks it once before any cell starts."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        name = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+    if name == "cuda":     # a task bound to one GPU (SLURM's gpus_per_task) sees it as cuda:0 whatever its rank
+        one = torch.cuda.is_available() and torch.cuda.device_count() == 1
+        name = f"cuda:{0 if one else int(os.environ.get('LOCAL_RANK', 0))}"
     try:
         device = torch.device(name)
     except RuntimeError:

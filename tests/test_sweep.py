@@ -70,7 +70,16 @@ def test_slurm_time_takes_sbatchs_formats_as_whole_minutes(given, minutes):
                                            "--slurm time='3 days': write minutes or sbatch's D-HH:MM:SS"),
                                           ({"specs": []}, "specs: none given; its specs: layernorm, erf"),
                                           ({"overrides": ["device=cuda:99"]}, "device 'cuda:99': "),
-                                          ({"overrides": ["device=gpu"]}, "use auto, cpu, cuda or cuda:N")])
+                                          ({"overrides": ["device=gpu"]}, "use auto, cpu, cuda or cuda:N"),
+                                          ({"launcher": "slurm", "dry_run": True, "protocol": "paper"},
+                                           r"data.path is not set: .*--set data_path=DIR"),
+                                          ({"launcher": "slurm", "dry_run": True, "overrides": ["data.img_size=22"]},
+                                           "data.img_size"),
+                                          ({"launcher": "slurm", "dry_run": True, "slurm": ["gpus_per_node=8"]},
+                                           "gpus_per_node=8 with ntasks_per_node=1: .*GPUs would idle"),
+                                          ({"launcher": "slurm", "dry_run": True,
+                                            "slurm": ["ntasks_per_node=8", "gpus_per_node=4"]},
+                                           "processes would find no GPU")])
 def test_bad_input_is_one_clear_error(tmp_path, kwargs, word):
     args = {"table": "table1", "protocol": "smoke", **kwargs}
     with pytest.raises(ValueError, match=word):
@@ -444,10 +453,12 @@ def test_records_are_the_json_files_with_a_spec_and_a_status_in_any_subfolder(tm
         results.records_dir(tmp_path / "file")
 
 
-def test_slurm_dry_run_writes_one_array_submission(tmp_path):
+def test_slurm_dry_run_writes_one_array_submission(tmp_path, capsys):
     cells = sweep.table_cells("table4", "smoke", tmp_path)
+    results.checkpoint_path(cells[1].path).write_bytes(b"")      # a cell a job of an earlier submission started
     sweep.sweep("table4", "smoke", tmp_path, launcher="slurm", dry_run=True, progress=False,
                 slurm={"partition": "gpu", "time": 90})
+    assert "resuming from a checkpoint: 1 of them (a job of an earlier submission" in capsys.readouterr().err
     [script] = (tmp_path / "slurm").rglob("*_submission.sh")
     text = script.read_text()
     assert f"#SBATCH --array=0-{len(cells) - 1}%" in text
@@ -456,19 +467,99 @@ def test_slurm_dry_run_writes_one_array_submission(tmp_path):
     pickles = sorted((tmp_path / "slurm").rglob("*_submitted.pkl"))
     assert len(pickles) == len(cells)
     submitted = [pickle.loads(p.read_bytes()) for p in pickles]
-    assert {s.function.__name__ for s in submitted} == {"slurm_cell"}
+    assert {type(s.function) for s in submitted} == {sweep.SlurmCell}
     assert sorted(s.args[0].spec for s in submitted) == sorted(c.spec for c in cells)
     assert not list(tmp_path.rglob("*.json"))
+
+
+@pytest.mark.parametrize("given, job", [
+    ({}, {"ntasks_per_node": 1, "gpus_per_node": 1}),
+    ({"nodes": 4, "ntasks_per_node": 8}, {"ntasks_per_node": 8, "gpus_per_node": 8}),
+    ({"ntasks_per_node": 8, "gpus_per_task": 1}, {"ntasks_per_node": 8, "gpus_per_task": 1}),
+    ({"ntasks_per_node": 8, "gres": "gpu:8"}, {"ntasks_per_node": 8, "gres": "gpu:8"})])
+def test_a_slurm_job_has_a_gpu_for_each_process_and_a_cpu_for_each_data_worker(tmp_path, monkeypatch, given, job):
+    """ntasks_per_node alone asks for as many GPUs (gres or gpus_per_task, given, say it instead), and the paper
+    protocol's 10 data workers a process get their CPUs; the cells' paths are absolute, wherever SLURM starts the job."""
+    monkeypatch.chdir(tmp_path)
+    sweep.sweep("table4", "paper", "res", launcher="slurm", dry_run=True, specs=["linear"], progress=False,
+                overrides=[f"data_path={_image_folder(tmp_path / 'imagenet')}", "data.num_classes=2"], slurm=given)
+    [script] = (tmp_path / "res" / "slurm").rglob("*_submission.sh")
+    text = script.read_text()
+    gpus = {"gpus_per_node", "gpus_per_task", "gres"}
+    for key, value in {**job, "cpus_per_task": 11}.items():
+        assert f"#SBATCH --{key.replace('_', '-')}={value}\n" in text
+    assert not any(f"--{key.replace('_', '-')}=" in text for key in gpus - set(job))
+    [submitted] = [pickle.loads(p.read_bytes()) for p in (tmp_path / "res" / "slurm").rglob("*_submitted.pkl")]
+    assert submitted.args[0].path == tmp_path / "res" / submitted.args[0].path.name
+
+
+def _image_folder(root):
+    """The ImageNet layout, two classes of one tiny image each, for a check that reads a folder's classes."""
+    from PIL import Image
+    for split in ("train", "val"):
+        for name in ("a", "b"):
+            (root / split / name).mkdir(parents=True)
+            Image.new("RGB", (4, 4)).save(root / split / name / "0.jpg")
+    return root
 
 
 def test_a_requeued_slurm_task_returns_its_finished_record(tmp_path, monkeypatch):
     """A requeue or a resubmission reaches train.run, which returns the record it finished and trains nothing."""
     import submitit
-    monkeypatch.setattr(submitit, "JobEnvironment", lambda: types.SimpleNamespace(num_tasks=1))
+    monkeypatch.setattr(submitit, "JobEnvironment", type("Env", (), {"num_tasks": 1, "USR_SIG": "USR2"}))
     [cell] = sweep.table_cells("table4", "smoke", tmp_path, specs=["linear"])
     results.write_json_atomic(cell.path, {"spec": "linear", "status": "failed", "top1": None})
     monkeypatch.setattr(lab.train.Trainer, "__init__", lambda *a, **k: pytest.fail("trained a finished cell"))
-    assert sweep.slurm_cell(cell)["status"] == "failed"
+    assert sweep.SlurmCell()(cell)["status"] == "failed"
+
+
+def test_a_slurm_task_at_its_time_limit_saves_is_requeued_and_resumes(tmp_path, monkeypatch):
+    """submitit's signal (USR2, 90 s before the time limit) reaches the running cell: it saves a checkpoint at its
+    next update, has submitit requeue the task (`scontrol requeue`), and the requeued task resumes it to the end, to
+    the uninterrupted run's numbers. The task runs here as SLURM would start it, in submitit's own entry point."""
+    import threading
+
+    import torch
+    from submitit.core.submission import process_job
+
+    from lab import config
+    overrides = ["epochs=2", "checkpoint.every_minutes=0"]
+    clean = lab.train.run(config.load("smoke", overrides), "linear", tmp_path / "clean", progress=False)
+    res = tmp_path / "res"
+    [cell] = sweep.table_cells("table4", "smoke", res, specs=["linear"], overrides=overrides)
+    sweep.sweep("table4", "smoke", res, launcher="slurm", dry_run=True, specs=["linear"], overrides=overrides,
+                progress=False)
+    scontrol = tmp_path / "bin" / "scontrol"
+    scontrol.parent.mkdir()
+    scontrol.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path / "scontrol.calls"}\n')
+    scontrol.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{scontrol.parent}{os.pathsep}{os.environ['PATH']}")
+    for key, value in {"SUBMITIT_EXECUTOR": "slurm", "SLURM_JOB_ID": "0", "SLURM_NTASKS": "1", "SLURM_PROCID": "0",
+                       "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_JOB_NUM_NODES": "1"}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(lab.train, "STOP", threading.Event())
+    update = lab.train.Trainer._update
+    monkeypatch.setattr(lab.train.Trainer, "_update", lambda self, step, micro: (
+        step == 5 and not lab.train.STOP.is_set() and os.kill(os.getpid(), signal.SIGUSR2)) or update(self, step, micro))
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGUSR2, signal.SIGTERM, signal.SIGCONT)}
+    try:
+        with pytest.raises(SystemExit):          # submitit's exit once it has requeued the task
+            process_job(str(res / "slurm" / "%j"))
+        assert (tmp_path / "scontrol.calls").read_text() == "requeue 0\n"
+        assert not cell.path.exists()
+        assert torch.load(results.checkpoint_path(cell.path), weights_only=False)["state"]["step"] == 7
+        lab.train.STOP.clear()
+        process_job(str(res / "slurm" / "%j"))     # the requeued task
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+    resumed = results.read_record(cell.path)
+    for key in ("status", "top1", "top1_ema", "history", "loss_curve"):
+        assert resumed[key] == clean[key], key
+    log = results.log_path(cell.path).read_text()
+    assert "stopped at update 7: Stopped" in log and "resumed at update 7" in log
+    [result] = (res / "slurm").rglob("*_result.pkl")
+    assert pickle.loads(result.read_bytes())[0] == "success"
 
 
 def test_cli_sweep_dry_run_and_bad_seeds(tmp_path, capsys):

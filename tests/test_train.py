@@ -192,6 +192,20 @@ def test_timed_checkpoints_follow_rank_0s_clock_and_see_settled_updates(tmp_path
     assert update(0, micro)[2] == 0                 # 0 minutes: off, as 0 steps is
 
 
+@pytest.mark.parametrize("visible, local_rank, chosen", [(8, 3, "cuda:3"), (1, 3, "cuda:0"), (2, 3, "2 CUDA GPU(s)")])
+def test_each_rank_takes_its_own_gpu_or_the_one_it_is_given(monkeypatch, visible, local_rank, chosen):
+    """cuda:LOCAL_RANK on a node whose ranks see all its GPUs; cuda:0 for a rank bound to one GPU (SLURM's
+    gpus_per_task), which it sees as cuda:0; an error for a rank beyond the GPUs it sees."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: visible)
+    monkeypatch.setenv("LOCAL_RANK", str(local_rank))
+    if chosen.startswith("cuda"):
+        assert train.resolve_device("auto") == train.resolve_device("cuda") == torch.device(chosen)
+    else:
+        with pytest.raises(ValueError, match=re.escape(chosen)):
+            train.resolve_device("cuda")
+
+
 @pytest.mark.parametrize("device, compiled, warned", [("auto", False, True), ("auto", True, True),
                                                       ("cpu", False, False)])
 def test_device_auto_without_a_gpu_says_the_run_trains_on_the_cpu(tmp_path, monkeypatch, device, compiled, warned):
@@ -227,12 +241,13 @@ def test_on_a_gpu_adamw_is_fused_and_a_cell_trains(tmp_path):
     assert train.run(cfg, "erf", tmp_path, progress=False)["status"] == "ok"
 
 
-def test_a_cell_another_process_is_training_is_refused_not_trained_twice(tmp_path):
-    """Two sweeps on one results folder: the second is told, instead of training the cell beside the first."""
+def test_a_cell_another_process_is_training_is_refused_not_trained_twice(tmp_path, monkeypatch):
+    """Two sweeps on one results folder, or a SLURM job submitted again while the first trains the cell: the second
+    is told, instead of training the cell beside the first; a DDP run's rank 0 asks for all its ranks."""
     cfg = config.load("smoke", ["epochs=1"])
     path = results.record_path(tmp_path, "erf", cfg)
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; from lab import train; "
-                               "lock = train._sole_trainer(Path(sys.argv[1]), 1); lock.__enter__(); print(flush=True); "
+                               "lock = train._sole_trainer(Path(sys.argv[1]), 0, 1); lock.__enter__(); print(flush=True); "
                                "time.sleep(60)", str(path)], stdout=subprocess.PIPE, env=_env(), cwd=ROOT)
     try:
         holder.stdout.readline()        # the other process holds the cell's lock
@@ -241,8 +256,16 @@ def test_a_cell_another_process_is_training_is_refused_not_trained_twice(tmp_pat
         [cell] = sweep.plan(["erf"], "smoke", tmp_path, overrides=["epochs=1"])
         assert sweep._run_cell(cell) == ("error", f"{path.name}: another process is training this cell now (its log: "
                                                   f"{results.log_path(path)}); run again once it has finished")
-        with train._sole_trainer(results.record_path(tmp_path, "tanh", cfg), 1):
+        with train._sole_trainer(results.record_path(tmp_path, "tanh", cfg), 0, 1):
             pass                        # one lock file, each cell its own byte of it: another cell is free
+        told = []
+        monkeypatch.setattr(train.dist, "broadcast_object_list", lambda objs, src: told.append((list(objs), src)))
+        with pytest.raises(train.CellBusy), train._sole_trainer(path, 0, 2):
+            pass                        # rank 0 of a DDP run finds the cell held...
+        assert told == [([True], 0)]    # ...and tells its other ranks, which do not ask the lock themselves:
+        monkeypatch.setattr(train.dist, "broadcast_object_list", lambda objs, src: objs.__setitem__(0, True))
+        with pytest.raises(train.CellBusy), train._sole_trainer(results.record_path(tmp_path, "tanh", cfg), 1, 2):
+            pass                        # (tanh's byte is free, so only rank 0's word can stop rank 1)
     finally:
         holder.kill()
         holder.wait()
@@ -356,6 +379,28 @@ def test_the_commit_is_dirty_for_changed_content_not_for_a_lost_file_mode(tmp_pa
 
 
 # --- the recipe reaches the optimizer, the failure limits are the config's, and the record/resume keep what they owe --
+def test_a_stop_asked_mid_run_saves_at_the_next_update_and_a_rerun_ends_as_if_uninterrupted(tmp_path, monkeypatch):
+    """STOP (a SLURM task's time-limit signal sets it) makes the run save once the update in flight is booked, stop
+    with Stopped, and resume from there when run again, to exactly the uninterrupted metrics."""
+    import threading
+    cfg = config.load("smoke", ["epochs=2", "checkpoint.every_minutes=0"])
+    clean = train.run(cfg, "erf", tmp_path / "clean", progress=False)
+    monkeypatch.setattr(train, "STOP", threading.Event())
+    update = train.Trainer._update
+    monkeypatch.setattr(train.Trainer, "_update",
+                        lambda self, step, micro: (step == 5 and train.STOP.set()) or update(self, step, micro))
+    out = tmp_path / "stopped"
+    with pytest.raises(train.Stopped, match="checkpoint at update 7 of 32"):
+        train.run(cfg, "erf", out, progress=False)
+    path = results.record_path(out, "erf", cfg)
+    assert not path.exists() and torch.load(results.checkpoint_path(path), weights_only=False)["state"]["step"] == 7
+    assert "stopped at update 7: Stopped: asked to stop" in results.log_path(path).read_text()
+    train.STOP.clear()
+    resumed = train.run(cfg, "erf", out, progress=False)
+    for key in ("status", "top1", "top1_ema", "history", "loss_curve"):
+        assert resumed[key] == clean[key], key
+
+
 def _trainer(tmp_path, overrides=(), spec="erf", name="r.json"):
     return train.Trainer(config.load("smoke", list(overrides)), spec, tmp_path / name, 0, 1, torch.device("cpu"))
 
@@ -553,11 +598,11 @@ def test_the_loss_curve_averages_each_window_and_the_epoch_entry_the_whole_epoch
     """A loss-curve point is the mean of its log_every updates (the last one's is noise), the epoch's train_loss the
     mean of all its updates, its grad_norm_max their maximum; a window cut by the epoch's end is flushed there."""
     trainer = _trainer(tmp_path, ["log_every=5"])
-    trainer.checkpoint_due, trainer.epoch_mark = False, (time.time(), 0)
+    trainer.checkpoint_due, trainer.stopping, trainer.epoch_mark = False, False, (time.time(), 0)
     losses = [2.0 + (k % 7) * 0.1 + k * 0.01 for k in range(trainer.steps_per_epoch)]
     gnorms = [1.0 + (k * 5 % 16) for k in range(trainer.steps_per_epoch)]
     for k, (loss, gnorm) in enumerate(zip(losses, gnorms)):
-        assert trainer._settle(k, torch.tensor([loss, gnorm, 0.0]))
+        assert trainer._settle(k, torch.tensor([loss, gnorm, 0.0, 0.0]))
     expected = [[end, sum(losses[end - len(w):end]) / len(w)]
                 for end, w in ((5, range(5)), (10, range(5)), (15, range(5)), (16, range(1)))]
     assert [s for s, _ in trainer.state["loss_curve"]] == [s for s, _ in expected]
@@ -571,10 +616,11 @@ def test_the_loss_curve_averages_each_window_and_the_epoch_entry_the_whole_epoch
 
 def test_a_ddp_update_reports_the_mean_of_the_ranks_loss_and_grad_norm(tmp_path, monkeypatch):
     """With N ranks the loss and gradient norm the failure verdict and the record read are the ranks' mean, not their
-    sum (N x the loss curve, and a grad-norm limit met N x too early). One process, another rank faked by all_reduce."""
+    sum (N x the loss curve, and a grad-norm limit met N x too early), and a stop asked of one rank is every rank's.
+    One process, another rank faked by all_reduce."""
     trainer = _trainer(tmp_path, ["checkpoint.every_minutes=1e-9"])
     trainer.mark = time.time() - 1
-    other = torch.tensor([3.0, 7.0, 0.0])           # rank 1's (loss, grad norm, not due)
+    other = torch.tensor([3.0, 7.0, 0.0, 1.0])      # rank 1's (loss, grad norm, not due, asked to stop)
     seen = []
 
     def all_reduce(t):
@@ -585,8 +631,9 @@ def test_a_ddp_update_reports_the_mean_of_the_ranks_loss_and_grad_norm(tmp_path,
     _, micro = next(trainer.data.train_batches(0))
     values = trainer._update(0, micro)
     [own] = seen
-    assert own[2] == 1 and torch.allclose(values, (own + other) / 2)
+    assert own[2] == 1 and own[3] == 0 and torch.allclose(values, (own + other) / 2)
     assert values[2] > 0                            # rank 0's clock says due: due on every rank
+    assert values[3] > 0                            # rank 1 was asked to stop: every rank stops
 
 
 def test_kept_weights_rebuild_the_model_and_the_ema_that_scored_the_record(tmp_path, capsys, monkeypatch):
