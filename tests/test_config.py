@@ -273,3 +273,9 @@ def test_record_paths_are_safe_unique_and_deterministic(tmp_path):
     assert all(set(p.name) <= set("abcdefghijklmnopqrstuvwxyz0123456789_.-+") for p in paths)
     assert results.record_path(tmp_path, "erf|hshift=0", cfg) == paths[0]       # canonical name
     assert results.record_path(tmp_path, "erf", config.load("smoke", ["seed=1"])) != paths[0]
+
+
+@pytest.mark.parametrize("override", ["model.depth=2.5", "schedule.epochs=1.5", "compile=1", "schedule.epochs=true"])
+def test_a_whole_number_or_a_switch_refuses_another_type(override):
+    with pytest.raises(ValueError, match="is not a"):
+        config.load("smoke", [override])

@@ -4,7 +4,7 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from lab import ablations, cli, fidelity
+from lab import ablations, cli, fidelity, tables
 
 START = datetime(2026, 11, 22, 12, 0)
 
@@ -182,3 +182,16 @@ def test_a_table_whose_paper_accuracies_are_all_equal_is_unranked():
     assert f.agreements["table6"]["spearman_n"] == 3
     assert f.unranked["table6"] == "one side's accuracies all equal"
     assert f.mean_rho is None
+
+
+def test_every_noise_spec_needs_three_seeds():
+    seeds = {"layernorm": 3, "erf": 3, "tanh": 3, "arctan": 3, "isru": 1}
+    assert fidelity.Fidelity("proxy", {}, {}, None, None, seeds, None, None, 0.0, [], [], []).met()["seeds"] is False
+
+
+def test_a_goal_met_exactly_at_its_limit_is_met():
+    """erf exactly 1 point below LayerNorm, the grid in exactly 15 minutes."""
+    erf, ln = tables.CellResult(None, values=[82.0]), tables.CellResult(None, values=[83.0])
+    agreements = {"t": {"cells": 1, "run": 1, "agree": 1, "spearman_rho": 0.6, "spearman_n": 3}}
+    f = fidelity.Fidelity("proxy", {}, agreements, erf, ln, {"erf": 3}, 15 * 60.0, 15 * 60.0, 0.0, [], [], [])
+    assert f.met()["erf_gap"] is True and f.met()["wall_min"] is True

@@ -156,3 +156,17 @@ def test_pointwise_runs_on_float32_and_keeps_dtype():
     x = torch.randn(4, 8)
     y = lab.pointwise("tanh|hshift=0.5")(x)
     assert y.dtype == torch.float32 and y.shape == x.shape
+
+
+def test_a_flat_zone_is_0_up_to_its_edges_for_a_function_not_0_at_0():
+    """Table 5: f_λ is 0 on |x| ≤ λ, the edges included; erf's f(0) = 0 would hide an edge given f(0) instead."""
+    f = lab.pointwise("erf|vshift=0.5|flat=1")
+    x = torch.tensor([-1.0, 1.0], dtype=torch.float64)
+    assert f.value(x).tolist() == [0.0, 0.0] and f.value_and_grad(x)[0].tolist() == [0.0, 0.0]
+
+
+def test_an_infinite_slope_at_0_is_taken_at_the_documented_1e_4():
+    """The README's number, written out: power23's derivative at 0 is (2/3)·(1e-4)^(-1/3) ≈ 30.9."""
+    t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    lab.pointwise("power23")(t).sum().backward()
+    assert t.grad.item() == pytest.approx(2 / 3 * 1e-4 ** (-1 / 3))

@@ -242,3 +242,17 @@ def test_the_recompile_limit_falls_back_to_older_torchs_name(monkeypatch):
     assert older.cache_size_limit == 64
     lab.layers.raise_recompile_limit(80)
     assert older.cache_size_limit == 80 and not hasattr(older, "recompile_limit")
+
+
+def test_the_output_dtype_is_the_promotion_of_the_input_and_the_parameters():
+    """As nn.LayerNorm's: fp32 parameters lift a bf16 input to fp32, a float64 layer gives float64."""
+    x = torch.randn(2, 8)
+    assert PointwiseNorm(8, "erf")(x.bfloat16()).dtype == torch.float32
+    assert PointwiseNorm(8, "erf").double()(x).dtype == torch.float64
+
+
+def test_a_gpu_without_triton_runs_the_layer_unfused(monkeypatch):
+    """The generated kernels need Triton: a CUDA machine without it falls back to the reference ops."""
+    monkeypatch.setattr(lab.layers, "FUSED_DEVICE_TYPES", {"cuda"})
+    monkeypatch.setattr(lab.layers, "_has_triton", lambda: False)
+    assert not lab.layers.fuses_on("cuda")

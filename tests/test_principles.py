@@ -1,6 +1,8 @@
 """The property audit agrees with the paper's classification of every Section-3 variant."""
 import math
 
+import numpy as np
+
 import pytest
 
 import lab
@@ -95,3 +97,40 @@ def test_a_function_that_overflows_is_an_error_not_a_verdict(monkeypatch, scale)
                                                                      "tanh(x)"))
     with pytest.raises(ValueError, match=r"audit 'naivetanh': f is not finite"):
         lab.audit("naivetanh")
+
+
+def test_zero_centered_means_f0_within_1e_6():
+    assert lab.audit("erf|vshift=1e-6")["zero_centered"] and not lab.audit("erf|vshift=2e-6")["zero_centered"]
+    assert not lab.audit("erf|hshift=1e-4")["zero_centered"]
+
+
+def test_bounded_means_growth_below_1_25_from_1e3_to_the_far_end():
+    """linear clipped at λ grows λ/1e3 from ±1e3 on: bounded at 1200, not at 1300."""
+    assert lab.audit("linear|clip=1200")["bounded"] and not lab.audit("linear|clip=1300")["bounded"]
+
+
+def test_a_flat_zone_a_few_fine_steps_wide_is_seen():
+    a = lab.audit("erf|flat=5e-6")
+    assert not a["center_sensitive"] and a["flat_halfwidth"] == pytest.approx(5e-6)
+
+
+def test_a_function_flat_over_the_whole_window_is_constant_neither_sensitive_nor_monotonic():
+    a = lab.audit("erf|flat=25")
+    assert a["flat_halfwidth"] == 20 and not a["center_sensitive"]
+    assert a["direction"] == "constant" and not a["monotonic"]
+    assert lab.audit("erf|flat=10")["flat_halfwidth"] == pytest.approx(10)
+
+
+def test_a_function_0_on_the_inner_window_that_grows_beyond_is_unbounded():
+    a = lab.audit("linear|flat=2000")
+    assert a["growth"] == math.inf and not a["bounded"]
+
+
+def test_no_zero_crossing_reads_none():
+    assert lab.audit("erf|vshift=2")["zero_crossing"] is None
+
+
+def test_an_exact_zero_on_the_grid_is_no_sign_change():
+    x = np.array([0.0, 1.0, 2.0, 3.0])
+    assert lab.principles.sign_changes(x, np.array([-1.0, 0.0, 0.0, 1.0])).size == 0
+    np.testing.assert_allclose(lab.principles.sign_changes(x, np.array([1.0, -1.0, 1.0, 1.0])), [0.5, 1.5])

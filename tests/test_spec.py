@@ -79,3 +79,13 @@ def test_every_base_and_transform_name_is_safe_in_a_file_name_and_no_norm_name()
     """results.record_path writes | and = as __ and _: a name with _ would make two specs one file name."""
     assert [name for name in [*lab.BASES, *lab.TRANSFORMS] if not re.fullmatch(r"[a-z0-9]+", name)] == []
     assert not {*lab.layers.NORMALIZATIONS, lab.layers.DERF} & set(lab.BASES)     # a norm name would hide the base
+
+
+def test_a_number_in_a_name_has_no_negative_zero():
+    assert lab.perturb.format_number(-0.0) == "0"
+
+
+def test_two_spellings_of_one_spec_are_one_function():
+    """Equal and of one hash (a dict key, a set member), as their canonical name is one."""
+    a, b = lab.pointwise("erf|hshift=.5"), lab.pointwise("ERF|hshift=0.50")
+    assert a == b and hash(a) == hash(b) and a != lab.pointwise("erf")

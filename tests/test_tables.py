@@ -259,3 +259,20 @@ def test_the_analysis_functions_take_a_results_folder_record_paths_or_one_record
                  lambda where: figures.training_curves("table3", where, tmp_path / "figs")):
         with pytest.raises(ValueError, match=r"results .*reslts: no such directory"):
             call(tmp_path / "reslts")
+
+
+def test_an_ok_record_without_the_metric_is_not_run_not_a_failure():
+    """A record can finish with top1_ema null: for that metric its cell is –, not a measured failure."""
+    t = tables.collect("table3", [{**rec("erf", 60.0), "top1_ema": None}], "smoke", metric="top1_ema")
+    erf = t.results[0]
+    assert not erf.ran and erf.measured_text() == tables.MISSING and t.agreement()["measured_failed"] == 0
+
+
+def test_the_config_with_most_records_wins_over_a_later_one():
+    records = [{**rec(s, 50.0), "created": "2026-01-01"} for s in ("erf", "tanh", "arctan")]
+    records.append({**rec("isru", 60.0, config_hash="bbbb"), "created": "2026-02-01"})
+    assert tables.collect("table3", records, "smoke").config_hash == "aaaa"
+
+
+def test_the_papers_own_protocol_has_no_caveat():
+    assert tables.protocol_caveat("paper") is None and tables.protocol_caveat(None) is None
