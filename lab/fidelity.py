@@ -70,16 +70,17 @@ class Fidelity:
     def met(self) -> dict:
         """Goal -> True / False, or None where it cannot be judged yet. While table cells have no record, agreement
         is judged only once reached, or out of reach even if every missing cell agreed; the mean ρ not at all; the
-        grid's time only once over its limit (the missing cells can only add to it). A further seed of a cell can
-        still change its verdict; the seeds goal counts the records there are."""
+        grid's time only once over its limit (the missing cells can only add to it), and never for the paper's own
+        protocol (days of 32 GPUs a cell: the time goal is a proxy's). A further seed of a cell can still change its
+        verdict; the seeds goal counts the records there are."""
         g, complete, missing = GOALS, self.cells_run == self.cells, self.cells - self.cells_run
         target, wall_limit = g["agreement"] * self.cells, 60 * g["wall_min"]
         return {"agreement": True if self.agree >= target else False if self.agree + missing < target else None,
                 # while cells are missing, an undefined ρ may still become defined: the mean is not final
                 "spearman": None if not complete or self.mean_rho is None else self.mean_rho >= g["spearman"],
                 "erf_gap": None if self.erf_gap is None else self.erf_gap >= g["erf_gap"],
-                "wall_min": None if self.wall_s is None or not (complete or self.wall_s > wall_limit)
-                else self.wall_s <= wall_limit,
+                "wall_min": None if self.wall_s is None or self.protocol == tables.PAPER_PROTOCOL
+                or not (complete or self.wall_s > wall_limit) else self.wall_s <= wall_limit,
                 "seeds": min(self.seeds.values()) >= g["seeds"]}
 
 
@@ -147,7 +148,8 @@ def render(f: Fidelity, *, caveat: bool = True) -> str:
               f"| ranking: Spearman ρ, mean over tables | ≥ {g['spearman']} | {_num(f.mean_rho, '.2f')} ({rhos}) | "
               f"{met['spearman']} |",
               f"| erf − LayerNorm, top-1 points | ≥ {_signed(g['erf_gap'], '.0f')} | {gap} | {met['erf_gap']} |",
-              f"| whole grid, wall time | ≤ {g['wall_min']:.0f} min | {wall} | {met['wall_min']} |",
+              f"| whole grid, wall time | ≤ {g['wall_min']:.0f} min"
+              f"{' (a proxy’s goal)' if f.protocol == tables.PAPER_PROTOCOL else ''} | {wall} | {met['wall_min']} |",
               f"| seeds of LayerNorm and the λ = 0 cells | ≥ {g['seeds']} each | {seeds} | {met['seeds']} |"]
     config = next((t.config_hash for t in f.by_table.values() if t.config_hash), tables.MISSING)
     return "\n".join(lines + ["", f"Config {config}; cells are counted per table, as the tables show them (a spec in "

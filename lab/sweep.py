@@ -612,9 +612,9 @@ def _slurm_job(cells, given: dict) -> dict:
         job["gpus_per_node"] = job["ntasks_per_node"]
     tasks, gpus = job["ntasks_per_node"], job.get("gpus_per_node")
     if gpus is not None and gpus != tasks and not {"gpus_per_task", "gres"} & set(given):
-        raise ValueError(f"--slurm gpus_per_node={gpus} with ntasks_per_node={tasks}: a run takes one GPU a process, so "
-                         f"{'GPUs would idle' if gpus > tasks else 'processes would find no GPU'}; give them the same "
-                         "number (or ntasks_per_node alone)")
+        raise ValueError(f"--slurm gpus_per_node={gpus} with ntasks_per_node={tasks}: a run takes one GPU a process, "
+                         f"so {'GPUs would idle' if gpus > tasks else 'processes would find no GPU'}; give them the "
+                         "same number (or ntasks_per_node alone)")
     return job
 
 

@@ -26,6 +26,8 @@ FORMATS = ("md", "tex", "csv", "html")
 METRICS = ("top1", "top1_ema")
 FAILURE_MARKS = {"diverged": "×div", "nan": "×nan", "no_learning": "×chance"}
 MISSING = "–"
+PAPER_PROTOCOL = "paper"
+"""The protocol that is the paper's recipe (configs/protocols/paper.yaml): its numbers need no caveat."""
 LEGEND = ("Cells: measured (paper), top-1 %. × the paper's training failure; measured failures by kind: "
           "×div diverged, "
           "×nan non-finite loss, ×chance never learned (chance accuracy); – not run; "
@@ -195,7 +197,7 @@ def protocol_caveat(protocol: str | None) -> str | None:
     each table and atop lab reproduce's report."""
     if protocol == "smoke":
         return "Note: smoke protocol: these numbers only exercise the machinery and are not comparable to the paper."
-    if protocol not in (None, "paper"):
+    if protocol not in (None, PAPER_PROTOCOL):
         return (f"Note: protocol {protocol} is not the paper's recipe: compare the train/fail pattern and the "
                 "ranking (Spearman ρ), not absolute accuracies.")
     return None

@@ -121,7 +121,8 @@ def test_a_table_of_your_own_is_a_yaml_file_named_by_its_stem_and_its_paper_valu
 def test_a_table_of_your_owns_principle_is_judged_on_its_functions_not_its_norms(tmp_path):
     path = tmp_path / "derf_parts.yaml"
     path.write_text('title: Derf\nprinciple: center_sensitive\npanels:\n- row_header: [f]\n  columns: [top-1]\n'
-                    '  spec: "{row}"\n  rows: [{label: layernorm}, {label: erf}, {label: derf}, {label: "erf|flat=1"}]\n',
+                    '  spec: "{row}"\n'
+                    '  rows: [{label: layernorm}, {label: erf}, {label: derf}, {label: "erf|flat=1"}]\n',
                     encoding="utf-8")
     assert ablations.load(path).verdicts() == {"erf": True, "erf|flat=1": False}
 

@@ -268,7 +268,7 @@ def test_the_gpu_session_script_calls_lab_as_its_cli_parses():
     import shlex
     from lab.cli import build_parser
     script = (Path(calibrate.__file__).parent.parent / "ablations" / "gpu-session.sh").read_text().replace("\\\n", " ")
-    script = script.replace('"$(deadline)"', "60")       # the seconds the stage has left, as the shell would fill them in
+    script = script.replace('"$(deadline)"', "60")     # the seconds the stage has left, as the shell would fill them in
     script = script.replace('"${sets[@]}"', "--set epochs=1")    # the grid's overrides, given
     script = script.replace('"${mps[@]}"', "--mps").replace('"$@"', "--mps")    # MPS on, as by default
     script = script.replace('"${TMPDIR:-/tmp}/preflight"', "/tmp/preflight")

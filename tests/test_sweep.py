@@ -479,7 +479,8 @@ def test_slurm_dry_run_writes_one_array_submission(tmp_path, capsys):
     ({"ntasks_per_node": 8, "gres": "gpu:8"}, {"ntasks_per_node": 8, "gres": "gpu:8"})])
 def test_a_slurm_job_has_a_gpu_for_each_process_and_a_cpu_for_each_data_worker(tmp_path, monkeypatch, given, job):
     """ntasks_per_node alone asks for as many GPUs (gres or gpus_per_task, given, say it instead), and the paper
-    protocol's 10 data workers a process get their CPUs; the cells' paths are absolute, wherever SLURM starts the job."""
+    protocol's 10 data workers a process get their CPUs; the cells' paths are absolute, wherever SLURM starts the
+    job."""
     monkeypatch.chdir(tmp_path)
     sweep.sweep("table4", "paper", "res", launcher="slurm", dry_run=True, specs=["linear"], progress=False,
                 overrides=[f"data_path={_image_folder(tmp_path / 'imagenet')}", "data.num_classes=2"], slurm=given)
@@ -539,8 +540,9 @@ def test_a_slurm_task_at_its_time_limit_saves_is_requeued_and_resumes(tmp_path, 
         monkeypatch.setenv(key, value)
     monkeypatch.setattr(lab.train, "STOP", threading.Event())
     update = lab.train.Trainer._update
-    monkeypatch.setattr(lab.train.Trainer, "_update", lambda self, step, micro: (
-        step == 5 and not lab.train.STOP.is_set() and os.kill(os.getpid(), signal.SIGUSR2)) or update(self, step, micro))
+    signal_at_update_5 = lambda step: step == 5 and not lab.train.STOP.is_set() and os.kill(os.getpid(), signal.SIGUSR2)
+    monkeypatch.setattr(lab.train.Trainer, "_update",
+                        lambda self, step, micro: signal_at_update_5(step) or update(self, step, micro))
     handlers = {s: signal.getsignal(s) for s in (signal.SIGUSR2, signal.SIGTERM, signal.SIGCONT)}
     try:
         with pytest.raises(SystemExit):          # submitit's exit once it has requeued the task

@@ -247,8 +247,9 @@ def test_a_cell_another_process_is_training_is_refused_not_trained_twice(tmp_pat
     cfg = config.load("smoke", ["epochs=1"])
     path = results.record_path(tmp_path, "erf", cfg)
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; from lab import train; "
-                               "lock = train._sole_trainer(Path(sys.argv[1]), 0, 1); lock.__enter__(); print(flush=True); "
-                               "time.sleep(60)", str(path)], stdout=subprocess.PIPE, env=_env(), cwd=ROOT)
+                               "lock = train._sole_trainer(Path(sys.argv[1]), 0, 1); lock.__enter__(); "
+                               "print(flush=True); time.sleep(60)", str(path)], stdout=subprocess.PIPE, env=_env(),
+                              cwd=ROOT)
     try:
         holder.stdout.readline()        # the other process holds the cell's lock
         with pytest.raises(ValueError, match="another process is training this cell now"):
