@@ -499,8 +499,7 @@ def _device_name(device: torch.device) -> str:
 
 def resolve_device(name: str) -> torch.device:
     """The device a config's `device` names on this machine (auto: cuda:LOCAL_RANK if GPUs are visible, cuda:0 if one
-    is, else cpu);
-    ValueError if it has none such. Touches no GPU: a sweep asks it once before any cell starts."""
+    is, else cpu); ValueError if it has none such. Touches no GPU: a sweep asks it once before any cell starts."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":     # a task bound to one GPU (SLURM's gpus_per_task) sees it as cuda:0 whatever its rank
