@@ -544,11 +544,12 @@ class SlurmCell:
         try:
             return train.run(cell.cfg, cell.spec, cell.path.parent, table=cell.table, progress=False)
         except train.Stopped:
-            signal.signal(usr, requeue)
+            signal.signal(usr, signal.SIG_IGN)      # one requeue, however many signals follow
             if callable(requeue):       # rank 0: checkpoint() below, the task requeued, SystemExit; others return
                 requeue(usr, None)
             if ranks > 1:
                 time.sleep(REQUEUE_WAIT_S)      # SLURM ends them with the job: exiting first could end rank 0
+                sys.exit(-1)                    # then an end, as submitit's rank 0 exits, not an error to record
             raise
         finally:
             signal.signal(usr, requeue)

@@ -241,7 +241,7 @@ class Trainer:
                     self.state["wall_s"] += time.time() - self.mark
                     self.mark, self.checkpoint_due = time.time(), False
                     self._save()
-                if self.stopping and save:
+                if self.stopping and save and self.state["step"] < self.total:     # else: finish, write the record
                     raise Stopped(f"asked to stop: checkpoint at update {self.state['step']} of {self.total}, which "
                                   "the cell resumes from when run again")
                 bar.update(self.state["step"] - bar.n)

@@ -400,6 +400,11 @@ def test_a_stop_asked_mid_run_saves_at_the_next_update_and_a_rerun_ends_as_if_un
     resumed = train.run(cfg, "erf", out, progress=False)
     for key in ("status", "top1", "top1_ema", "history", "loss_curve"):
         assert resumed[key] == clean[key], key
+    late = tmp_path / "late"            # asked during the last updates: the run has nothing left but its record
+    monkeypatch.setattr(train.Trainer, "_update",
+                        lambda self, step, micro: (step == 30 and train.STOP.set()) or update(self, step, micro))
+    assert train.run(cfg, "erf", late, progress=False)["top1"] == clean["top1"]
+    assert not results.checkpoint_path(results.record_path(late, "erf", cfg)).exists()
 
 
 def _trainer(tmp_path, overrides=(), spec="erf", name="r.json"):
