@@ -388,7 +388,10 @@ def main(args: argparse.Namespace) -> int:
     from .packing import STREAMS
     from .train import resolve_device
     if args.report:
-        print(format_table(recorded(args.out)))
+        rows = recorded(args.out)
+        if not rows:
+            raise ValueError(f"--report: no GPU records (bench-cuda-*.json) in {args.out} (--out)")
+        print(format_table(rows))
         return 0
     try:
         device = resolve_device(args.device or "auto")

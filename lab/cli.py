@@ -188,8 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="list the cells to run, or write the SLURM submission "
                                                         "without submitting; run nothing")
     p.add_argument("--slurm", action="append", default=[], metavar="KEY=VALUE",
-                   help="submitit SLURM parameter: partition=gpu, nodes=4, gpus_per_node=8, time=4320 (minutes) or "
-                        "time=3-00:00:00, ...")
+                   help="submitit SLURM parameter: partition=gpu, nodes=4, ntasks_per_node=8 (a GPU each), "
+                        "time=4320 (minutes) or time=3-00:00:00, ...")
     p.add_argument("--reuse", action="append", default=[], metavar="FOLDER",
                    help="copy in a cell's record found under FOLDER (same spec, config hash and seed: the same "
                         "experiment, e.g. a calibration round's) instead of training it")

@@ -67,15 +67,19 @@ def write_atomic(path, write) -> Path:
 
 def link_atomic(source, path) -> Path:
     """`path` as a hard link to `source`, a copy where the filesystem has none (another device, no links): kept
-    weights are 0.7 GB a paper cell, and none is rewritten in place (a cell trained again replaces its file), so the
-    two names cannot drift apart. Atomic as write_atomic."""
+    weights are 0.7 GB a paper cell, and none is rewritten in place (a cell trained again replaces its file, which
+    leaves the other name with the weights it had). Atomic as write_atomic."""
     path, tmp = _beside(path)
     try:
         os.link(source, tmp)
     except OSError:
         with open(source, "rb") as kept:
             return write_atomic(path, lambda f: shutil.copyfileobj(kept, f))
-    os.replace(tmp, path)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 

@@ -43,6 +43,8 @@ STOP_S = 10
 MAX_TIMEOUTS = 30
 """How many SLURM time limits a cell may reach, each followed by a requeue that resumes it (a 300-epoch paper cell can
 outlast several); preemptions do not count."""
+OTHER_GPU_SETTINGS = {"gpus_per_task", "gres", "num_gpus"}
+"""submitit's settings that ask for GPUs other than gpus_per_node: given one, the job's GPUs are the user's to say."""
 REQUEUE_WAIT_S = 120
 """How long a SLURM task other than rank 0 waits, once it has saved, for the requeue to end it: a task that exited
 first could end the job step, rank 0 with it, before rank 0 has requeued."""
@@ -161,13 +163,14 @@ def sweep(table: str, protocol: str, results_dir="results", *, jobs: int = 1, la
     say(f"{table} [{protocol}]: {count(len(cells), 'unique cell')}, {len(cells) - len(missing) - len(found)} done, "
         + (f"{len(found)} to copy from {', '.join(map(str, reuse))}, " if found else "")
         + f"{len(missing)} to run" + (" (dry run)" if dry_run else ""), progress)
+    job = prepare_slurm(missing, results_dir, dry_run=dry_run, params=slurm) if launcher == "slurm" else None
     for cell, source in found.items():
         if dry_run:
             listed(f"  would copy {cell.spec} seed={cell.seed} <- {source}", progress)
         else:
             _copy_record(source, cell.path)
     if launcher == "slurm":
-        submit_slurm(missing, results_dir, dry_run=dry_run, params=slurm)
+        submit_slurm(missing, results_dir, job, dry_run=dry_run)
     elif dry_run:
         for cell in missing:
             listed(f"  would run {cell.spec} seed={cell.seed} -> {cell.path}", progress)
@@ -542,17 +545,16 @@ class SlurmCell:
         usr = getattr(signal, "SIG" + submitit.JobEnvironment.USR_SIG)
         requeue = signal.signal(usr, lambda *_: train.STOP.set())     # submitit's handler, called once saved
         try:
-            return train.run(cell.cfg, cell.spec, cell.path.parent, table=cell.table, progress=False)
-        except train.Stopped:
-            signal.signal(usr, signal.SIG_IGN)      # one requeue, however many signals follow
+            record = train.run(cell.cfg, cell.spec, cell.path.parent, table=cell.table, progress=False)
+        except train.Stopped:   # the signals that follow only set STOP again: one requeue, however many they are
             if callable(requeue):       # rank 0: checkpoint() below, the task requeued, SystemExit; others return
                 requeue(usr, None)
             if ranks > 1:
                 time.sleep(REQUEUE_WAIT_S)      # SLURM ends them with the job: exiting first could end rank 0
                 sys.exit(-1)                    # then an end, as submitit's rank 0 exits, not an error to record
             raise
-        finally:
-            signal.signal(usr, requeue)
+        signal.signal(usr, requeue)
+        return record
 
     def checkpoint(self, cell: Cell):
         """What submitit requeues: the same cell, which train.run resumes from its checkpoint."""
@@ -560,23 +562,31 @@ class SlurmCell:
         return submitit.helpers.DelayedSubmission(self, cell)
 
 
-def submit_slurm(cells, results_dir, *, dry_run: bool = False, params: dict | None = None):
-    """One submitit array job over `cells`; dry_run writes the sbatch script and pickles under RESULTS/slurm/."""
-    import submitit
-
-    from . import results
+def prepare_slurm(cells, results_dir, *, dry_run: bool = False, params=None) -> dict | None:
+    """The sbatch parameters for `cells` (see _slurm_job), once everything that would fail in the queue is checked,
+    before anything is written (None: no cells). Raises ValueError naming what is wrong."""
     if not cells:
-        return []
+        return None
     missing = [command for command in ("sbatch", "srun") if not shutil.which(command)]
     if missing and not dry_run:
         raise ValueError(f"launcher slurm: no SLURM on this machine ({' and '.join(missing)} not found): run it where "
                          "SLURM is, or add --dry-run to write the job files here")
     job = _slurm_job(cells, _slurm_params(params))
     _check_slurm_cells(cells, results_dir)
+    return job
+
+
+def submit_slurm(cells, results_dir, job: dict | None, *, dry_run: bool = False):
+    """One submitit array job over `cells` with `job`'s sbatch parameters (prepare_slurm); dry_run writes the sbatch
+    script and pickles under RESULTS/slurm/."""
+    import submitit
+
+    from . import results
+    if not cells:
+        return []
     cells = [dataclasses.replace(c, path=c.path.absolute()) for c in cells]    # wherever the job starts
     with _dry_run_sbatch() if dry_run else contextlib.nullcontext():
-        executor = submitit.SlurmExecutor(folder=Path(results_dir).absolute() / "slurm" / "%j",
-                                          max_num_timeout=MAX_TIMEOUTS)
+        executor = submitit.SlurmExecutor(folder=Path(results_dir) / "slurm" / "%j", max_num_timeout=MAX_TIMEOUTS)
         executor.update_parameters(**job)
         jobs = executor.map_array(SlurmCell(), cells)
     array = jobs[0].job_id.split("_")[0]
@@ -590,32 +600,40 @@ def submit_slurm(cells, results_dir, *, dry_run: bool = False, params: dict | No
 
 
 def _check_slurm_cells(cells, results_dir):
-    """What run_cells checks here before any cell starts, checked before the jobs wait in the queue: each config's
-    model, the results folder, and an image folder's layout (a path this machine cannot see, as a login node may not,
-    is left to the nodes)."""
+    """Before the jobs wait in the queue: each config's model (as run_cells checks it), an image folder's layout, and
+    the results folder. An image folder this machine cannot see (a login node may not mount it) is left to the nodes,
+    with a word."""
     from . import data, results
     from .config import config_hash
     from .models import check_model
     for cfg in {config_hash(c.cfg): c.cfg for c in cells}.values():
         check_model(cfg)
         path = cfg["data"].get("path")
-        if cfg["data"]["kind"] == "imagefolder" and (not path or Path(path).exists()):
+        if cfg["data"]["kind"] != "imagefolder":
+            continue
+        if not path or Path(path).exists():
             data.check_folder(path)
+        else:
+            say(f"data.path {path} is not visible here: the jobs will read it on their nodes", True)
     results.writable_dir(results_dir, "results")
 
 
 def _slurm_job(cells, given: dict) -> dict:
     """The job's sbatch parameters: `given` over the defaults, one GPU a process (gpus_per_node follows
-    ntasks_per_node unless given, or unless gres or gpus_per_task say it), a CPU for each data worker and one more."""
+    ntasks_per_node unless given, or unless another GPU setting says it), a CPU for each data worker and one more
+    (unless CPUs are given per GPU)."""
     workers = max(int(c.cfg["data"].get("workers") or 0) for c in cells)
-    job = {"job_name": "lab-sweep", "time": 60 * 24, "ntasks_per_node": 1, "cpus_per_task": workers + 1, **given}
-    if not {"gpus_per_node", "gpus_per_task", "gres"} & set(given):
+    job = {"job_name": "lab-sweep", "time": 60 * 24, "ntasks_per_node": 1, **given}
+    if "cpus_per_gpu" not in given:
+        job.setdefault("cpus_per_task", workers + 1)
+    if not {"gpus_per_node", *OTHER_GPU_SETTINGS} & set(given):
         job["gpus_per_node"] = job["ntasks_per_node"]
     tasks, gpus = job["ntasks_per_node"], job.get("gpus_per_node")
-    if gpus is not None and gpus != tasks and not {"gpus_per_task", "gres"} & set(given):
-        raise ValueError(f"--slurm gpus_per_node={gpus} with ntasks_per_node={tasks}: a run takes one GPU a process, "
-                         f"so {'GPUs would idle' if gpus > tasks else 'processes would find no GPU'}; give them the "
-                         "same number (or ntasks_per_node alone)")
+    if gpus is not None and gpus != tasks and not OTHER_GPU_SETTINGS & set(given):
+        raise ValueError(f"--slurm gpus_per_node={gpus} with ntasks_per_node={tasks}"
+                         f"{'' if 'ntasks_per_node' in given else ' (the default)'}: a run takes one GPU a process, so "
+                         f"{'GPUs would idle' if gpus > tasks else 'processes would find no GPU'}; give them the same "
+                         "number (or ntasks_per_node alone)")
     return job
 
 

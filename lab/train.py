@@ -78,15 +78,15 @@ def run(cfg: dict, norm: str, out_dir, *, table: str | None = None, progress: bo
     """
     spec = canonical_norm(norm)
     path = record_path(out_dir, spec, cfg)
-    if (record := finished(path)) is not None:
-        return _earlier(record, cfg)
+    if int(os.environ.get("WORLD_SIZE", 1)) <= 1 and (record := finished(path)) is not None:
+        return _earlier(record, cfg)    # (the ranks of a DDP run ask rank 0, which sees for all: _sole_trainer)
     rank, world, owned = _init_distributed()
     path.parent.mkdir(parents=True, exist_ok=True)
     threads = torch.get_num_threads()
     try:
         device = _device(cfg["device"])
-        with _sole_trainer(path, rank, world):
-            if (record := finished(path)) is not None:
+        with _sole_trainer(path, rank, world, device) as record:
+            if record is not None:
                 return _earlier(record, cfg)    # finished by another process while this one waited to start it
             if cfg.get("threads"):
                 torch.set_num_threads(int(cfg["threads"]))
@@ -117,13 +117,15 @@ class CellBusy(ValueError):
 
 
 @contextmanager
-def _sole_trainer(path: Path, rank: int, world: int):
-    """Hold a lock while a run trains the cell: a second run asked for the same cell (two sweeps on one results folder,
-    a SLURM job submitted again while the first still trains) is refused, instead of training it twice and racing for
-    its checkpoint. A POSIX lock on one byte of the folder's `.cells.lock`, at an offset drawn from the record's name
-    (one file for all cells): the kernel drops it when the process ends, however it ends, and forked DataLoader
-    workers do not inherit it. A DDP run's rank 0 holds it for all its ranks, which it tells whether to go on. A folder
-    that cannot be locked (no fcntl, a filesystem without locks) is not locked."""
+def _sole_trainer(path: Path, rank: int, world: int, device: torch.device | None = None):
+    """Hold a lock while a run trains the cell, and yield the cell's record if it finished meanwhile (else None): a
+    second run asked for the same cell (two sweeps on one results folder, a SLURM job submitted again while the first
+    still trains) is refused, instead of training it twice and racing for its checkpoint. A POSIX lock on one byte of
+    the folder's `.cells.lock`, at an offset drawn from the record's name (one file for all cells): the kernel drops it
+    when the process ends, however it ends, and forked DataLoader workers do not inherit it. A DDP run's rank 0 holds
+    it and reads the record for all its ranks, and tells them both (ranks that decided apart, on a filesystem one node
+    sees later than another, would hang in their first collective). A folder that cannot be locked (no fcntl, a
+    filesystem without locks) is not locked."""
     try:
         fd = os.open(path.parent / ".cells.lock", os.O_RDWR | os.O_CREAT, 0o666) if rank == 0 and fcntl else None
     except OSError:
@@ -139,14 +141,15 @@ def _sole_trainer(path: Path, rank: int, world: int):
                 if not busy:
                     warnings.warn(f"{path.parent / '.cells.lock'}: cannot lock ({err}); two processes could train "
                                   f"{path.name} at once")
+        record = finished(path) if rank == 0 and not busy else None
         if world > 1:
-            told = [busy]
-            dist.broadcast_object_list(told, src=0)
-            busy = told[0]
+            told = [busy, record]
+            dist.broadcast_object_list(told, src=0, device=device if device and device.type == "cuda" else None)
+            busy, record = told
         if busy:
             raise CellBusy(f"{path.name}: another process is training this cell now (its log: {log_path(path)}); run "
                            "again once it has finished")
-        yield
+        yield record
     finally:
         if fd is not None:
             os.close(fd)
@@ -184,6 +187,7 @@ class Trainer:
         self.net = torch.compile(net, mode=cfg["compile_mode"]) if cfg.get("compile") else net
         if rank:
             _seed_everything(self.seed + 1000 * rank)   # each rank its own augmentation stream
+        self.stopping = False       # STOP was set on some rank: save at the next update, then stop
         self.state = {"step": 0, "history": [], "loss_curve": [], "initial_loss": None, "wall_s": 0.0,
                       "failure": None, "epoch_losses": [], "epoch_gnorm": 0.0, "window": []}
         self._log(f"start {spec} · {cfg['protocol']}-{config_hash(cfg)} seed {self.seed} · {_device_name(device)} · "
@@ -216,7 +220,6 @@ class Trainer:
         if s0 and progress:
             print(f"{self.spec}: resumed at update {s0} of {self.total} from {self.ckpt}", file=sys.stderr)
         self.mark, self.checkpoint_due = time.time(), False       # wall time since, and rank 0's clock says save
-        self.stopping = False                                      # STOP was set on some rank: save, then stop
         images, every = self.cfg["optim"]["batch_size"], self.cfg["checkpoint"]
         bar = tqdm(total=self.total, initial=s0, disable=not progress, desc=self.spec, unit="step",
                    dynamic_ncols=True, leave=False)
@@ -257,7 +260,7 @@ class Trainer:
         failure."""
         loss, gnorm, due, stop = values.tolist()
         self.stopping |= stop > 0
-        self.checkpoint_due |= due > 0 or self.stopping
+        self.checkpoint_due |= due > 0 or (self.stopping and step + 2 < self.total)   # not with no update left after
         if self.scaler.is_enabled() and math.isfinite(loss) and not math.isfinite(gnorm):
             gnorm = None        # an fp16 overflow: the GradScaler skipped the step and lowered its scale
         self.state["failure"] = self._check(step, loss, gnorm)
@@ -498,13 +501,14 @@ def _device_name(device: torch.device) -> str:
 
 
 def resolve_device(name: str) -> torch.device:
-    """The device a config's `device` names on this machine (auto: cuda:LOCAL_RANK if GPUs are visible, cuda:0 if one
-    is, else cpu); ValueError if it has none such. Touches no GPU: a sweep asks it once before any cell starts."""
+    """The device a config's `device` names on this machine (auto: cuda:LOCAL_RANK if GPUs are visible, cuda:0 for a
+    SLURM task that sees one, else cpu); ValueError if it has none such (torchrun's ranks beyond the GPUs there are,
+    say). Touches no GPU: a sweep asks it once before any cell starts."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":     # a task bound to one GPU (SLURM's gpus_per_task) sees it as cuda:0 whatever its rank
-        one = torch.cuda.is_available() and torch.cuda.device_count() == 1
-        name = f"cuda:{0 if one else int(os.environ.get('LOCAL_RANK', 0))}"
+    if name == "cuda":     # a SLURM task bound to one GPU (gpus_per_task) sees it as cuda:0 whatever its rank
+        bound = "SLURM_JOB_ID" in os.environ and torch.cuda.is_available() and torch.cuda.device_count() == 1
+        name = f"cuda:{0 if bound else int(os.environ.get('LOCAL_RANK', 0))}"
     try:
         device = torch.device(name)
     except RuntimeError:

@@ -346,6 +346,8 @@ def test_readme_performance_tables_are_the_committed_gpu_records(capsys):
     readme = (bench.RESULTS_DIR.parents[2] / "README.md").read_text()
     section = readme[readme.index("## Performance"):readme.index("### What the kernels move")]
     is_row = lambda line: re.match(r"\| (`|\d+ \|)", line) is not None  # noqa: E731   a norm or a packing row
+    assert main(["bench", "--report", "--out", str(bench.RESULTS_DIR.parent)]) == 2        # no records there
+    assert "--report: no GPU records (bench-cuda-*.json) in" in capsys.readouterr().err
     assert main(["bench", "--report"]) == 0
     rendered = [line for line in capsys.readouterr().out.splitlines() if is_row(line)]
     assert rendered and [line for line in section.splitlines() if is_row(line)] == rendered

@@ -76,7 +76,7 @@ def test_slurm_time_takes_sbatchs_formats_as_whole_minutes(given, minutes):
                                           ({"launcher": "slurm", "dry_run": True, "overrides": ["data.img_size=22"]},
                                            "data.img_size"),
                                           ({"launcher": "slurm", "dry_run": True, "slurm": ["gpus_per_node=8"]},
-                                           "gpus_per_node=8 with ntasks_per_node=1: .*GPUs would idle"),
+                                           r"gpus_per_node=8 with ntasks_per_node=1 \(the default\): .*GPUs would idle"),
                                           ({"launcher": "slurm", "dry_run": True,
                                             "slurm": ["ntasks_per_node=8", "gpus_per_node=4"]},
                                            "processes would find no GPU")])
@@ -743,6 +743,19 @@ def test_weights_are_copied_where_they_cannot_be_linked(tmp_path, monkeypatch):
     results.link_atomic(source, target)
     assert target.read_text() == "weights" and not target.samefile(source)
     assert sorted(p.name for p in target.parent.iterdir()) == ["erf.pth"]     # no temporary file left
+
+
+def test_a_slurm_sweep_that_cannot_submit_copies_nothing_in(tmp_path, monkeypatch):
+    """The SLURM checks come before --reuse copies any record: bad input leaves the results folder as it was."""
+    from lab.config import config_hash
+    source, grid = tmp_path / "calibration", tmp_path / "grid"
+    [cell] = sweep.table_cells("table4", "smoke", source, specs=["linear"], overrides=TINY)
+    results.write_json_atomic(cell.path, {"spec": "linear", "status": "ok", "config_hash": config_hash(cell.cfg)})
+    monkeypatch.setattr(sweep.shutil, "which", lambda command: None)        # no sbatch here
+    with pytest.raises(ValueError, match="no SLURM on this machine"):      # logsign is to run, linear to copy
+        sweep.sweep("table4", "smoke", grid, launcher="slurm", specs=["linear", "logsign"], overrides=TINY,
+                    reuse=source, progress=False)
+    assert not grid.exists()
 
 
 def test_a_pool_is_told_in_its_devices_words():
