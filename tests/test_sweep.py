@@ -494,6 +494,15 @@ def test_a_slurm_job_has_a_gpu_for_each_process_and_a_cpu_for_each_data_worker(t
     assert submitted.args[0].path == tmp_path / "res" / submitted.args[0].path.name
 
 
+def test_a_slurm_sweep_leaves_an_image_folder_it_cannot_see_to_the_nodes(tmp_path, capsys):
+    """A login node may not mount the data: the submission is written, with a word, not refused."""
+    unseen = tmp_path / "nodes-only" / "imagenet"
+    sweep.sweep("table4", "paper", tmp_path / "res", launcher="slurm", dry_run=True, specs=["linear"],
+                overrides=[f"data_path={unseen}"], progress=False)
+    assert f"data.path {unseen} is not visible here: the jobs will read it on their nodes" in capsys.readouterr().err
+    assert list((tmp_path / "res" / "slurm").rglob("*_submitted.pkl"))
+
+
 def _image_folder(root):
     """The ImageNet layout, two classes of one tiny image each, for a check that reads a folder's classes."""
     from PIL import Image
