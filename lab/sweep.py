@@ -41,8 +41,8 @@ DEVICE_FAULTS = ("CUDA error", "Triton Error [CUDA]")
 STOP_S = 10
 """How long a stopped pool's workers get to unwind (log where their runs stopped) before they are killed."""
 MAX_TIMEOUTS = 30
-"""How many SLURM time limits a cell may reach, each followed by a requeue that resumes it (a 300-epoch paper cell can
-outlast several); preemptions do not count."""
+"""How many times submitit requeues a cell's job at a SLURM time limit, each time to resume it (a 300-epoch paper cell
+can outlast several limits); a preemption counts only late in a job, where submitit takes it for the time limit."""
 OTHER_GPU_SETTINGS = {"gpus_per_task", "gres", "num_gpus"}
 """submitit's settings that ask for GPUs other than gpus_per_node: given one, the job's GPUs are the user's to say."""
 REQUEUE_WAIT_S = 120
@@ -533,7 +533,7 @@ class SlurmCell:
 
     A job nearing its time limit, or preempted, gets submitit's signal (USR2, 90 s ahead): every rank then saves a
     checkpoint at the same update (train.STOP), and rank 0 has submitit requeue the task, which resumes from it
-    (`checkpoint`; at most MAX_TIMEOUTS time limits a cell, any number of preemptions)."""
+    (`checkpoint`; see MAX_TIMEOUTS)."""
 
     def __call__(self, cell: Cell) -> dict:
         import submitit
