@@ -42,8 +42,11 @@ def _argument(x: Tensor, alpha: Tensor, shift: Tensor | None) -> Tensor:
 
 
 def _forward(x, alpha, shift, weight, bias, fn: Pointwise) -> Tensor:
+    """y in the promotion of x's and the parameters' dtypes, as nn.LayerNorm's. A cast to the dtype y already has is
+    left out: torch 2.11's compiled backward of the layer on a CPU gave zero gradients for every input then."""
     y = torch.addcmul(bias, weight, fn.value(_argument(x, alpha, shift)))
-    return y.to(torch.promote_types(x.dtype, weight.dtype))
+    dtype = torch.promote_types(x.dtype, weight.dtype)
+    return y if y.dtype == dtype else y.to(dtype)
 
 
 def _backward(grad, x, alpha, shift, weight, fn: Pointwise):

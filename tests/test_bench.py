@@ -326,10 +326,14 @@ def test_profile_names_each_cells_kernels(tmp_path, monkeypatch):
     assert "aten::native_layer_norm" in tables["layernorm-eager-fp32.txt"]
 
 
-def test_compiled_layer_matches_eager():
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", id="gpu", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="on the gpu only"))])
+def test_compiled_layer_matches_eager(device):
+    """Values and every gradient (torch 2.11 compiled the CPU backward to zeros while the layer cast y to the dtype it
+    had); the cuda case runs in gpu-session.sh's check stage."""
     torch.manual_seed(0)
-    layer = PointwiseNorm(8, "erf|hshift=0.5|flat=0.1", shift=0.0)
-    x = torch.randn(4, 8, requires_grad=True)
+    layer = PointwiseNorm(8, "erf|hshift=0.5|flat=0.1", shift=0.0, device=device)
+    x = torch.randn(4, 8, requires_grad=True, device=device)
     eager_y = layer(x)
     eager = torch.autograd.grad(eager_y.sum(), [x, *layer.parameters()])
     compiled_y = torch.compile(layer)(x)
