@@ -141,11 +141,18 @@ def _sole_trainer(path: Path, rank: int, world: int, device: torch.device | None
                 if not busy:
                     warnings.warn(f"{path.parent / '.cells.lock'}: cannot lock ({err}); two processes could train "
                                   f"{path.name} at once")
-        record = finished(path) if rank == 0 and not busy else None
+        record, unreadable = None, None
+        if rank == 0 and not busy:
+            try:
+                record = finished(path)
+            except ValueError as err:       # a record cut off: told to every rank, which would wait for rank 0 else
+                unreadable = str(err)
         if world > 1:
-            told = [busy, record]
+            told = [busy, record, unreadable]
             dist.broadcast_object_list(told, src=0, device=device if device and device.type == "cuda" else None)
-            busy, record = told
+            busy, record, unreadable = told
+        if unreadable:
+            raise ValueError(unreadable)
         if busy:
             raise CellBusy(f"{path.name}: another process is training this cell now (its log: {log_path(path)}); run "
                            "again once it has finished")

@@ -271,16 +271,24 @@ def test_a_cell_another_process_is_training_is_refused_not_trained_twice(tmp_pat
                             lambda objs, src, device=None: told.append((list(objs), src)))
         with pytest.raises(train.CellBusy), train._sole_trainer(path, 0, 2):
             pass                        # rank 0 of a DDP run finds the cell held...
-        assert told == [([True, None], 0)]    # ...and tells its other ranks, which do not ask the lock themselves:
+        assert told == [([True, None, None], 0)]    # ...and tells its other ranks, which do not ask the lock:
         monkeypatch.setattr(train.dist, "broadcast_object_list",
                             lambda objs, src, device=None: objs.__setitem__(0, True))
         with pytest.raises(train.CellBusy), train._sole_trainer(results.record_path(tmp_path, "tanh", cfg), 1, 2):
             pass                        # (tanh's byte is free, so only rank 0's word can stop rank 1)
         done = {"spec": "tanh", "status": "ok"}     # rank 0 read the record; rank 1 does not see it yet
         monkeypatch.setattr(train.dist, "broadcast_object_list",
-                            lambda objs, src, device=None: objs.__setitem__(slice(None), [False, done]))
+                            lambda objs, src, device=None: objs.__setitem__(slice(None), [False, done, None]))
         with train._sole_trainer(results.record_path(tmp_path, "tanh", cfg), 1, 2) as record:
             assert record == done
+        cut = results.record_path(tmp_path, "tanh", cfg)
+        cut.write_text('{"spec": "tanh", "sta')      # rank 0 cannot read the record: no rank waits for it
+        monkeypatch.setattr(train.dist, "broadcast_object_list",
+                            lambda objs, src, device=None: told.append(list(objs)))
+        with pytest.raises(ValueError, match="not readable JSON"), train._sole_trainer(cut, 0, 2):
+            pass
+        assert told[-1][:2] == [False, None] and "not readable JSON" in told[-1][2]
+        cut.unlink()
     finally:
         holder.kill()
         holder.wait()
