@@ -83,11 +83,24 @@ def link_atomic(source, path) -> Path:
     return path
 
 
+def remove_temporaries(path):
+    """Remove the half-written copies of `path` that a process killed while writing it left (write_atomic's and
+    link_atomic's temporaries; a ViT-B checkpoint's are gigabytes)."""
+    path = Path(path)
+    for stale in path.parent.glob(_temporary(path.name, "*")):
+        stale.unlink(missing_ok=True)
+
+
 def _beside(path) -> tuple[Path, Path]:
     """(path, a temporary name beside it that no other process or call uses), its folder made."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    return path, path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    return path, path.with_name(_temporary(path.name, f"{os.getpid()}.{secrets.token_hex(4)}"))
+
+
+def _temporary(name: str, tag: str) -> str:
+    """The name of a temporary copy of file `name`: hidden, beside it, and never a record (*.json)."""
+    return f".{name}.{tag}.tmp"
 
 
 def read_record(path) -> dict:

@@ -273,12 +273,11 @@ def run_cells(cells, *, jobs: int = 1, progress: bool = True, desc: str = "cells
     says how its cell ran ({"workers": N, "mps": bool}; null: alone in its process)."""
     from . import results
     cells = [c for c in dict.fromkeys(cells) if results.finished(c.path) is None]
-    from .config import config_hash
     from .models import check_model
     from .train import resolve_device
     for device in {c.cfg["device"] for c in cells}:
         resolve_device(device)          # one ValueError before any cell starts, not one traceback per cell
-    for cfg in {config_hash(c.cfg): c.cfg for c in cells}.values():
+    for cfg in _configs(cells):
         check_model(cfg)
     for folder in {c.path.parent for c in cells}:
         results.writable_dir(folder, "results")
@@ -599,14 +598,19 @@ def submit_slurm(cells, results_dir, job: dict | None, *, dry_run: bool = False)
     return jobs
 
 
+def _configs(cells) -> list[dict]:
+    """Each distinct config of `cells` once (by config hash): what a check before any cell starts looks at."""
+    from .config import config_hash
+    return list({config_hash(c.cfg): c.cfg for c in cells}.values())
+
+
 def _check_slurm_cells(cells, results_dir):
     """Before the jobs wait in the queue: each config's model (as run_cells checks it), an image folder's layout, and
     the results folder. An image folder this machine cannot see (a login node may not mount it) is left to the nodes,
     with a word."""
     from . import data, results
-    from .config import config_hash
     from .models import check_model
-    for cfg in {config_hash(c.cfg): c.cfg for c in cells}.values():
+    for cfg in _configs(cells):
         check_model(cfg)
         path = cfg["data"].get("path")
         if cfg["data"]["kind"] != "imagefolder":

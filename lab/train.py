@@ -56,8 +56,8 @@ from . import data as data_mod
 from .config import config_hash
 from .layers import PointwiseNorm, canonical_norm
 from .models import from_config
-from .results import (checkpoint_path, finished, git_commit, log_path, pool_text, record_path, weights_path,
-                      write_atomic, write_json_atomic)
+from .results import (checkpoint_path, finished, git_commit, log_path, pool_text, record_path, remove_temporaries,
+                      weights_path, write_atomic, write_json_atomic)
 
 AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}    # config.CHOICES["precision"]
 STOP = threading.Event()
@@ -412,10 +412,9 @@ class Trainer:
             dist.barrier()
 
     def _resume(self):
-        if self.rank == 0:      # half-written copies, of a process killed while saving (ViT-B: gigabytes)
-            for name in (self.ckpt.name, weights_path(self.path).name):
-                for stale in self.ckpt.parent.glob(f".{name}.*.tmp"):
-                    stale.unlink(missing_ok=True)
+        if self.rank == 0:      # of a process killed while saving
+            for path in (self.ckpt, weights_path(self.path)):
+                remove_temporaries(path)
         found = self.ckpt.exists()
         if self.world > 1:
             seen = torch.tensor([float(found)], device=self.device)
