@@ -1,4 +1,5 @@
 """One JSON record per trained cell: where it lives, how it is written (atomically) and read back."""
+import contextlib
 import json
 import os
 import secrets
@@ -48,8 +49,8 @@ def write_text_atomic(path, text: str) -> Path:
 
 
 def write_atomic(path, write) -> Path:
-    """Call write(binary file) on a temporary file, then fsync and os.replace: readers only ever see complete files,
-    and a stop during the write leaves no half file (a ViT-B checkpoint is gigabytes). The file gets the umask's mode,
+    """Call write(binary file) on a temporary file, then fsync and rename it (_rename): readers only ever see complete
+    files, and a stop during the write leaves no half file (a ViT-B checkpoint is gigabytes). The file gets the umask's mode,
     as one written by `open` does (mkstemp's 0600 hid records in a shared results folder)."""
     path, tmp = _beside(path)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
@@ -58,7 +59,7 @@ def write_atomic(path, write) -> Path:
             write(f)
             f.flush()
             os.fsync(f.fileno())     # a crash after the rename leaves a whole file, not an empty one
-        os.replace(tmp, path)
+        _rename(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -76,11 +77,24 @@ def link_atomic(source, path) -> Path:
         with open(source, "rb") as kept:
             return write_atomic(path, lambda f: shutil.copyfileobj(kept, f))
     try:
-        os.replace(tmp, path)
+        _rename(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def _rename(tmp: Path, path: Path) -> None:
+    """os.replace, then fsync the folder, so that the new name is on disk before whatever the caller does next: a
+    finished run writes its record, then removes its checkpoint, and a power loss must not keep the removal alone.
+    A filesystem that cannot fsync a folder (some network ones) still gets the atomic rename."""
+    os.replace(tmp, path)
+    with contextlib.suppress(OSError):
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
 
 
 def remove_temporaries(path):

@@ -239,3 +239,58 @@ def test_an_image_folder_is_normalised_with_imagenets_statistics_and_cropped_at_
     resize = folder.val_set.transform.transforms[0]
     assert type(resize).__name__ == "Resize" and resize.size in (20, [20], (20, 20))
     assert (folder.val_size, folder.num_classes) == (6, 3)
+
+
+def test_a_training_set_of_exactly_one_batch_is_one_update_an_epoch():
+    plan = data.Plan(config.load("smoke", SMALL), 0, 1)
+    assert plan.steps_per_epoch(16) == 1 and plan.steps_per_epoch(31) == 1
+    with pytest.raises(ValueError, match="has 15 images, fewer than optim.batch_size 16"):
+        plan.steps_per_epoch(15)
+
+
+def test_no_validation_image_is_a_training_image():
+    """The held-out set is drawn apart from the training set: no val image is a copy of a training image."""
+    train_x, _, val_x, _ = data.generate(5, 100, 50, 16, seed=1)
+    flat_train = {bytes(x.flatten().tolist()) for x in train_x}
+    assert not any(bytes(x.flatten().tolist()) in flat_train for x in val_x)
+
+
+@pytest.mark.parametrize("hflip", [0.0, 1.0])
+def test_hflip_is_the_probability_of_a_mirrored_crop(hflip):
+    """hflip=0 never mirrors (an ablation without flips), hflip=1 always does: an image dark on its left half keeps
+    its dark side where it was, or has it on the right. (Crops of area >= 0.5 always take the leftmost column from
+    the left half.)"""
+    cfg = config.load("smoke", [*SMALL, f"aug.hflip={hflip}", "aug.color_jitter=0"])
+    full = data.build(cfg, CPU)
+    x = torch.ones(32, 3, 20, 20)
+    x[..., :10] = 0.0
+    out = full._augment(x)
+    dark, light = (out[..., 0], out[..., -1]) if hflip == 0 else (out[..., -1], out[..., 0])
+    assert dark.max() < 0.05 and light.min() > 0.9         # (the crop's edge may sample the zero padding a little)
+
+
+def test_random_erasing_acts_on_the_training_batches():
+    cfg = config.load("smoke", [*SMALL, "aug.reprob=0.25"])
+    full = data.build(cfg, CPU)
+    full.erase = lambda x: torch.full_like(x, 7.0)
+    _, [(x, _)] = next(full.train_batches(0))
+    assert (x == 7.0).all()
+    assert not any((x == 7.0).any() for x, _ in full.val_batches(20))          # never at evaluation
+
+
+def test_randaugment_draws_its_ops_per_group_of_eight_images():
+    """torchvision's RandAugment draws one op pair per call: called per 8 images, a batch sees many ops, not one."""
+    cfg = config.load("smoke", [*SMALL, "aug.auto_augment=rand-m9-mstd0.5-inc1"])
+    full = data.build(cfg, CPU)
+    sizes = []
+    full.randaug = (lambda part: sizes.append(len(part)) or part, full.randaug[1])
+    next(full.train_batches(0))
+    assert sizes == [8, 8]
+
+
+def test_two_run_seeds_never_share_an_epochs_order():
+    """Seed s+1's orders are not seed s's shifted by an epoch (their spread would be less than two seeds')."""
+    def order(seed, epoch):
+        return torch.cat(data.Plan(config.load("smoke", [*SMALL, f"seed={seed}"]), 0, 1).micro_indices(64, epoch, 0))
+    orders = [order(seed, epoch) for seed in (0, 1, 2) for epoch in (0, 1, 2)]
+    assert len({tuple(o.tolist()) for o in orders}) == len(orders)

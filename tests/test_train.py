@@ -9,6 +9,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from stat import S_ISDIR
 from types import SimpleNamespace
 
 import pytest
@@ -743,3 +744,214 @@ def test_a_run_that_fails_with_nan_keeps_no_weights(tmp_path):
     with warnings.catch_warnings():             # training it again would not keep them either: no advice to
         warnings.simplefilter("error")
         assert train.run(cfg, "linear", tmp_path, progress=False)["created"] == record["created"]
+
+
+def test_a_non_finite_grad_norm_in_fp32_is_nan_not_an_fp16_overflow(tmp_path):
+    """Only a GradScaler (fp16) skips an overflowed step; in fp32 an infinite gradient norm at a finite loss ends the
+    run as nan at that update."""
+    trainer = _trainer(tmp_path)
+    trainer.checkpoint_due = False
+    assert not trainer.scaler.is_enabled()
+    assert trainer._settle(0, torch.tensor([2.3, 1.0, 0.0, 0.0]))
+    assert not trainer._settle(1, torch.tensor([2.3, float("inf"), 0.0, 0.0]))
+    assert trainer.state["failure"]["kind"] == "nan" and trainer.state["failure"]["step"] == 1
+    assert trainer.state["step"] == 1
+
+
+def test_each_epoch_entry_holds_that_epochs_updates_only(tmp_path):
+    """The second epoch's train_loss and grad_norm_max are its own, not a running mean/max since the start."""
+    trainer = _trainer(tmp_path, ["log_every=4"])
+    trainer.checkpoint_due, trainer.epoch_mark = False, (time.time(), 0)
+    spe = trainer.steps_per_epoch
+    for k in range(2 * spe):
+        first = k < spe
+        assert trainer._settle(k, torch.tensor([4.0 if first else 2.0, 50.0 if first else 3.0, 0.0, 0.0]))
+        if k % spe == spe - 1:
+            trainer._end_epoch(k // spe)
+    assert [(h["train_loss"], h["grad_norm_max"]) for h in trainer.state["history"]] == [(4.0, 50.0), (2.0, 3.0)]
+
+
+def test_no_learning_is_judged_on_the_val_sets_size_and_the_best_evaluation(tmp_path, monkeypatch):
+    """Chance + 3 binomial sigmas of the 500 val images (14.02 % for smoke's 10 classes, not the 1024 training
+    images' 12.81 %), against the best evaluation of the run, not its last."""
+    monkeypatch.setattr(train, "git_commit", lambda: "abc")
+    trainer = _trainer(tmp_path)
+    trainer.state["step"] = trainer.total
+    margin = 3 * 100 * math.sqrt(0.1 * 0.9 / 500)
+    for history, kind in (([(13.5, 13.5)], "no_learning"), ([(10.0 + margin + 0.1, 10.0)], None),
+                          ([(40.0, 35.0), (10.0, 10.0)], None)):
+        trainer.state["history"] = [{"epoch": 2 * i + 2, "step": 32 * (i + 1), "val_top1": raw, "val_top1_ema": ema}
+                                    for i, (raw, ema) in enumerate(history)]
+        record = trainer._finish("table1")
+        assert (record["failure"] and record["failure"]["kind"]) == kind, history
+        if kind:
+            assert f"never above {10.0 + margin:.2f}%" in record["failure"]["reason"]
+
+
+def test_evaluation_runs_the_models_in_eval_mode(tmp_path):
+    """Drop path and dropout are off when scoring (the paper protocol trains with drop path)."""
+    trainer = _trainer(tmp_path)
+    modes = []
+
+    class Spy(torch.nn.Module):
+        def forward(self, x):
+            modes.append(self.training)
+            return torch.zeros(len(x), trainer.data.num_classes)
+    models = [Spy().train(), Spy().train()]
+    trainer._evaluate(*models)
+    assert modes and not any(modes)
+
+
+def test_each_update_runs_at_the_schedules_learning_rate_for_that_update(tmp_path):
+    """Update k steps with the scheduler's lr at k: smoke's first update at warmup_lr (0), the first after warmup at
+    the peak lr."""
+    trainer = _trainer(tmp_path, ["checkpoint.every_minutes=0"])
+    lrs = []
+    step = trainer.optimizer.step
+    trainer.optimizer.step = lambda *a, **k: lrs.append(trainer._lr()) or step(*a, **k)
+    _, micro = next(trainer.data.train_batches(0))
+    for k in (0, 16):
+        trainer._update(k, micro)
+    assert lrs == [trainer.cfg["schedule"]["warmup_lr"], trainer.cfg["optim"]["lr"]]
+
+
+def test_ranks_start_from_the_same_weights_with_their_own_augmentation_streams(tmp_path):
+    """Every rank builds the same model (seeded alike), then draws its augmentations from a stream of its own (else
+    all ranks would crop and flip their shards alike)."""
+    streams, weights = [], []
+    for rank in (0, 1):
+        trainer = train.Trainer(config.load("smoke"), "erf", tmp_path / f"r{rank}.json", rank, 1, torch.device("cpu"))
+        streams.append(torch.get_rng_state())
+        weights.append(trainer.model.state_dict())
+    assert all(torch.equal(a, weights[1][k]) for k, a in weights[0].items())
+    assert not torch.equal(*streams)
+
+
+def test_the_first_updates_ema_is_the_model_itself(tmp_path):
+    """The EMA warms up with the update counter (timm: decay 0 at the first updates), so its early top-1 is not that
+    of a 0.9 blend with the random initialisation."""
+    trainer = _trainer(tmp_path, ["warmup_epochs=0", "checkpoint.every_minutes=0"])     # lr > 0 at update 0
+    before = [p.clone() for p in trainer.model.parameters()]
+    _, micro = next(trainer.data.train_batches(0))
+    trainer._update(0, micro)
+    assert not all(torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))
+    for (name, a), b in zip(trainer.model.state_dict().items(), trainer.ema.module.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_a_resumed_rank_takes_back_its_own_random_state_and_the_failure_baseline(tmp_path, monkeypatch):
+    """A DDP checkpoint holds every rank's RNG states: rank 1 resumes with rank 1's (not rank 0's), and every run
+    keeps the first update's loss as its divergence baseline (a resumed run judging against its later, lower loss
+    would fail on noise)."""
+    saver = _trainer(tmp_path)
+    states = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        states.append(train._rng_state())
+    monkeypatch.setattr(train.dist, "all_gather_object", lambda out, obj: out.__setitem__(slice(None), states))
+    monkeypatch.setattr(train.dist, "barrier", lambda: None)
+    saver.world, saver.state["initial_loss"], saver.state["step"] = 2, 2.3, 5
+    saver._save()
+    monkeypatch.setattr(train.dist, "all_reduce", lambda t: t.mul_(2))       # both ranks see the checkpoint
+    resumer = _trainer(tmp_path)
+    resumer.rank, resumer.world = 1, 2
+    resumer._resume()
+    assert torch.equal(torch.get_rng_state(), states[1]["torch"])
+    assert resumer.state["step"] == 5 and resumer.state["initial_loss"] == 2.3
+
+
+def test_the_checkpoint_outlives_a_record_that_could_not_be_written(tmp_path, monkeypatch):
+    """The checkpoint goes only once the record is written: a full disk (or a kill) at the record keeps the work."""
+    def full_disk(path, record):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(train, "write_json_atomic", full_disk)
+    cfg = config.load("smoke", ["epochs=1", "warmup_epochs=0", "checkpoint.every_steps=1", "data.train_size=128",
+                                "data.val_size=64"])
+    with pytest.raises(OSError, match="No space"):
+        train.run(cfg, "erf", tmp_path, progress=False)
+    ckpt = results.checkpoint_path(results.record_path(tmp_path, "erf", cfg))
+    assert torch.load(ckpt, weights_only=False)["state"]["step"] == 2
+
+
+def test_a_failed_record_counts_the_updates_it_ran(tmp_path):
+    record = train.run(config.load("smoke", ["lr=10000"]), "linear", tmp_path, progress=False)
+    assert record["status"] == "failed" and record["steps"] == record["failure"]["step"] < 8 * 16
+
+
+def test_wall_s_counts_the_training_before_each_checkpoint_too(tmp_path, monkeypatch):
+    """The record's wall_s is the whole training's time, also when checkpoints cut it into pieces. A fake clock on
+    which each update takes a minute and nothing else takes any."""
+    clock = [1000.0]
+    monkeypatch.setattr(train, "time", SimpleNamespace(time=lambda: clock[0]))
+    update = train.Trainer._update
+
+    def a_minute(self, step, micro):
+        clock[0] += 60.0
+        return update(self, step, micro)
+    monkeypatch.setattr(train.Trainer, "_update", a_minute)
+    cfg = config.load("smoke", ["epochs=2", "checkpoint.every_steps=1", "checkpoint.every_minutes=0",
+                                "data.train_size=128", "data.val_size=64"])
+    record = train.run(cfg, "erf", tmp_path, progress=False)
+    assert record["steps"] == 4 and record["wall_s"] == 4 * 60.0
+
+
+@pytest.mark.parametrize("write", ["write", "link"])
+def test_a_file_is_on_disk_whole_before_it_takes_its_name_and_the_name_before_what_follows(tmp_path, monkeypatch,
+                                                                                          write):
+    """write_atomic fsyncs the complete temporary file before os.replace (a rename can reach the disk before the data),
+    and both it and link_atomic fsync the folder after it: a finished run removes its checkpoint once its record has
+    its name, and a power loss must not keep the removal without the record."""
+    source = tmp_path / "kept" / "source"
+    source.parent.mkdir()
+    source.write_text("weights")
+    events, fsync, replace = [], os.fsync, os.replace
+
+    def spy(fd):
+        stat = os.fstat(fd)
+        events.append(("fsync folder",) if S_ISDIR(stat.st_mode) else ("fsync file", stat.st_size))
+        return fsync(fd)
+    monkeypatch.setattr(results.os, "fsync", spy)
+    monkeypatch.setattr(results.os, "replace", lambda a, b: events.append(("replace", b)) or replace(a, b))
+    text = "x" * 1000                  # less than a write buffer: flushed before the fsync, or the fsync is of nothing
+    path = tmp_path / "r.json"
+    if write == "write":
+        results.write_text_atomic(path, text)
+        assert events == [("fsync file", len(text)), ("replace", path), ("fsync folder",)]
+    else:
+        results.link_atomic(source, path)
+        assert events == [("replace", path), ("fsync folder",)]
+
+
+def test_a_resumed_fp16_run_keeps_its_loss_scale(tmp_path):
+    """The GradScaler's scale (lowered at each overflow, grown after quiet stretches) is checkpointed and restored:
+    restarting it at 65536 would skip the first updates after every resume as overflows."""
+    saver = _trainer(tmp_path, ["precision=fp16"])
+    assert saver.scaler.is_enabled()
+    saver.scaler.load_state_dict({**saver.scaler.state_dict(), "scale": 512.0, "_growth_tracker": 7})
+    saver._save()
+    resumer = _trainer(tmp_path, ["precision=fp16"])
+    resumer._resume()
+    assert resumer.scaler.state_dict() == saver.scaler.state_dict()
+    assert resumer.scaler.state_dict()["scale"] == 512.0
+
+
+def test_a_stop_read_at_an_epochs_end_still_saves_before_stopping(tmp_path, monkeypatch):
+    """A stop asked during an epoch's last update is read when that update is settled for the evaluation, after the
+    update's save decision: the run saves at the next update, and never stops without a checkpoint."""
+    import threading
+    monkeypatch.setattr(train, "STOP", threading.Event())
+    update = train.Trainer._update
+    monkeypatch.setattr(train.Trainer, "_update",
+                        lambda self, step, micro: (step == 15 and train.STOP.set()) or update(self, step, micro))
+    cfg = config.load("smoke", ["epochs=2", "checkpoint.every_minutes=0"])
+    with pytest.raises(train.Stopped, match="checkpoint at update 17 of 32"):
+        train.run(cfg, "erf", tmp_path, progress=False)
+    ckpt = results.checkpoint_path(results.record_path(tmp_path, "erf", cfg))
+    assert torch.load(ckpt, weights_only=False)["state"]["step"] == 17
+
+
+def test_the_record_and_the_log_say_how_the_run_shared_its_device(tmp_path):
+    cfg = config.load("smoke", ["epochs=1", "warmup_epochs=0", "data.train_size=128", "data.val_size=64"])
+    record = train.run(cfg, "erf", tmp_path, progress=False, pool={"workers": 2, "mps": False})
+    assert record["pool"] == json.loads(Path(record["path"]).read_text())["pool"] == {"workers": 2, "mps": False}
+    assert "2 runs at once on the CPU" in results.log_path(Path(record["path"])).read_text().splitlines()[0]
