@@ -358,3 +358,33 @@ def test_the_committed_figures_are_what_lab_figures_draws(tmp_path):
         pytest.skip(f"figures/ was drawn by {drew!r}, not matplotlib {matplotlib.__version__}")
     stale = [p.name for p in figures.write_figures(tmp_path) if p.read_bytes() != (committed / p.name).read_bytes()]
     assert stale == [], f"run `lab figures` to redraw {stale}"
+
+
+def test_accuracy_draws_a_cell_not_run_as_nothing_and_one_where_a_seed_failed_as_a_failure_only(drawn):
+    """Table 6(a), series erf: erf trained, erf|neg has a seed that diverged beside one that trained, and tanh / arctan
+    were not run. The measured side shows erf's point, a × (no point) for erf|neg, and nothing for the cells not run:
+    a cell not run drawn as a ×, or a failed cell as the mean of its seeds that trained, reads as a result."""
+    records = [fake("erf"), fake("erf|neg", top1=40.0), fake("erf|neg", seed=1, kind="diverged")]
+    figures.accuracy_vs_lambda("table6", records)
+    measured = drawn[0].axes[0]
+    erf = measured.containers[0].lines[0]             # the erf series at f(x), −f(x)
+    assert np.array_equal(np.asarray(erf.get_ydata(), float), [50.0, np.nan], equal_nan=True)
+    crosses = [list(line.get_xdata()) for line in measured.get_lines() if line.get_marker() == "X"]
+    assert len(crosses) == 1 and len(crosses[0]) == 1 and crosses[0][0] == pytest.approx(erf.get_xdata()[1])
+
+
+def test_accuracy_reads_functions_against_the_erf_of_the_tables_own_config(drawn):
+    """Table 4 has no erf cell: its line is erf's record of the same protocol and config hash only."""
+    figures.accuracy_vs_lambda("table4", [fake("linear"), {**fake("erf", top1=99.0), "config_hash": "other"}])
+    assert reference_labels(drawn[0].axes[0]) == []
+
+
+def test_training_curves_smooth_each_seed_apart(drawn):
+    """The running mean runs along each run: two seeds whose losses are flat at 1 and 3 stay flat, not mixed where one
+    run's points end and the next one's begin."""
+    records = [fake("erf"), fake("erf", seed=1)]
+    records[0]["loss_curve"] = [[5 * i, 1.0] for i in range(1, 7)]
+    records[1]["loss_curve"] = [[5 * i, 3.0] for i in range(1, 7)]
+    from lab import tables
+    data = figures._loss_frame(tables.collect("table6", records))[0]
+    assert sorted(set(data["loss"])) == [1.0, 3.0]

@@ -773,3 +773,24 @@ def test_a_pool_is_told_in_its_devices_words():
     assert results.pool_text({"workers": 14, "mps": False}, "NVIDIA H200") == "14 runs packed (time-sliced)"
     assert results.pool_text({"workers": 14, "mps": True}, "cuda") == "14 runs packed under MPS"
     assert results.pool_text(None, "cpu") == "alone on its device"
+
+
+def test_a_copy_cut_off_before_its_record_leaves_the_cell_to_train(tmp_path, monkeypatch):
+    """--reuse writes the record last: a copy that fails on the weights (a full disk, a kill) leaves no record, so the
+    cell is not taken for done without its weights."""
+    from lab.config import config_hash
+    source, grid = tmp_path / "calibration", tmp_path / "grid"
+    [cell] = sweep.table_cells("table4", "smoke", source, specs=["linear"], overrides=TINY)
+    results.write_text_atomic(results.weights_path(cell.path), "weights")
+    results.write_json_atomic(cell.path, {"spec": "linear", "status": "ok", "config_hash": config_hash(cell.cfg),
+                                          "weights": results.weights_path(cell.path).name})
+
+    def disk_full(source, target):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(results, "link_atomic", disk_full)
+    monkeypatch.setattr(sweep, "_run_cell", lambda cell, pool=None: pytest.fail("a cell trained"))
+    with pytest.raises(OSError, match="No space left"):
+        sweep.sweep("table4", "smoke", grid, specs=["linear"], overrides=TINY, reuse=source, progress=False)
+    [target] = sweep.table_cells("table4", "smoke", grid, specs=["linear"], overrides=TINY)
+    assert results.finished(target.path) is None

@@ -276,3 +276,10 @@ def test_the_config_with_most_records_wins_over_a_later_one():
 
 def test_the_papers_own_protocol_has_no_caveat():
     assert tables.protocol_caveat("paper") is None and tables.protocol_caveat(None) is None
+
+
+def test_a_failure_kind_several_seeds_share_is_marked_once():
+    """Two seeds that diverged are one ×div, not ×div/×div; kinds that differ are each named once."""
+    t = texts([rec("erf", kind="diverged"), rec("erf", seed=1, kind="diverged"), rec("tanh", kind="nan"),
+               rec("tanh", seed=1, kind="diverged"), rec("tanh", seed=2, kind="nan")])
+    assert t[("none", "erf")] == "×div" and t[("none", "tanh")] == "×nan/×div"

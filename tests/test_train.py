@@ -955,3 +955,27 @@ def test_the_record_and_the_log_say_how_the_run_shared_its_device(tmp_path):
     record = train.run(cfg, "erf", tmp_path, progress=False, pool={"workers": 2, "mps": False})
     assert record["pool"] == json.loads(Path(record["path"]).read_text())["pool"] == {"workers": 2, "mps": False}
     assert "2 runs at once on the CPU" in results.log_path(Path(record["path"])).read_text().splitlines()[0]
+
+
+def _lock_elsewhere(path) -> str:
+    """What another process (a fork: POSIX locks belong to a process) is told when it asks for the cell's lock."""
+    pid = os.fork()
+    if pid == 0:
+        told = "error"
+        try:
+            with train._sole_trainer(path, 0, 1):
+                told = "free"
+        except train.CellBusy:
+            told = "busy"
+        finally:
+            os._exit(("free", "busy", "error").index(told))
+    return ("free", "busy", "error")[os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])]
+
+
+def test_a_cell_run_lets_go_of_its_lock_when_it_ends(tmp_path):
+    """A pool's worker lives on after its cell: the cell's byte of .cells.lock must be free again once its run ends,
+    or another process (a second sweep, a SLURM job) would be told the cell is busy for as long as that worker lives."""
+    path = results.record_path(tmp_path, "erf", config.load("smoke"))
+    with train._sole_trainer(path, 0, 1):
+        assert _lock_elsewhere(path) == "busy"
+    assert _lock_elsewhere(path) == "free"
