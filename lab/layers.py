@@ -14,7 +14,8 @@ from timm.layers import RmsNorm
 from torch import Tensor, nn
 from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
-from .perturb import Pointwise, canonical, pointwise
+from .functions import BASES
+from .perturb import Pointwise, canonical, did_you_mean, pointwise
 
 NORMALIZATIONS = {
     "layernorm": functools.partial(nn.LayerNorm, eps=1e-6),   # timm ViT's own default
@@ -184,7 +185,12 @@ def canonical_norm(name: str) -> str:
     try:
         return canonical(name)
     except ValueError as err:
-        raise ValueError(f"{err} (or a normalization baseline: {', '.join(NORMALIZATIONS)}; or {DERF})") from None
+        base = name.strip().lower().split("|")[0].strip() if isinstance(name, str) else ""
+        if base in BASES:
+            raise                   # a bad transform of a known function: a baseline is no alternative to name
+        closer = "" if not base or did_you_mean(base, BASES) else did_you_mean(base, (*NORMALIZATIONS, DERF))
+        raise ValueError(f"{err} (or a normalization baseline: {', '.join(NORMALIZATIONS)}; or {DERF}){closer}") \
+            from None
 
 
 def is_norm_name(name: str) -> bool:

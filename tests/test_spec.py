@@ -75,6 +75,21 @@ def test_norm_names():
         lab.canonical_norm("batchnorm")
 
 
+def test_a_norm_name_error_offers_the_baselines_only_where_they_are_an_alternative():
+    """A misspelt baseline is named; a known function with a bad transform is told about its transform alone."""
+    with pytest.raises(ValueError, match=r"or derf\) \(did you mean 'layernorm'\?\)$"):
+        lab.canonical_norm("layrnorm")
+    with pytest.raises(ValueError, match=r"\(did you mean 'erf'\?\)") as info:   # not also 'derf'
+        lab.canonical_norm("erff")
+    assert str(info.value).count("did you mean") == 1
+    for spec in ("erf|blend=2", "erf|hshft=1"):
+        with pytest.raises(ValueError) as info:
+            lab.canonical_norm(spec)
+        assert "baseline" not in str(info.value)
+    with pytest.raises(ValueError, match="empty point-wise spec"):
+        lab.canonical_norm(["erf"])
+
+
 def test_every_base_and_transform_name_is_safe_in_a_file_name_and_no_norm_name():
     """results.record_path writes | and = as __ and _: a name with _ would make two specs one file name."""
     assert [name for name in [*lab.BASES, *lab.TRANSFORMS] if not re.fullmatch(r"[a-z0-9]+", name)] == []
