@@ -612,3 +612,85 @@ def test_a_packed_run_that_dies_is_an_error_at_once_not_a_wait_at_the_barrier(mo
     with pytest.raises(RuntimeError, match=r"a packed run died while warming up \(exit codes \[1\]; its error "
                                            r"is printed above\)"):
         packing.packing([1], {**TINY, "depth": "x"}, torch.device("cpu"), seconds=1.0)
+
+
+def test_cli_passes_its_norms_rounds_and_packing_options_to_the_run(tmp_path, monkeypatch):
+    """--norms (canonical names), --rounds, --packing, --packing-mode, --packing-seconds and --mps reach bench.run, not
+    their defaults."""
+    seen = []
+    monkeypatch.setattr(bench, "run", lambda *args, **kwargs: seen.append((args, kwargs)) or [])
+    assert main(["bench", "--norms", "LayerNorm,ERF|HSHIFT=.5", "--modes", "eager", "--dtypes", "bf16,fp32",
+                 "--rounds", "3", "--packing", "1,2", "--packing-mode", "compiled", "--packing-seconds", "2.5",
+                 "--mps", "--device", "cpu", "--out", str(tmp_path)]) == 0
+    ((args, kwargs),) = seen
+    norms, modes, dtypes, device, steps, warmup, shape, packing_ns, packing_seconds, *_ = args
+    assert (norms, modes, dtypes, packing_ns, packing_seconds) == (
+        ["layernorm", "erf|hshift=0.5"], ["eager"], ["bf16", "fp32"], [1, 2], 2.5)
+    assert (kwargs["rounds"], kwargs["mps"], kwargs["packing_mode"]) == (3, True, "compiled")
+
+
+def test_an_unknown_dtype_is_one_error_naming_the_choices(tmp_path, capsys, monkeypatch):
+    """fp16 would be timed without autocast (fp32) and recorded as fp16."""
+    monkeypatch.setattr(bench, "run", lambda *args, **kwargs: pytest.fail("measured despite a bad --dtypes"))
+    out = tmp_path / "records"
+    assert main(["bench", "--modes", "eager", "--dtypes", "bf16,fp16", "--out", str(out)]) == 2
+    assert "lab bench: error: --dtypes: unknown value 'fp16'; choose from bf16, fp32" in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("rounds", [1, 2])
+def test_layernorm_among_the_norms_is_measured_once(monkeypatch, rounds):
+    """--norms layernorm,erf: LayerNorm is each (mode, dtype)'s baseline already, not a second row."""
+    monkeypatch.setattr(bench, "_setup", lambda *args, **kwargs: (lambda: None, 1e9, None))
+    monkeypatch.setattr(bench, "_seconds", lambda step, steps, device: 1.0)
+    rows = bench.run(["layernorm", "erf"], ["eager"], ["fp32"], torch.device("cpu"), steps=1, warmup=0, shape=TINY,
+                     progress=False, rounds=rounds)
+    assert [r["norm"] for r in rows] == ["layernorm", "erf"]
+
+
+def test_table_shows_the_median_of_the_round_ratios_not_their_mean():
+    rows = [{"norm": n, "mode": "eager", "dtype": "fp32", "img_per_s": 100.0, "peak_mem_gib": None, "mfu": None,
+             "rounds": [100.0] * 3, "ratio_rounds": ratios}
+            for n, ratios in [("layernorm", [1.0] * 3), ("erf", [0.90, 1.00, 1.01])]]     # mean 0.970
+    assert "| `erf` | eager | fp32 | 100.0 | 1.000 (0.900–1.010) |" in bench.format_table(rows)
+
+
+def _fake_processes(monkeypatch, started):
+    """multiprocessing stood in for: each started process reports 100 img/s; `started` gets each one's args."""
+    queue = []
+    ctx = SimpleNamespace(Barrier=lambda n: SimpleNamespace(wait=lambda timeout=None: None),
+                          Queue=lambda: SimpleNamespace(get=lambda timeout=None: queue.pop()),
+                          Process=lambda target, args: SimpleNamespace(
+                              start=lambda: started.append(args) or queue.append(100.0), join=lambda: None,
+                              exitcode=None))
+    monkeypatch.setattr(packing.mp, "get_context", lambda method: ctx)
+
+
+def test_packing_rows_name_the_run_mode_the_processes_ran(monkeypatch):
+    started = []
+    _fake_processes(monkeypatch, started)
+    rows = packing.packing([2], TINY, torch.device("cpu"), seconds=1.0, mode="compiled-graphs")
+    assert [r["run_mode"] for r in rows] == ["compiled-graphs"] and [a[2] for a in started] == ["compiled-graphs"] * 2
+
+
+def test_a_packing_row_says_mps_only_where_the_runs_had_it(monkeypatch, capsys):
+    """--mps on a machine without a GPU: the runs time-slice (lab.mps says why), and the row must not claim MPS."""
+    _fake_processes(monkeypatch, [])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    rows = packing.packing([1], TINY, torch.device("cpu"), seconds=1.0, mps=True)
+    assert [r["mps"] for r in rows] == [False] and "MPS: no CUDA GPU" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("device, dtype", [("cuda", "bf16"), ("cpu", "fp32")])
+def test_a_packed_run_trains_in_bf16_on_a_gpu(monkeypatch, device, dtype):
+    """The packed runs' step is the proxy's: bf16 autocast on a GPU (fp32 on the CPU), in the mode asked for."""
+    seen = []
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)
+    monkeypatch.setattr(packing, "_sync", lambda device: None)
+    monkeypatch.setattr(packing, "_erf_run", lambda shape, device: (None,) * 4)
+    monkeypatch.setattr(packing, "_compiled", lambda model, mode: seen.append(mode))
+    monkeypatch.setattr(packing, "_step_fn", lambda *args: seen.append(args[-1]) or (lambda: None))
+    monkeypatch.setattr(packing, "_steps_per_s", lambda step, seconds, device: 1.0)
+    packing._packed_worker(TINY, device, "compiled", 1.0, SimpleNamespace(wait=lambda: None),
+                           SimpleNamespace(put=lambda speed: None))
+    assert seen == ["compiled", dtype]

@@ -72,7 +72,7 @@ def test_a_model_with_norms_its_norm_layer_does_not_set_is_refused():
 def test_patch_embedding_as_a_matmul_equals_timms_convolution(img_size, patch_size):
     kw = {**SMALL, "img_size": img_size, "patch_size": patch_size}
     ours, timms = (lab.build_model("vit", norm="erf", **kw, **extra) for extra in ({}, {"embed_layer": PatchEmbed}))
-    assert type(ours.patch_embed) is LinearPatchEmbed
+    assert type(ours.patch_embed) is LinearPatchEmbed and type(timms.patch_embed) is PatchEmbed   # a caller's wins
     timms.load_state_dict(ours.state_dict())        # same parameters under the same names: checkpoints carry over
     x = torch.randn(2, 3, *((img_size,) * 2 if isinstance(img_size, int) else img_size))
     y, y_ref = ours(x), timms(x)

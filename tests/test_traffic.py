@@ -19,6 +19,12 @@ def test_layernorm_forward_reads_its_inputs_once_and_writes_its_outputs_once():
     assert abs(row["forward_activations"] - 3.5) < 0.01 and row["forward_kernels"] == 1
 
 
+def test_fp32_counts_an_fp32_output():
+    """--dtypes fp32: no cast for a bf16 matmul, the output is written in fp32 (half an activation more than bf16's)."""
+    row = traffic.traffic("layernorm", "fp32")
+    assert abs(row["forward_activations"] - 4.0) < 0.01 and row["dtype"] == "fp32"
+
+
 def test_every_pointwise_backward_moves_no_more_than_layernorms():
     """The backward fuses into one pass over grad and x, as LayerNorm's does: Derf's learnable shift included."""
     ln = traffic.traffic("layernorm", "bf16")

@@ -152,7 +152,7 @@ def test_a_table_is_one_of_the_papers_or_a_table_of_your_own(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("norm, ok", [("sin", False), ("erf|hshift=3", False), ("erf|vshift=0.5", True),
-                                      ("layernorm", True)])
+                                      ("layernorm", True), ("ERF|VSHIFT=.5", True)])   # a cell, spelled otherwise
 def test_a_norm_not_in_its_table_is_refused_before_training(tmp_path, monkeypatch, capsys, norm, ok):
     """--table names the table a cell belongs to: a norm it has no cell for is an error listing its cells (the
     LayerNorm baseline is every table's)."""
