@@ -50,8 +50,8 @@ def write_text_atomic(path, text: str) -> Path:
 
 def write_atomic(path, write) -> Path:
     """Call write(binary file) on a temporary file, then fsync and rename it (_rename): readers only ever see complete
-    files, and a stop during the write leaves no half file (a ViT-B checkpoint is gigabytes). The file gets the umask's mode,
-    as one written by `open` does (mkstemp's 0600 hid records in a shared results folder)."""
+    files, and a stop during the write leaves no half file (a ViT-B checkpoint is gigabytes). The file gets the
+    umask's mode, as one written by `open` does (mkstemp's 0600 hid records in a shared results folder)."""
     path, tmp = _beside(path)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
