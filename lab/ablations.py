@@ -16,7 +16,7 @@ from functools import cache
 from pathlib import Path
 
 from .config import check_keys, read_yaml
-from .layers import DERF, NORMALIZATIONS, canonical_norm
+from .layers import NORM_NAMES, canonical_norm
 from .perturb import did_you_mean
 from .principles import PROPERTIES, audit
 
@@ -101,7 +101,7 @@ class Ablation:
         between a principle and the accuracies beside it ({} for a table without a principle; norms are left out)."""
         if not self.principle:
             return {}
-        return {s: bool(audit(s)[self.principle]) for s in self.specs() if s not in (*NORMALIZATIONS, DERF)}
+        return {s: bool(audit(s)[self.principle]) for s in self.specs() if s not in NORM_NAMES}
 
     def specs(self) -> list[str]:
         """Unique canonical specs to train, in table order (row-major, panel by panel)."""

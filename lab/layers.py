@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
 from .functions import BASES
-from .perturb import Pointwise, canonical, did_you_mean, pointwise
+from .perturb import Pointwise, UnknownBase, canonical, did_you_mean, pointwise
 
 NORMALIZATIONS = {
     "layernorm": functools.partial(nn.LayerNorm, eps=1e-6),   # timm ViT's own default
@@ -26,6 +26,8 @@ BASELINE = "layernorm"
 DERF = "derf"
 """Section 4's Derf, γ·erf(αx + s) + β with s learnable from 0: a norm name beside the baselines, since a spec names
 f alone and s is the layer's."""
+NORM_NAMES = (*NORMALIZATIONS, DERF)
+"""The norm choices that are names rather than point-wise specs."""
 
 
 def _per_channel(grad: Tensor) -> Tensor:
@@ -180,15 +182,12 @@ class PointwiseNorm(nn.Module):
 def canonical_norm(name: str) -> str:
     """Canonical name of a norm choice: "layernorm", "rmsnorm", "derf" or a canonical point-wise spec (ValueError if
     bad)."""
-    if isinstance(name, str) and name.strip().lower() in (*NORMALIZATIONS, DERF):
+    if isinstance(name, str) and name.strip().lower() in NORM_NAMES:
         return name.strip().lower()
     try:
         return canonical(name)
-    except ValueError as err:
-        base = name.strip().lower().split("|")[0].strip() if isinstance(name, str) else ""
-        if base in BASES:
-            raise                   # a bad transform of a known function: a baseline is no alternative to name
-        closer = "" if not base or did_you_mean(base, BASES) else did_you_mean(base, (*NORMALIZATIONS, DERF))
+    except UnknownBase as err:      # (a bad transform of a known function has no baseline for an alternative)
+        closer = "" if not err.base or did_you_mean(err.base, BASES) else did_you_mean(err.base, NORM_NAMES)
         raise ValueError(f"{err} (or a normalization baseline: {', '.join(NORMALIZATIONS)}; or {DERF}){closer}") \
             from None
 

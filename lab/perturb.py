@@ -101,14 +101,23 @@ def _transform_usage() -> str:
     return _choices(f"{n}=λ ({t.domain})" if t.domain else n for n, t in TRANSFORMS.items())
 
 
+class UnknownBase(ValueError):
+    """A spec without a base function, or with one that BASES lacks (`base`: what it gave, "" if nothing); lab.layers
+    names the normalization baselines as the other choices then."""
+
+    def __init__(self, message: str, base: str = ""):
+        super().__init__(message)
+        self.base = base
+
+
 def parse(spec: str) -> tuple[str, tuple[tuple[str, float | None], ...]]:
     """Split a spec into (base, ((transform, λ or None), ...)) with identity transforms removed; ValueError if bad."""
     if not isinstance(spec, str) or not spec.strip():
-        raise ValueError(f"empty point-wise spec {spec!r}; start with a base function: {_choices(BASES)}")
+        raise UnknownBase(f"empty point-wise spec {spec!r}; start with a base function: {_choices(BASES)}")
     base, *parts = [p.strip() for p in spec.strip().lower().split("|")]
     if base not in BASES:
-        raise ValueError(f"unknown base function '{base}' in spec '{spec}'{did_you_mean(base, BASES)}; "
-                         f"choose one of: {_choices(BASES)}")
+        raise UnknownBase(f"unknown base function '{base}' in spec '{spec}'{did_you_mean(base, BASES)}; "
+                          f"choose one of: {_choices(BASES)}", base)
     transforms = []
     for part in parts:
         name, has_value, text = (p.strip() for p in part.partition("="))

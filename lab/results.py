@@ -59,10 +59,10 @@ def write_atomic(path, write) -> Path:
             write(f)
             f.flush()
             os.fsync(f.fileno())     # a crash after the rename leaves a whole file, not an empty one
-        _rename(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+    _rename(tmp, path)
     return path
 
 
@@ -76,19 +76,19 @@ def link_atomic(source, path) -> Path:
     except OSError:
         with open(source, "rb") as kept:
             return write_atomic(path, lambda f: shutil.copyfileobj(kept, f))
-    try:
-        _rename(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    _rename(tmp, path)
     return path
 
 
 def _rename(tmp: Path, path: Path) -> None:
-    """os.replace, then fsync the folder, so that the new name is on disk before whatever the caller does next: a
-    finished run writes its record, then removes its checkpoint, and a power loss must not keep the removal alone.
-    A filesystem that cannot fsync a folder (some network ones) still gets the atomic rename."""
-    os.replace(tmp, path)
+    """os.replace (tmp removed if that fails), then fsync the folder, so that the new name is on disk before whatever
+    the caller does next: a finished run writes its record, then removes its checkpoint, and a power loss must not
+    keep the removal alone. A filesystem that cannot fsync a folder (some network ones) still gets the atomic rename."""
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     with contextlib.suppress(OSError):
         folder = os.open(path.parent, os.O_RDONLY)
         try:
