@@ -18,8 +18,8 @@ $(VENV)/.installed: pyproject.toml
 reproduce: setup          ## the main job: every notebook at smoke size -> reproduction/REPORT.md
 	$(BIN)/lab reproduce --protocol smoke --out reproduction
 
-test: setup
-	$(BIN)/python -m pytest
+test: setup              ## the suite in one process per core (pytest-xdist; a plain `pytest` runs it in one)
+	$(BIN)/python -m pytest -n auto
 
 figures: setup
 	$(BIN)/lab figures --out figures
