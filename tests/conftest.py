@@ -1,6 +1,8 @@
 """Shared fixtures, and the split of the cores between pytest-xdist's workers (`make test`)."""
 import os
+import random
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -8,6 +10,7 @@ from PIL import Image
 MAX_WORKERS = 4     # past this the few long tests (papermill, process pools) bound the suite's time, not the cores
 
 
+@pytest.hookimpl(optionalhook=True)      # a pytest without xdist (the GPU session's) runs the suite as well
 def pytest_xdist_auto_num_workers(config):
     """`-n auto`: one worker per usable core, at most MAX_WORKERS."""
     return max(1, min(MAX_WORKERS, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else
@@ -19,6 +22,16 @@ def pytest_configure(config):
     the cores (on 2 cores, 10% slower than one thread each)."""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", 1))
     torch.set_num_threads(max(1, torch.get_num_threads() // workers))
+
+
+@pytest.fixture(autouse=True)
+def same_random_state():
+    """Each test starts from one RNG state, whichever tests ran before it in its worker. LAB_TEST_SEED=N starts them
+    from another: a test that holds for one draw alone then fails."""
+    seed = int(os.environ.get("LAB_TEST_SEED", 0))
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
 
 
 @pytest.fixture

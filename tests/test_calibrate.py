@@ -284,6 +284,22 @@ def test_the_gpu_session_script_calls_lab_as_its_cli_parses():
             config.load(args.protocol, args.set)          # every override valid for the protocol
 
 
+@pytest.mark.slow
+def test_the_check_stages_tests_run_under_a_pytest_without_xdist():
+    """The device has pytest but not pytest-xdist (`make test`'s): the check stage's selection loads the suite's
+    conftest there and finds the GPU cases."""
+    import shlex
+    import subprocess
+    import sys
+    script = (ROOT / "ablations" / "gpu-session.sh").read_text().replace("\\\n", " ")
+    [line] = [line for line in script.splitlines() if "python3 -m pytest" in line]
+    argv = shlex.split(line.split("-m pytest", 1)[1].split("#")[0])
+    done = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:xdist", "--collect-only", *argv, "-v"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "test_compiled_layer_matches_eager[gpu]" in done.stdout and "test_generated_kernels" in done.stdout
+
+
 def _stage(tmp_path, stage: str, fake_python: str, **env) -> tuple[list, dict]:
     """The command line and environment that run ablations/gpu-session.sh STAGE in tmp_path, with a stand-in for the
     device's python3 (a bash script body; "$*" holds its arguments)."""
