@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 reproduce: setup          ## the main job: every notebook at smoke size -> reproduction/REPORT.md
 	$(BIN)/lab reproduce --protocol smoke --out reproduction
 
-test: setup              ## the suite in one process per core (pytest-xdist; a plain `pytest` runs it in one)
+test: setup              ## the suite in a process per core, at most 4 (pytest-xdist; a plain `pytest` runs one)
 	$(BIN)/python -m pytest -n auto
 
 figures: setup

@@ -7,10 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
-MAX_WORKERS = 4     # past this the few long tests (papermill, process pools) bound the suite's time, not the cores
+MAX_WORKERS = 4     # past this the longest tests (papermill, process pools) bound the suite's time more than the cores
 
 
-@pytest.hookimpl(optionalhook=True)      # a pytest without xdist (the GPU session's) runs the suite as well
+@pytest.hookimpl(optionalhook=True)      # a pytest without xdist (the device's) loads this file as well
 def pytest_xdist_auto_num_workers(config):
     """`-n auto`: one worker per usable core, at most MAX_WORKERS."""
     return max(1, min(MAX_WORKERS, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else
@@ -18,8 +18,8 @@ def pytest_xdist_auto_num_workers(config):
 
 
 def pytest_configure(config):
-    """Each xdist worker takes its share of torch's threads: two workers with a thread per core each would fight over
-    the cores (on 2 cores, 10% slower than one thread each)."""
+    """Each xdist worker takes its share of torch's threads, so that the workers' threads together do not outnumber
+    the cores."""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", 1))
     torch.set_num_threads(max(1, torch.get_num_threads() // workers))
 

@@ -286,8 +286,8 @@ def test_the_gpu_session_script_calls_lab_as_its_cli_parses():
 
 @pytest.mark.slow
 def test_the_check_stages_tests_run_under_a_pytest_without_xdist():
-    """The device has pytest but not pytest-xdist (`make test`'s): the check stage's selection loads the suite's
-    conftest there and finds the GPU cases."""
+    """The check stage runs the device image's pytest, whose packages name no pytest-xdist (`make test` uses it): the
+    stage's selection loads the suite's conftest without it and finds the GPU cases."""
     import shlex
     import subprocess
     import sys
