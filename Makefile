@@ -18,8 +18,8 @@ $(VENV)/.installed: pyproject.toml
 reproduce: setup          ## the main job: every notebook at smoke size -> reproduction/REPORT.md
 	$(BIN)/lab reproduce --protocol smoke --out reproduction
 
-test: setup              ## the suite in a process per core, at most 4 (pytest-xdist; a plain `pytest` runs one)
-	$(BIN)/python -m pytest -n auto
+test: setup              ## a process per core, at most 4: past that the longest tests bound the time (pytest-xdist)
+	$(BIN)/python -m pytest -n auto --maxprocesses 4
 
 figures: setup
 	$(BIN)/lab figures --out figures

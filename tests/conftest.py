@@ -7,15 +7,6 @@ import pytest
 import torch
 from PIL import Image
 
-MAX_WORKERS = 4     # past this the longest tests (papermill, process pools) bound the suite's time more than the cores
-
-
-@pytest.hookimpl(optionalhook=True)      # a pytest without xdist (the device's) loads this file as well
-def pytest_xdist_auto_num_workers(config):
-    """`-n auto`: one worker per usable core, at most MAX_WORKERS."""
-    return max(1, min(MAX_WORKERS, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else
-                      os.cpu_count() or 1))
-
 
 def pytest_configure(config):
     """Each xdist worker takes its share of torch's threads, so that the workers' threads together do not outnumber
